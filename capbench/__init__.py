@@ -1,0 +1,3 @@
+"""capbench: a benchmark suite for pruning pre-trained language models."""
+
+__version__ = "0.1.0"
