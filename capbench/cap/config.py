@@ -1,0 +1,188 @@
+"""CAP configuration: which contrastive modules run, their weights, and how the banks are stored.
+
+Defaults are the authors' public GLUE scripts for unstructured pruning (alibaba/AliceMind,
+``ContrastivePruning/UnstructuredPruning/run_glue_topk_kd.sh`` and ``run_glue_soft_kd.sh``)::
+
+    CONTRASTIVE_TEMPERATURE=0.1  EXTRA_EXAMPLES=4096  ALIGNREP=cls
+    CL_UNSUPERVISED_LOSS_WEIGHT=0.1  CL_SUPERVISED_LOSS_WEIGHT=10
+    CE_LOSS_WEIGHT=0.1  DISTILL_LOSS_WEIGHT=0.9
+
+The scripts do not pass ``--temperature``, so distillation runs at the parser default of
+``masked_run_glue.py``: ``parser.add_argument("--temperature", default=2.0, ...)``.
+``ALIGNREP=cls`` means the pooler output ([CLS] -> dense -> tanh) in ``MaskedBertForSequenceClassification``.
+
+``structured_defaults()`` follows ``StructuredPruning/run_glue.sh``: ``CONTRASTIVE_TEMPERATURE=0.1``,
+``CL_UNSUPERVISED_LOSS_WEIGHT=0.3``, ``CL_SUPERVISED_LOSS_WEIGHT=3``, ``DISTILL_TEMPERATURE=1.0``
+(CE 0.1, KD 0.9, 4096 extra examples as above); there the snapshots are taken at each pruning step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from capbench.errors import CapbenchError
+
+MODULES = ("prc", "snc", "fic")
+REPRESENTATIONS = ("pooler", "mean")
+NORMALIZATIONS = ("paper_code", "supcon")
+SNAPSHOT_TRIGGERS = ("epoch", "pruning_step", "steps")
+BANK_DTYPES = ("float16", "float32")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class CapConfig:
+    """Configuration of the CAP loss (see the module docstring for the source of each default).
+
+    ``normalization`` chooses how a contrastive term averages its positives:
+
+    * ``"paper_code"`` (default): the released code's double normalisation. For anchor *i* with
+      positive set P(i) (the self-pair excluded),
+      ``L = -(1 / sum_i |P(i)|) * sum_i (1 / |P(i)|) * sum_{p in P(i)} log p_ip``,
+      i.e. each anchor's sum is divided by its positive count and the batch total is divided again by
+      the total number of positives (``torch.sum(score / positive_num) / torch.sum(score != 0)``).
+    * ``"supcon"``: the single normalisation of SupCon (Khosla et al. 2020),
+      ``L = -(1 / B) * sum_i (1 / |P(i)|) * sum_{p in P(i)} log p_ip``.
+
+    The two differ by the factor ``mean_i |P(i)|``. For PrC/FiC unsupervised terms each anchor has
+    one positive (its bank row), so they coincide; for SnC with K snapshots "paper_code" is 1/K of
+    "supcon"; for the supervised term (every same-label candidate among ~4096 is a positive) it is
+    about 1/2000 of "supcon" on a binary task. The default is "paper_code" because the published
+    weights (w_sup = 10, w_unsup = 0.1, and 3 / 0.3 structured) were tuned with it: with "supcon"
+    the same w_sup would make the supervised term three orders of magnitude larger than CE and KD.
+    Use "supcon" only together with re-tuned (much smaller) weights.
+    """
+
+    modules: tuple[str, ...] = MODULES
+    unsup: bool = True
+    sup: bool = True
+    representation: str = "pooler"
+    temperature: float = 0.1
+    w_unsup: float = 0.1
+    w_sup: float = 10.0
+    w_ce: float = 0.1
+    w_kd: float = 0.9
+    kd_temperature: float = 2.0
+    extra_examples: int = 4096
+    # The authors keep every snapshot (9 with their 10-epoch scripts); 10 never binds there.
+    max_snapshots: int = 10
+    # "epoch": a snapshot after each epoch but the last (the unstructured scripts encode the training
+    # set at the start of every epoch >= 1); "pruning_step": at each on_pruning_step() call (the
+    # structured script); "steps": every `snapshot_interval` optimizer steps (for short runs).
+    snapshot_on: str = "epoch"
+    snapshot_interval: int | None = None
+    bank_dtype: str = "float16"
+    bank_on_disk: bool = False
+    normalization: str = "paper_code"
+
+    def __post_init__(self) -> None:
+        modules = self.modules
+        if isinstance(modules, str):
+            modules = tuple(m for m in modules.replace("+", ",").split(",") if m.strip())
+        modules = tuple(m.strip().lower() for m in modules)
+        unknown = [m for m in modules if m not in MODULES]
+        if unknown:
+            raise CapbenchError(f"unknown CAP module(s) {unknown}: choose a subset of {list(MODULES)}")
+        # Keep the canonical order so that equal subsets give equal configs and labels.
+        object.__setattr__(self, "modules", tuple(m for m in MODULES if m in modules))
+        _choice("representation", self.representation, REPRESENTATIONS)
+        _choice("normalization", self.normalization, NORMALIZATIONS)
+        _choice("snapshot_on", self.snapshot_on, SNAPSHOT_TRIGGERS)
+        _choice("bank_dtype", self.bank_dtype, BANK_DTYPES)
+        if not self.temperature > 0:
+            raise CapbenchError(f"CAP temperature must be > 0, got {self.temperature}")
+        if not self.kd_temperature > 0:
+            raise CapbenchError(f"CAP kd_temperature must be > 0, got {self.kd_temperature}")
+        for name in ("w_unsup", "w_sup", "w_ce", "w_kd"):
+            if getattr(self, name) < 0:
+                raise CapbenchError(f"CAP weight {name} must be >= 0, got {getattr(self, name)}")
+        if self.extra_examples < 0:
+            raise CapbenchError(f"CAP extra_examples must be >= 0, got {self.extra_examples}")
+        if self.max_snapshots < 1:
+            raise CapbenchError(f"CAP max_snapshots must be >= 1, got {self.max_snapshots}")
+        if self.snapshot_on == "steps" and not (self.snapshot_interval and self.snapshot_interval > 0):
+            raise CapbenchError("CAP snapshot_on=steps needs snapshot_interval > 0")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def structured_defaults(cls, **overrides: Any) -> CapConfig:
+        """The structured-pruning defaults (StructuredPruning/run_glue.sh), with optional overrides."""
+        values: dict[str, Any] = dict(
+            temperature=0.1, w_unsup=0.3, w_sup=3.0, kd_temperature=1.0, snapshot_on="pruning_step"
+        )
+        values.update(overrides)
+        return cls.from_options(values)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | None, base: CapConfig | None = None) -> CapConfig:
+        """Build a config from a dict of option strings or values (e.g. parsed from the CLI).
+
+        Keys may use ``-`` or ``_``; values may be strings ("0.3", "true", "prc,fic"). Unknown keys
+        raise a CapbenchError that lists the valid ones.
+        """
+        base = base or cls()
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = {name: getattr(base, name) for name in fields}
+        for raw_key, raw_value in (options or {}).items():
+            key = str(raw_key).strip().replace("-", "_")
+            if key not in fields:
+                raise CapbenchError(
+                    f"unknown CAP option {raw_key!r}: valid options are {', '.join(sorted(fields))}"
+                )
+            values[key] = _coerce(key, raw_value, values[key])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["modules"] = list(self.modules)
+        return out
+
+    def label(self) -> str:
+        """A short ablation label, e.g. ``prc+snc+fic/unsup+sup/pooler``."""
+        losses = "+".join(name for name, on in (("unsup", self.unsup), ("sup", self.sup)) if on) or "none"
+        return f"{'+'.join(self.modules) or 'none'}/{losses}/{self.representation}"
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise CapbenchError(f"CAP {name} must be one of {list(choices)}, got {value!r}")
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """Convert a CLI-style value to the type of the field's current value."""
+    if key == "modules":
+        if isinstance(value, str):
+            return tuple(m for m in value.replace("+", ",").split(",") if m.strip())
+        return tuple(value)
+    if key == "snapshot_interval":
+        return None if value in (None, "", "none", "None") else _number(key, value, int)
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise CapbenchError(f"CAP option {key} expects true/false, got {value!r}")
+    if isinstance(current, int):
+        return _number(key, value, int)
+    if isinstance(current, float):
+        return _number(key, value, float)
+    return str(value)
+
+
+def _number(key: str, value: Any, kind: type) -> Any:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise CapbenchError(f"CAP option {key} expects a number, got {value!r}") from None
+    if kind is int:
+        if number != int(number):
+            raise CapbenchError(f"CAP option {key} expects an integer, got {value!r}")
+        return int(number)
+    return number

@@ -1,0 +1,137 @@
+"""The `capbench` command: run a grid, render leaderboards, list tasks, probe, bench, compare."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from capbench import __version__
+from capbench.errors import CapbenchError
+
+
+def _key_values(pairs: list[str] | None, flag: str) -> dict:
+    values = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise CapbenchError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} scope=global")
+        values[key.strip()] = yaml.safe_load(raw)
+    return values
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CAPBENCH_CACHE", Path.home() / ".cache" / "capbench"))
+
+
+def add_run_parser(subparsers) -> None:
+    p = subparsers.add_parser("run", help="run a grid of (task, method, sparsity, seed) cells and record results")
+    p.add_argument("--tasks", required=True, help="comma-separated task names (capbench ls tasks)")
+    p.add_argument("--methods", default="magnitude", help="comma-separated methods (capbench ls methods)")
+    p.add_argument("--sparsity", default="0.5,0.9", help="fractions of prunable weights removed, in [0, 1)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--preset", default="default", help="smoke | default | paper (capbench ls presets)")
+    p.add_argument("--model", help="hub id or local directory (default: the preset's model)")
+    p.add_argument("--data-dir", help="local GLUE data (hub-schema jsonl/parquet or glue_data TSV); default: hub")
+    p.add_argument("--out", default="runs/latest", help="run directory: records/ and models/ go here")
+    p.add_argument("--cache-dir", type=Path, default=None, help="tokenized data, dense teachers, CAP banks")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--max-train-examples", type=int)
+    p.add_argument("--max-eval-examples", type=int)
+    p.add_argument("--max-seq-length", type=int)
+    p.add_argument("--kd", choices=["on", "off"], default="on", help="logit distillation from the dense teacher")
+    p.add_argument("--method-option", action="append", metavar="KEY=VALUE", help="override a method default")
+    p.add_argument("--cap-option", action="append", metavar="KEY=VALUE", help="override a CAP default")
+    p.add_argument("--probes", default="", help="probing tasks to run on every pruned model, e.g. sentlen")
+    p.add_argument("--speed", action="store_true", help="measure kernel and model speed for every cell")
+    p.add_argument("--shard", default=None, metavar="I/N", help="run only slice I of N of the grid")
+    p.add_argument("--overwrite", action="store_true", help="rerun cells that already have a finished record")
+    p.add_argument("--no-save-models", action="store_true", help="do not keep the pruned models on disk")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args) -> int:
+    from capbench.runflow import run_from_args
+
+    return run_from_args(args, default_cache_dir())
+
+
+def add_leaderboard_parser(subparsers) -> None:
+    p = subparsers.add_parser("leaderboard", help="render markdown and JSON from run records")
+    p.add_argument("--runs", required=True, nargs="+", help="run directories")
+    p.add_argument("--out", help="write markdown here (and the JSON beside it); default: print")
+    p.add_argument("--command", dest="regenerate", help="the command that regenerates these runs, for the header")
+    p.add_argument("--plots", action="store_true", help="also write metric-vs-sparsity and Pareto plots")
+    p.set_defaults(handler=cmd_leaderboard)
+
+
+def cmd_leaderboard(args) -> int:
+    from capbench.publish import publish
+
+    text = publish([Path(r) for r in args.runs], Path(args.out) if args.out else None, args.regenerate, args.plots)
+    if not args.out:
+        sys.stdout.write(text)
+    return 0
+
+
+def add_ls_parser(subparsers) -> None:
+    p = subparsers.add_parser("ls", help="list tasks, methods or presets")
+    p.add_argument("what", choices=["tasks", "methods", "presets"])
+    p.set_defaults(handler=cmd_ls)
+
+
+def cmd_ls(args) -> int:
+    if args.what == "tasks":
+        from capbench.tasks import all_tasks
+
+        for name, task in all_tasks().items():
+            kind = "regression" if task.regression else f"{task.num_labels} labels"
+            print(f"{name:6s} {kind:10s} main={task.main_metric:22s} eval={','.join(task.eval_splits)}")
+    elif args.what == "methods":
+        from capbench.methods import all_methods
+
+        for name, description in sorted(all_methods().items()):
+            print(f"{name:16s} {description}")
+    else:
+        from capbench.presets import PRESETS
+
+        for name, preset in PRESETS.items():
+            print(f"{name:8s} {preset.model}: {preset.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="capbench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"capbench {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_run_parser(subparsers)
+    add_leaderboard_parser(subparsers)
+    add_ls_parser(subparsers)
+    for module in ("capbench.probing.cli", "capbench.speed.cli", "capbench.compare"):
+        try:
+            __import__(module, fromlist=["register"]).register(subparsers)
+        except ImportError:
+            continue
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except CapbenchError as error:
+        print(f"capbench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("capbench: interrupted; finished cells are saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Method names in the grid -> (pruning criterion, loss composer). CAP wraps a criterion with its losses."""
+
+from __future__ import annotations
+
+from capbench.distill import DistillationLoss, KDConfig
+from capbench.errors import CapbenchError
+from capbench.spec import DENSE, CellSpec
+from capbench.training import CrossEntropyLoss
+
+# CAP over each criterion (Xu et al. 2022): the name in the grid -> the pruning criterion it wraps.
+CAP_METHODS = {
+    "cap_magnitude": "magnitude",
+    "cap_movement": "movement",
+    "cap_soft": "soft_movement",
+    "cap_first_order": "first_order",
+}
+
+
+def pruning_methods() -> dict[str, str]:
+    from capbench.pruning.methods import METHODS
+
+    return dict(METHODS)
+
+
+def all_methods() -> dict[str, str]:
+    methods = pruning_methods()
+    cap = {name: f"CAP (contrastive pruning) over {criterion}" for name, criterion in CAP_METHODS.items()}
+    return {**methods, **cap}
+
+
+def criterion_of(method: str) -> str:
+    return CAP_METHODS.get(method, method)
+
+
+def check_methods(names: list[str]) -> None:
+    known = all_methods()
+    for name in names:
+        if name not in known:
+            raise CapbenchError(f"unknown method {name!r}; known methods: {', '.join(sorted(known))}")
+
+
+def method_spec(method: str, overrides: dict, kd: bool, cap_overrides: dict) -> tuple[dict, dict | None, dict | None]:
+    """Resolved (method_options, kd, cap) for a method: documented defaults plus the user's overrides."""
+    from capbench.pruning.methods import method_defaults
+
+    criterion = criterion_of(method)
+    options = {**method_defaults(criterion), **overrides}
+    if method in CAP_METHODS:
+        from capbench.cap.config import CapConfig
+
+        base = CapConfig.structured_defaults() if criterion == "first_order" else CapConfig()
+        cap = CapConfig.from_options({**base.to_dict(), **cap_overrides}).to_dict()
+        return options, None, cap
+    return options, (KDConfig().to_dict() if kd else None), None
+
+
+def build_pruner(spec: CellSpec):
+    from capbench.pruning.methods import make_pruner
+
+    return make_pruner(criterion_of(spec.method), spec.sparsity, dict(spec.method_options))
+
+
+def build_loss(spec: CellSpec, teacher, data, ctx):
+    if spec.method == DENSE:
+        return CrossEntropyLoss()
+    if spec.cap is not None:
+        from capbench.cap.runtime import cap_loss_for_cell
+
+        return cap_loss_for_cell(spec, teacher, data, ctx)
+    if spec.kd is not None:
+        return DistillationLoss(teacher, KDConfig(**spec.kd))
+    return CrossEntropyLoss()

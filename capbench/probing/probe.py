@@ -1,0 +1,136 @@
+"""Linear probes: standardised features, logistic regression, C chosen on dev (SentEval's practice).
+
+For every layer and seed: a StandardScaler fit on train, one LogisticRegression per C in the grid fit on
+train, the C with the best dev accuracy kept (ties go to the smaller C), and only that probe is scored on
+test. The test split is never seen before C is fixed. Seeds re-partition the task's examples
+(`ProbeTask.resplit`); test accuracy is reported as mean and std (ddof=0) over seeds. The best layer is the
+one with the best mean *dev* accuracy, so choosing it does not peek at test either.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from capbench.probing.tasks import ProbeTask
+
+C_GRID = (0.001, 0.01, 0.1, 1.0)
+MAX_ITER = 500
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+def accuracy(predicted: np.ndarray, gold: np.ndarray) -> float:
+    return float(np.mean(np.asarray(predicted) == np.asarray(gold))) if len(gold) else 0.0
+
+
+def select_c(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_dev: np.ndarray,
+    y_dev: np.ndarray,
+    c_grid: Sequence[float] = C_GRID,
+    max_iter: int = MAX_ITER,
+) -> tuple[float, LogisticRegression, list[float]]:
+    """Fit one probe per C (ascending, warm-started) on train; return (best C, its probe, dev accuracies)."""
+    clf = LogisticRegression(max_iter=max_iter, warm_start=True)
+    best: tuple[float, LogisticRegression] | None = None
+    scores: list[float] = []
+    best_score = -1.0
+    for c in sorted(c_grid):
+        clf.set_params(C=c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(x_train, y_train)
+        score = accuracy(clf.predict(x_dev), y_dev)
+        scores.append(score)
+        if score > best_score:
+            best_score, best = score, (c, copy.deepcopy(clf))
+    assert best is not None
+    return best[0], best[1], scores
+
+
+def fit_probe(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_dev: np.ndarray,
+    y_dev: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    c_grid: Sequence[float] = C_GRID,
+    max_iter: int = MAX_ITER,
+) -> dict:
+    """Scale on train, choose C on dev, score the chosen probe once on test."""
+    scaler = StandardScaler().fit(x_train)
+    c, clf, dev_scores = select_c(
+        scaler.transform(x_train), y_train, scaler.transform(x_dev), y_dev, c_grid, max_iter
+    )
+    test = accuracy(clf.predict(scaler.transform(x_test)), y_test)
+    return {"C": c, "dev_acc": max(dev_scores), "test_acc": test}
+
+
+def probe_task(features: np.ndarray, task: ProbeTask, c_grid: Sequence[float] = C_GRID, max_iter: int = MAX_ITER) -> dict:
+    """One probe on (n_texts, dim) features with the task's current split."""
+    tr, dv, te = (task.indices(s) for s in ("train", "dev", "test"))
+    x = np.asarray(features, dtype=np.float32)
+    return fit_probe(x[tr], task.labels[tr], x[dv], task.labels[dv], x[te], task.labels[te], c_grid, max_iter)
+
+
+def _summary(runs: list[dict]) -> dict:
+    accs = [r["test_acc"] for r in runs]
+    return {
+        "acc": float(np.mean(accs)),
+        "std": float(np.std(accs)),
+        "accs": accs,
+        "dev_acc": float(np.mean([r["dev_acc"] for r in runs])),
+        "C": [r["C"] for r in runs],
+    }
+
+
+def probe_layers(
+    features: np.ndarray,
+    task: ProbeTask,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    c_grid: Sequence[float] = C_GRID,
+    max_iter: int = MAX_ITER,
+    control: bool = True,
+) -> dict:
+    """Per-layer probe accuracy (and control accuracy, selectivity) on (n_layers + 1, n_texts, dim) features."""
+    features = np.asarray(features)
+    if features.ndim != 3 or features.shape[1] != len(task.labels):
+        raise ValueError(f"features of shape {features.shape} do not match {len(task.labels)} examples")
+    with_control = control and task.control_labels is not None
+    splits = [task.resplit(seed) for seed in seeds]
+    layers = []
+    for layer in range(features.shape[0]):
+        entry = {"layer": layer, **_summary([probe_task(features[layer], t, c_grid, max_iter) for t in splits])}
+        if with_control:
+            runs = [probe_task(features[layer], t.control(), c_grid, max_iter) for t in splits]
+            summary = _summary(runs)
+            entry.update(
+                control_acc=summary["acc"],
+                control_std=summary["std"],
+                control_accs=summary["accs"],
+                control_dev_acc=summary["dev_acc"],
+                selectivity=entry["acc"] - summary["acc"],
+            )
+        layers.append(entry)
+    best = max(layers, key=lambda e: (e["dev_acc"], -e["layer"]))
+    result = {
+        "n_classes": task.n_classes,
+        "chance": task.chance,
+        "sizes": task.sizes,
+        "seeds": list(seeds),
+        "layers": layers,
+        "best_layer": best["layer"],
+        "best": {k: best[k] for k in ("layer", "acc", "std", "dev_acc") if k in best},
+    }
+    if with_control:
+        result["control_chance"] = task.control().chance
+        result["best"].update(control_acc=best["control_acc"], selectivity=best["selectivity"])
+    return result

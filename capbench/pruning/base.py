@@ -1,0 +1,205 @@
+"""The Pruner contract (called by ``capbench.training.train``) and the shared unstructured mechanics.
+
+Call order (see docs/ARCHITECTURE.md)::
+
+    pruner.attach(model, total_steps)          # before the optimizer is built
+    optimizer = AdamW([{"params": [p for p in model.parameters() if p not in pruner.score_parameters()]},
+                       *pruner.param_groups()])
+    for step in range(total_steps):            # ``step`` is 0-based
+        loss = sum({**loss_terms, **pruner.loss_terms(step)}.values()); loss.backward()
+        clip, optimizer.step(), scheduler.step()
+        pruner.after_step(step)                # masks for the next forward: schedule at step + 1
+    model = pruner.finalize(model)             # plain nn.Linear (or a compacted model)
+
+``after_step(step)`` sets the masks to the scheduled sparsity at ``step + 1`` (so after the last step the
+target is reached, even with no cool-down).  Masked weights are exactly zero in every forward pass.  Methods
+whose masked weights can never return (magnitude, random, first_order) also zero them in storage after every
+optimizer step.  Movement methods keep the stored value of a masked weight (its gradient is masked, AdamW
+decay still applies) because the score of a masked weight keeps learning from ``dL/dW' * W`` and may bring it
+back, exactly as in the movement-pruning code; their effective weight ``W * M`` is exactly zero and
+``finalize`` bakes it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from capbench.errors import CapbenchError
+from capbench.pruning.criteria import Criterion
+from capbench.pruning.masks import MaskedLinear, mask_sparsity, rezero, select_masks, unwrap, wrap
+from capbench.pruning.schedule import cubic_ramp, schedule_window
+
+
+class Pruner:
+    """Base class: a dense no-op pruner. Subclasses implement a method."""
+
+    name = "pruner"
+
+    def __init__(self, sparsity: float, options: dict):
+        self.target = float(sparsity)
+        self.options = dict(options)
+        self.model: nn.Module | None = None
+        self.total_steps: int | None = None
+        self.finalized = False
+        self.info: dict = {}  # things that happened (calibration, forced pruning), reported by config()
+
+    # --- contract -------------------------------------------------------------------------------------
+    def attach(self, model: nn.Module, total_steps: int) -> None:
+        if self.model is not None:
+            raise CapbenchError(f"{self.name} pruner is already attached to a model; make a new pruner")
+        self.model = model
+        self.total_steps = int(total_steps)
+        self.warmup_steps, self.cooldown_steps = schedule_window(
+            self.total_steps, self.options.get("warmup", 0), self.options.get("cooldown", 0)
+        )
+
+    def score_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def param_groups(self) -> list[dict]:
+        return []
+
+    def loss_terms(self, step: int) -> dict[str, torch.Tensor]:
+        return {}
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        self.finalized = True
+        return model
+
+    def config(self) -> dict:
+        out = {"method": self.name, "sparsity": self.target, **_jsonable(self.options)}
+        if self.total_steps is not None:
+            out.update(total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                       cooldown_steps=self.cooldown_steps)
+        out.update(_jsonable(self.info))
+        return out
+
+    def current_sparsity(self) -> float:
+        return 0.0
+
+    # --- helpers --------------------------------------------------------------------------------------
+    def scheduled_sparsity(self, step: int) -> float:
+        return cubic_ramp(step, self.total_steps, self.options.get("initial_sparsity", 0.0), self.target,
+                          self.warmup_steps, self.cooldown_steps)
+
+    def _require_attached(self) -> None:
+        if self.model is None:
+            raise CapbenchError(f"{self.name} pruner used before attach(model, total_steps)")
+
+
+class UnstructuredPruner(Pruner):
+    """Per-weight masks from a criterion's scores, thresholded locally or globally along the cubic schedule.
+
+    ``hard=True``: masks only grow (a pruned weight is zeroed in storage and never returns), updated when the
+    scheduled sparsity rises, every ``update_every`` steps (Zhu & Gupta's pruning frequency).
+    ``hard=False`` (learned scores): masks are recomputed from the scores every ``update_every`` steps.
+    """
+
+    def __init__(self, sparsity: float, options: dict, criterion: Criterion, hard: bool):
+        super().__init__(sparsity, options)
+        self.criterion = criterion
+        self.hard = hard
+        self.modules: list[MaskedLinear] = []
+        self.names: list[str] = []
+        self.applied = 0.0  # sparsity the current masks were computed for
+
+    @property
+    def oneshot(self) -> bool:
+        return bool(self.options.get("oneshot", False))
+
+    @property
+    def scope(self) -> str:
+        return self.options["scope"]
+
+    def attach(self, model: nn.Module, total_steps: int) -> None:
+        super().attach(model, total_steps)
+        wrapped = wrap(model)
+        self.names = [n for n, _ in wrapped]
+        self.modules = [m for _, m in wrapped]
+        self.criterion.attach(self.modules)
+        start = self.target if self.oneshot else self.scheduled_sparsity(0)
+        if start > 0:
+            self.update_masks(start)
+            if self.hard:
+                rezero(self.modules)
+
+    def scheduled_sparsity(self, step: int) -> float:
+        return self.target if self.oneshot else super().scheduled_sparsity(step)
+
+    def score_parameters(self) -> list[nn.Parameter]:
+        return self.criterion.parameters()
+
+    def param_groups(self) -> list[dict]:
+        params = self.score_parameters()
+        if not params:
+            return []
+        return [{"params": params, "lr": float(self.options["score_lr"]), "weight_decay": 0.0}]
+
+    def update_masks(self, sparsity: float) -> None:
+        scores = [self.criterion.scores(m) for m in self.modules]
+        if self.hard:  # never revive a pruned weight
+            scores = [s.masked_fill(m.mask == 0, -math.inf) for s, m in zip(scores, self.modules, strict=True)]
+        masks = select_masks(scores, sparsity, self.scope)
+        with torch.no_grad():
+            for m, keep in zip(self.modules, masks, strict=True):
+                m.mask.copy_(keep)
+        self.applied = sparsity
+
+    def _due(self, step: int) -> bool:
+        every = int(self.options.get("update_every", 1))
+        return (step + 1) % every == 0 or step + 1 >= self.total_steps
+
+    def after_step(self, step: int) -> None:
+        self._require_attached()
+        if self.finalized:
+            return
+        s = self.scheduled_sparsity(step + 1)
+        if self.hard:
+            if s > self.applied and (self._due(step) or s >= self.target):
+                self.update_masks(s)
+            rezero(self.modules)
+        elif (s > 0 or self.applied > 0) and self._due(step):
+            self.update_masks(s)
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        self._require_attached()
+        if not self.finalized:
+            if self.applied != self.target:  # training stopped before the schedule reached the target
+                self.info["forced_to_target_at_finalize"] = True
+                self.update_masks(self.target)
+            self.info["achieved_linear_sparsity"] = mask_sparsity(self.modules)
+            unwrap(model)
+            self.finalized = True
+        return model
+
+    def current_sparsity(self) -> float:
+        if self.finalized:
+            return self.info.get("achieved_linear_sparsity", 0.0)
+        return mask_sparsity(self.modules) if self.modules else 0.0
+
+    def config(self) -> dict:
+        out = super().config()
+        out.update(self.criterion.config())
+        out["scope"] = self.scope
+        out["schedule"] = "oneshot" if self.oneshot else "cubic"
+        return out
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return str(value)

@@ -1,0 +1,82 @@
+"""`capbench run`: turn command-line arguments into frozen cell specs and run them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from capbench.cli import _key_values
+from capbench.data.sources import detect_source, load_split
+from capbench.errors import CapbenchError
+from capbench.grid import expand_grid, parse_seeds, parse_sparsities, shard
+from capbench.methods import check_methods, method_spec
+from capbench.presets import get_preset
+from capbench.runner import RunContext, run_grid
+from capbench.tasks import parse_task_list
+
+DATA_SAMPLE_SEED = 1234  # fixed, so every seed and method of a preset sees the same training rows
+
+
+def cells_from_args(args):
+    tasks = parse_task_list(args.tasks)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    check_methods(methods)
+    sparsities = parse_sparsities(args.sparsity)
+    seeds = parse_seeds(args.seeds)
+    preset = get_preset(args.preset).override(
+        model=args.model,
+        max_train_examples=args.max_train_examples,
+        max_eval_examples=args.max_eval_examples,
+        max_seq_length=args.max_seq_length,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+    )
+    source = detect_source(args.data_dir)
+    for task in tasks:  # fail fast, before hours of training, on a missing split or bad rows
+        for split in (task.train_split, *task.eval_splits):
+            load_split(source, task, split, limit=0)
+    method_options = _key_values(args.method_option, "--method-option")
+    cap_options = _key_values(args.cap_option, "--cap-option")
+    specs = {m: method_spec(m, method_options, args.kd == "on", cap_options) for m in methods}
+    probes = tuple(p.strip() for p in args.probes.split(",") if p.strip())
+    base = dict(
+        model=preset.model,
+        preset=preset.name,
+        data=source.to_dict(),
+        max_train_examples=preset.max_train_examples,
+        max_eval_examples=preset.max_eval_examples,
+        max_seq_length=preset.max_seq_length,
+        data_sample_seed=DATA_SAMPLE_SEED,
+        train=preset.train.to_dict(),
+        probes=probes,
+        speed=bool(args.speed),
+    )
+    cells = expand_grid(base, [t.name for t in tasks], methods, sparsities, seeds, specs)
+    if args.shard:
+        index, _, count = args.shard.partition("/")
+        try:
+            cells = shard(cells, int(index), int(count))
+        except ValueError:
+            raise CapbenchError(f"--shard {args.shard!r}: expected I/N such as 0/4") from None
+    return cells, source
+
+
+def run_from_args(args, default_cache: Path) -> int:
+    cells, source = cells_from_args(args)
+    out_dir = Path(args.out)
+    ctx = RunContext(
+        out_dir=out_dir,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache,
+        source=source,
+        save_models=not args.no_save_models,
+        show_progress=not args.quiet,
+    )
+    from capbench.measure import measure_after_cell
+
+    counts = run_grid(cells, ctx, overwrite=args.overwrite, after_cell=measure_after_cell)
+    print(
+        f"capbench: {len(cells)} cells: {counts['done']} run, {counts['skipped']} already finished, "
+        f"{counts['failed']} failed; records in {out_dir / 'records'}"
+    )
+    print(f"capbench: render with: capbench leaderboard --runs {out_dir}")
+    return 1 if counts["failed"] else 0

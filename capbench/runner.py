@@ -1,0 +1,234 @@
+"""Execute grid cells: load data and model, train (dense, pruned, CAP), evaluate, measure, record."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from capbench import records
+from capbench.data.sources import DataSource, load_split, split_provenance
+from capbench.data.tokenize import tokenize_split
+from capbench.errors import CapbenchError
+from capbench.metrics import compute_metrics, predictions_from_logits
+from capbench.methods import build_loss, build_pruner
+from capbench.models import load_classifier, load_tokenizer, resolve_model_path, weights_digest
+from capbench.provenance import git_commit, machine, package_versions
+from capbench.spec import DENSE, CellSpec, teacher_key
+from capbench.tasks import TaskSpec, get_task
+from capbench.training import TrainConfig, make_loader, predict, set_seed, total_steps, train
+
+
+@dataclass
+class RunContext:
+    out_dir: Path
+    cache_dir: Path
+    source: DataSource
+    save_models: bool = True
+    show_progress: bool = True
+    _data: dict = field(default_factory=dict)
+    _pretrained_digest: dict = field(default_factory=dict)
+
+
+@dataclass
+class TaskData:
+    task: TaskSpec
+    tokenizer: object
+    train: object
+    evals: dict
+    provenance: dict
+
+
+def prepare_data(spec: CellSpec, ctx: RunContext) -> TaskData:
+    """Load, validate, subsample and tokenize a task's splits once per process."""
+    key = (spec.task, spec.model, spec.max_train_examples, spec.max_eval_examples, spec.max_seq_length)
+    if key in ctx._data:
+        return ctx._data[key]
+    task = get_task(spec.task)
+    tokenizer = load_tokenizer(resolve_model_path(spec.model))
+
+    def prepared(split: str, limit: int | None):
+        rows = load_split(ctx.source, task, split)
+        if limit is not None and limit < len(rows):
+            rows = rows.shuffle(seed=spec.data_sample_seed).select(range(limit))
+        return tokenize_split(rows, tokenizer, task, spec.max_seq_length, ctx.cache_dir)
+
+    train_rows = prepared(task.train_split, spec.max_train_examples)
+    evals = {split: prepared(split, spec.max_eval_examples) for split in task.eval_splits}
+    provenance = {
+        split: {**split_provenance(ctx.source, task, split), "rows": len(rows)}
+        for split, rows in [(task.train_split, train_rows), *evals.items()]
+    }
+    ctx._data[key] = TaskData(task, tokenizer, train_rows, evals, provenance)
+    return ctx._data[key]
+
+
+def load_pretrained(spec: CellSpec, task: TaskSpec):
+    set_seed(spec.seed)  # the classifier head's initialisation follows the seed
+    return load_classifier(resolve_model_path(spec.model), task.num_labels)
+
+
+def evaluate(model, data: TaskData, spec: CellSpec) -> dict:
+    results = {}
+    for split, rows in data.evals.items():
+        logits, labels = predict(model, make_loader(rows, data.tokenizer, TrainConfig(**spec.train).eval_batch_size, False))
+        predictions = predictions_from_logits(logits, data.task.regression)
+        results[split] = compute_metrics(data.task.metrics, predictions, labels)
+    return results
+
+
+def _train_loader(spec: CellSpec, data: TaskData):
+    cfg = TrainConfig(**spec.train)
+    return cfg, make_loader(data.train, data.tokenizer, cfg.batch_size, shuffle=True, seed=spec.seed)
+
+
+def _progress(ctx: RunContext, total: int, desc: str):
+    return tqdm(total=total, desc=desc, leave=False, disable=not ctx.show_progress, position=1)
+
+
+def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torch.nn.Module, dict]:
+    """The dense fine-tuned model of (model, task, data, seed, training), trained once and cached on disk."""
+    path_key = resolve_model_path(spec.model)
+    if path_key not in ctx._pretrained_digest:
+        ctx._pretrained_digest[path_key] = weights_digest(load_classifier(path_key, 1).bert)
+    key = teacher_key(spec, ctx._pretrained_digest[path_key])
+    target = ctx.cache_dir / "dense" / key
+    if (target / "config.json").is_file():
+        model = load_classifier(str(target), data.task.num_labels)
+        return model.eval(), {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
+    model = load_pretrained(spec, data.task)
+    cfg, loader = _train_loader(spec, data)
+    with _progress(ctx, total_steps(loader, cfg.epochs), f"dense {spec.task} seed {spec.seed}") as bar:
+        stats = train(model, loader, cfg, progress=bar)
+    save_model(model, data.tokenizer, target)
+    return model, {"cached": False, "path": str(target), "key": key, "train_seconds": stats["seconds"]}
+
+
+def save_model(model, tokenizer, target: Path) -> None:
+    """save_pretrained into a sibling temp directory, then rename: no half-written model directory."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.replace(target)
+
+
+def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
+    started = time.perf_counter()
+    data = prepare_data(spec, ctx)
+    loaded = time.perf_counter()
+    teacher, teacher_info = dense_teacher(spec, ctx, data)
+    extra: dict = {"teacher": teacher_info}
+    if spec.method == DENSE:
+        model, train_stats = teacher, {"steps": 0, "seconds": teacher_info["train_seconds"]}
+    else:
+        model = load_pretrained(spec, data.task)
+        dense_model = load_pretrained(spec, data.task)
+        pruner = build_pruner(spec)
+        loss_fn = build_loss(spec, teacher, data, ctx)
+        cfg, loader = _train_loader(spec, data)
+        with _progress(ctx, total_steps(loader, cfg.epochs), f"{spec.method} {spec.sparsity:g} {spec.task}") as bar:
+            train_stats = train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=bar)
+        model = pruner.finalize(model)
+        extra["method_config"] = pruner.config()
+        if hasattr(loss_fn, "cost_report"):
+            extra["cap"] = loss_fn.cost_report()
+    trained = time.perf_counter()
+    metrics = evaluate(model, data, spec)
+    evaluated = time.perf_counter()
+    extra["sparsity"] = sparsity_of(model, spec, data)
+    model_dir = ctx.out_dir / "models" / spec.cell_id
+    if ctx.save_models and spec.method != DENSE:
+        save_model(model, data.tokenizer, model_dir)
+    record = {
+        "schema_version": records.SCHEMA_VERSION,
+        "cell_id": spec.cell_id,
+        "spec": spec.to_dict(),
+        "spec_hash": spec.digest,
+        "status": "done",
+        "metrics": metrics,
+        "main_metric": {
+            "name": data.task.main_metric,
+            "split": data.task.main_eval_split,
+            "value": metrics[data.task.main_eval_split][data.task.main_metric],
+        },
+        "data": {"source": ctx.source.to_dict(), "splits": data.provenance},
+        "model_dir": str(model_dir) if spec.method != DENSE else teacher_info["path"],
+        "dense_model_dir": teacher_info["path"],
+        "train": {"steps": train_stats["steps"], "final_loss_terms": train_stats.get("final_loss_terms", {})},
+        "timings": {
+            "load_seconds": loaded - started,
+            "train_seconds": train_stats["seconds"],
+            "eval_seconds": evaluated - trained,
+            "total_seconds": time.perf_counter() - started,
+        },
+        **extra,
+    }
+    return record
+
+
+def sparsity_of(model, spec: CellSpec, data: TaskData) -> dict:
+    from capbench.pruning.accounting import sparsity_report
+
+    reference = load_classifier(resolve_model_path(spec.model), data.task.num_labels)
+    return sparsity_report(model, reference, spec.sparsity)
+
+
+def provenance_fields() -> dict:
+    return {"versions": package_versions(), "git_commit": git_commit(), "machine": machine()}
+
+
+def failed_record(spec: CellSpec, error: BaseException) -> dict:
+    return {
+        "schema_version": records.SCHEMA_VERSION,
+        "cell_id": spec.cell_id,
+        "spec": spec.to_dict(),
+        "spec_hash": spec.digest,
+        "status": "failed",
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": traceback.format_exc(limit=8),
+    }
+
+
+def is_finished(spec: CellSpec, out_dir: Path) -> bool:
+    record = records.read_record(records.record_path(out_dir, spec.cell_id))
+    return bool(record) and record.get("status") == "done" and record.get("spec_hash") == spec.digest
+
+
+def run_grid(cells: list[CellSpec], ctx: RunContext, overwrite: bool = False, after_cell=None) -> dict:
+    """Run every unfinished cell; a finished cell is skipped unless `overwrite`. Returns counts."""
+    records.remove_stale_temp_files(ctx.out_dir)
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    common = provenance_fields()
+    with tqdm(total=len(cells), desc="cells", disable=not ctx.show_progress, position=0) as bar:
+        for spec in cells:
+            path = records.record_path(ctx.out_dir, spec.cell_id)
+            if not overwrite and is_finished(spec, ctx.out_dir):
+                counts["skipped"] += 1
+                if after_cell is not None:
+                    after_cell(spec, path, ctx, fresh=False)
+                bar.update(1)
+                continue
+            bar.set_postfix_str(spec.cell_id)
+            try:
+                record = {**run_cell(spec, ctx), **common}
+                counts["done"] += 1
+            except CapbenchError:
+                raise
+            except Exception as error:  # one broken cell must not lose the rest of the grid
+                record = {**failed_record(spec, error), **common}
+                counts["failed"] += 1
+                tqdm.write(f"cell {spec.cell_id} failed: {record['error']}")
+            record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            records.write_json(path, record)
+            if after_cell is not None and record["status"] == "done":
+                after_cell(spec, path, ctx, fresh=True)
+            bar.update(1)
+    return counts

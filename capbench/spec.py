@@ -1,0 +1,80 @@
+"""Frozen cell specs: everything that determines a cell's result, and the digest that names it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+DENSE = "dense"
+# Measurements taken on a finished model; asking for them later does not retrain the cell.
+MEASUREMENT_FIELDS = ("probes", "speed")
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    task: str
+    method: str  # "dense" for the dense fine-tuned reference
+    sparsity: float  # fraction of prunable weights removed; 0.0 for dense
+    seed: int
+    model: str
+    preset: str
+    data: dict
+    max_train_examples: int | None
+    max_eval_examples: int | None
+    max_seq_length: int
+    data_sample_seed: int
+    train: dict
+    method_options: dict = field(default_factory=dict)
+    kd: dict | None = None
+    cap: dict | None = None
+    probes: tuple[str, ...] = ()
+    speed: bool = False
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["probes"] = list(self.probes)
+        return data
+
+    @property
+    def digest(self) -> str:
+        return spec_digest(self.to_dict())
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.task}-{self.method}-{self.sparsity:g}-seed{self.seed}-{self.digest[:10]}"
+
+    def dense_reference(self) -> CellSpec:
+        """The dense cell of the same task, seed, model, data and training settings (the KD teacher)."""
+        return CellSpec(
+            **{
+                **self.to_dict(),
+                "method": DENSE,
+                "sparsity": 0.0,
+                "method_options": {},
+                "kd": None,
+                "cap": None,
+                "probes": tuple(self.probes),
+            }
+        )
+
+
+def spec_digest(spec: dict) -> str:
+    core = {k: v for k, v in spec.items() if k not in MEASUREMENT_FIELDS}
+    return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def teacher_key(spec: CellSpec, model_digest: str) -> str:
+    """What determines the dense fine-tuned model: shared by every method and sparsity of a (task, seed)."""
+    parts = {
+        "task": spec.task,
+        "seed": spec.seed,
+        "model": spec.model,
+        "model_weights": model_digest,
+        "data": spec.data,
+        "max_train_examples": spec.max_train_examples,
+        "max_seq_length": spec.max_seq_length,
+        "data_sample_seed": spec.data_sample_seed,
+        "train": spec.train,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]

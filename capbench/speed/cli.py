@@ -1,0 +1,188 @@
+"""`capbench bench`: time a saved pruned model, or every done cell of a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from capbench.errors import CapbenchError
+from capbench.speed.kernels import DEFAULT_TOKEN_COUNTS, parse_token_count
+from capbench.speed.model import DEFAULT_MODEL_TOKEN_COUNTS
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench",
+        help="measure what a pruned model's sparsity buys in inference time on this machine",
+        description=(
+            "Time every encoder linear of a pruned model in every kernel format (dense, CSR, BSR, compact; "
+            "2:4 on CUDA) and the whole model in its best formats against its dense model. With --runs, do it "
+            "for every done cell of a run directory and write the result into each record's 'speed' field."
+        ),
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model", type=Path, metavar="DIR", help="a saved pruned model (save_pretrained dir)"
+    )
+    source.add_argument("--runs", type=Path, metavar="RUNDIR", help="a run directory with records/*.json")
+    p.add_argument(
+        "--dense",
+        type=Path,
+        metavar="DIR",
+        help="the dense model to compare with (default: the pruned model itself run densely)",
+    )
+    p.add_argument(
+        "--token-counts",
+        nargs="+",
+        default=list(DEFAULT_TOKEN_COUNTS),
+        metavar="BxS",
+        help=f"per-layer token counts, batch x seq (default: {' '.join(DEFAULT_TOKEN_COUNTS)})",
+    )
+    p.add_argument(
+        "--model-token-counts",
+        nargs="+",
+        default=list(DEFAULT_MODEL_TOKEN_COUNTS),
+        metavar="BxS",
+        help=f"whole-model shapes, batch x seq (default: {' '.join(DEFAULT_MODEL_TOKEN_COUNTS)})",
+    )
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up calls per candidate (default 1)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--no-breakdown", action="store_true", help="skip the where-does-the-time-go breakdown")
+    p.add_argument(
+        "--force", action="store_true", help="with --runs: re-time records that already have speed"
+    )
+    p.add_argument("--json", type=Path, metavar="FILE", help="with --model: also write the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=run_bench)
+    return p
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    return lambda msg: print(f"  [bench] {msg}", file=sys.stderr, flush=True)
+
+
+def load_model(directory: Path):
+    from transformers import AutoModelForSequenceClassification
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CapbenchError(f"model directory {directory} does not exist; pass a save_pretrained directory")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(directory))
+    except Exception as exc:
+        raise CapbenchError(
+            f"cannot load {directory} with AutoModelForSequenceClassification ({type(exc).__name__}: {exc})"
+        ) from exc
+    return model.eval()
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temp file in the same directory, then os.replace it over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _bench_kwargs(args) -> dict:
+    for spec in [*args.token_counts, *args.model_token_counts]:
+        try:
+            parse_token_count(spec)
+        except ValueError as exc:
+            raise CapbenchError(f"{exc}") from None
+    if args.repeats < 1:
+        raise CapbenchError("--repeats must be at least 1")
+    return dict(
+        token_counts=args.token_counts,
+        model_token_counts=args.model_token_counts,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        breakdown=not args.no_breakdown,
+        progress=_progress(args.quiet),
+    )
+
+
+def _resolve(path_str: str | None, run_dir: Path) -> Path | None:
+    if not path_str:
+        return None
+    p = Path(path_str)
+    if p.is_absolute() or p.exists():
+        return p
+    return run_dir / p
+
+
+def run_bench(args) -> int:
+    import torch
+
+    from capbench.speed.report import bench_model, render_layer_table, render_model_table, render_speed_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kwargs = _bench_kwargs(args)
+    if args.model is not None:
+        model = load_model(args.model)
+        dense = load_model(args.dense) if args.dense else None
+        try:
+            speed = bench_model(model, dense, **kwargs)
+        except ValueError as exc:
+            raise CapbenchError(str(exc)) from exc
+        print(render_layer_table(speed))
+        print()
+        print(render_model_table(speed))
+        if args.json:
+            write_json_atomic(args.json, speed)
+        return 0
+
+    run_dir = args.runs
+    record_dir = run_dir / "records"
+    if not record_dir.is_dir():
+        raise CapbenchError(f"{record_dir} does not exist; pass a run directory made by `capbench run`")
+    paths = sorted(record_dir.glob("*.json"))
+    dense_cache: dict[Path, object] = {}
+    timed, skipped, records = 0, 0, []
+    for path in paths:
+        record = json.loads(path.read_text())
+        if record.get("status") != "done" or (record.get("speed") and not args.force):
+            skipped += record.get("status") != "done"
+            records.append(record)
+            continue
+        model_dir = _resolve(record.get("model_dir"), run_dir)
+        if model_dir is None:
+            print(f"{path.name}: no model_dir in the record, skipped", file=sys.stderr)
+            records.append(record)
+            continue
+        dense_dir = _resolve(record.get("dense_model_dir"), run_dir) or args.dense
+        if dense_dir is not None and dense_dir not in dense_cache:
+            dense_cache[dense_dir] = load_model(dense_dir)
+        print(f"{path.name}: timing {model_dir}", file=sys.stderr)
+        try:
+            speed = bench_model(load_model(model_dir), dense_cache.get(dense_dir), **kwargs)
+        except ValueError as exc:
+            raise CapbenchError(f"{path.name}: {exc}") from exc
+        print(f"\n## {path.stem}\n")
+        print(render_model_table(speed))
+        fresh = json.loads(path.read_text())  # re-read: only the speed field is ours
+        fresh["speed"] = speed
+        write_json_atomic(path, fresh)
+        records.append(fresh)
+        timed += 1
+    print()
+    print(render_speed_table(records))
+    print(f"\ntimed {timed} cell(s); {skipped} not done; records in {record_dir}", file=sys.stderr)
+    return 0

@@ -1,0 +1,205 @@
+"""Per-layer kernel benchmark: every format of one linear layer, timed against dense in the same run."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from capbench.speed.formats import KernelFormat, build_formats, sparsity_of
+from capbench.speed.timing import Clock, time_interleaved
+
+# batch x sequence length: a single sequence, a typical batch, and one large count.
+DEFAULT_TOKEN_COUNTS = ("1x128", "32x128", "128x128")
+
+
+def parse_token_count(spec: str | int | tuple[int, int]) -> tuple[int, int]:
+    """``"32x128"`` -> (32, 128); a plain number N -> (1, N)."""
+    if isinstance(spec, tuple):
+        batch, seq = spec
+    elif isinstance(spec, int):
+        batch, seq = 1, spec
+    else:
+        text = str(spec).lower().replace("×", "x").strip()
+        try:
+            if "x" in text:
+                b, s = text.split("x", 1)
+                batch, seq = int(b), int(s)
+            else:
+                batch, seq = 1, int(text)
+        except ValueError:
+            raise ValueError(f"token count {spec!r} is not BATCHxSEQ (e.g. 32x128) or a number") from None
+    if batch < 1 or seq < 1:
+        raise ValueError(f"token count {spec!r} must be positive")
+    return int(batch), int(seq)
+
+
+def token_count_label(spec) -> str:
+    batch, seq = parse_token_count(spec)
+    return f"{batch}x{seq}"
+
+
+def theoretical_speedup(nnz: int, numel: int) -> float | None:
+    """Ideal speedup from non-zero FLOPs, numel / nnz = 1 / (1 - s); None when nothing is left."""
+    return numel / nnz if nnz > 0 else None
+
+
+def iter_encoder_linears(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(qualified name, module) of every linear layer inside the model's encoder (not pooler/classifier)."""
+    base = getattr(model, "base_model", model)
+    encoder = getattr(base, "encoder", None)
+    if encoder is None:
+        raise ValueError(f"{type(model).__name__} has no .encoder (expected a BERT-style encoder model)")
+    inside = {id(m) for m in encoder.modules()}
+    for name, module in model.named_modules():
+        if id(module) in inside and (
+            isinstance(module, nn.Linear) or getattr(module, "is_format_linear", False)
+        ):
+            yield name, module
+
+
+def _stats_row(times: dict, speedup: dict) -> dict:
+    return {
+        "median_s": times["median"],
+        "iqr_s": times["iqr"],
+        "mad_s": times["mad"],
+        "min_s": times["min"],
+        "max_s": times["max"],
+        "speedup": speedup["median"],
+        "speedup_iqr": speedup["iqr"],
+        "speedup_min": speedup["min"],
+        "speedup_max": speedup["max"],
+    }
+
+
+def time_formats(
+    formats: dict[str, KernelFormat],
+    token_counts: Iterable = DEFAULT_TOKEN_COUNTS,
+    *,
+    repeats: int = 7,
+    warmup: int = 1,
+    budget: float | None = None,
+    clock: Clock = time.perf_counter,
+    min_gain: float = 1.0,
+    seed: int = 0,
+) -> dict:
+    """Time every available format at each token count, interleaved with dense; speedups per round."""
+    dense = formats["dense"]
+    out: dict = {}
+    g = torch.Generator().manual_seed(seed)
+    for spec in token_counts:
+        label = token_count_label(spec)
+        batch, seq = parse_token_count(spec)
+        tokens = batch * seq
+        x = torch.randn(tokens, dense.in_features, generator=g).to(dense.weight.device, dense.weight.dtype)
+        fns: dict[str, Callable[[], object]] = {
+            name: (lambda f=fmt, x=x: f(x)) for name, fmt in formats.items() if fmt.available
+        }
+        with torch.inference_mode():
+            timing = time_interleaved(
+                fns, baseline="dense", repeats=repeats, warmup=warmup, budget=budget, clock=clock
+            )
+        results = {name: _stats_row(timing["times"][name], timing["speedup"][name]) for name in fns}
+        best, best_speedup = "dense", 1.0
+        for name, row in results.items():
+            if name != "dense" and row["speedup"] > max(best_speedup, min_gain):
+                best, best_speedup = name, row["speedup"]
+        out[label] = {
+            "tokens": tokens,
+            "rounds": timing["rounds"],
+            "threads": timing["threads"],
+            "results": results,
+            "best": best,
+            "best_speedup": best_speedup,
+        }
+    return out
+
+
+def bench_layer(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    name: str = "",
+    mask: torch.Tensor | None = None,
+    token_counts: Iterable = DEFAULT_TOKEN_COUNTS,
+    repeats: int = 7,
+    warmup: int = 1,
+    budget: float | None = None,
+    clock: Clock = time.perf_counter,
+    min_gain: float = 1.0,
+    seed: int = 0,
+    **format_kwargs,
+) -> dict:
+    """Benchmark one linear layer in every format at each token count.
+
+    Returns the layer's shape, sparsity, theoretical speedup (non-zero FLOPs), each format's availability,
+    per token count each format's time statistics and its speedup vs dense (median of per-round ratios),
+    and the best format per token count (a format must beat dense by `min_gain` to be chosen).
+    """
+    w = weight.detach() if mask is None else weight.detach() * mask.to(weight.dtype)
+    formats = build_formats(w, bias, **format_kwargs)
+    nnz = int(torch.count_nonzero(w))
+    result = {
+        "name": name,
+        "shape": list(w.shape),
+        "nnz": nnz,
+        "sparsity": sparsity_of(w),
+        "theoretical_speedup": theoretical_speedup(nnz, w.numel()),
+        "formats": {fname: fmt.describe() for fname, fmt in formats.items()},
+    }
+    timed = time_formats(
+        formats,
+        token_counts,
+        repeats=repeats,
+        warmup=warmup,
+        budget=budget,
+        clock=clock,
+        min_gain=min_gain,
+        seed=seed,
+    )
+    result["token_counts"] = timed
+    result["best"] = {label: row["best"] for label, row in timed.items()}
+    return result
+
+
+def bench_linears(
+    model: nn.Module,
+    *,
+    token_counts: Iterable = DEFAULT_TOKEN_COUNTS,
+    progress: Callable[[str], None] | None = None,
+    **kwargs,
+) -> list[dict]:
+    """`bench_layer` for every encoder linear of `model`, in module order."""
+    token_counts = list(token_counts)
+    layers = list(iter_encoder_linears(model))
+    results = []
+    for i, (name, module) in enumerate(layers):
+        if progress is not None:
+            progress(f"layer {i + 1}/{len(layers)} {name}")
+        weight = getattr(module, "weight", None)
+        if weight is None:
+            continue
+        results.append(bench_layer(weight, module.bias, name=name, token_counts=token_counts, **kwargs))
+    return results
+
+
+def summarize_layers(layers: list[dict], label: str) -> dict:
+    """Across layers at one token count: format counts, median speedup, total-time speedup."""
+    counts: dict[str, int] = {}
+    speedups, dense_total, best_total = [], 0.0, 0.0
+    for layer in layers:
+        row = layer["token_counts"].get(label)
+        if row is None:
+            continue
+        counts[row["best"]] = counts.get(row["best"], 0) + 1
+        speedups.append(row["best_speedup"])
+        dense_total += row["results"]["dense"]["median_s"]
+        best_total += row["results"][row["best"]]["median_s"]
+    return {
+        "formats": counts,
+        "median_layer_speedup": statistics.median(speedups) if speedups else None,
+        "linear_time_speedup": dense_total / best_total if best_total > 0 else None,
+    }

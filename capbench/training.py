@@ -1,0 +1,139 @@
+"""The flat training loop: AdamW, linear warmup/decay, dynamic padding, a fixed seed.
+
+Per step: forward, loss terms from the loss composer and the pruner, backward, clip, optimizer step,
+schedule step, then the pruner updates its masks. See docs/ARCHITECTURE.md for the contract.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 3.0
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 64
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_loader(dataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collator, generator=generator)
+
+
+def model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+def total_steps(loader: DataLoader, epochs: float) -> int:
+    return max(1, math.ceil(len(loader) * epochs))
+
+
+class CrossEntropyLoss:
+    """The default loss composer: the model's own task loss (CE, or MSE for regression)."""
+
+    needs_hidden_states = False
+
+    def __call__(self, outputs, batch, step) -> dict:
+        return {"ce": outputs.loss}
+
+
+def _optimizer(model, cfg: TrainConfig, pruner) -> torch.optim.Optimizer:
+    score_ids = {id(p) for p in (pruner.score_parameters() if pruner else [])}
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad or id(param) in score_ids:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+        *(pruner.param_groups() if pruner else []),
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
+
+
+def _linear_schedule(optimizer, warmup: int, steps: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=None, progress=None) -> dict:
+    """Train in place; returns step count, final loss terms and wall time."""
+    loss_fn = loss_fn or CrossEntropyLoss()
+    steps = total_steps(loader, cfg.epochs)
+    if pruner is not None:
+        pruner.attach(model, steps)
+    optimizer = _optimizer(model, cfg, pruner)
+    scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * steps), steps)
+    model.train()
+    step, started, terms = 0, time.perf_counter(), {}
+    while step < steps:
+        for batch in loader:
+            outputs = model(
+                **model_inputs(batch), labels=batch["labels"], output_hidden_states=loss_fn.needs_hidden_states
+            )
+            terms = loss_fn(outputs, batch, step)
+            if pruner is not None:
+                terms.update(pruner.loss_terms(step))
+            loss = sum(terms.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            if pruner is not None:
+                pruner.after_step(step)
+            step += 1
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.3f}")
+            if step >= steps:
+                break
+        if hasattr(loss_fn, "on_epoch_end"):
+            loss_fn.on_epoch_end()
+    model.eval()
+    return {
+        "steps": step,
+        "final_loss_terms": {k: float(v.detach()) for k, v in terms.items()},
+        "seconds": time.perf_counter() - started,
+    }
+
+
+@torch.no_grad()
+def predict(model, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels over a loader, in order."""
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        logits.append(model(**model_inputs(batch)).logits.float().cpu())
+        labels.append(batch["labels"].cpu())
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
