@@ -28,14 +28,18 @@ def default_cache_dir() -> Path:
 
 
 def add_run_parser(subparsers) -> None:
-    p = subparsers.add_parser("run", help="run a grid of (task, method, sparsity, seed) cells and record results")
+    p = subparsers.add_parser(
+        "run", help="run a grid of (task, method, sparsity, seed) cells and record results"
+    )
     p.add_argument("--tasks", required=True, help="comma-separated task names (capbench ls tasks)")
     p.add_argument("--methods", default="magnitude", help="comma-separated methods (capbench ls methods)")
     p.add_argument("--sparsity", default="0.5,0.9", help="fractions of prunable weights removed, in [0, 1)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--preset", default="default", help="smoke | default | paper (capbench ls presets)")
     p.add_argument("--model", help="hub id or local directory (default: the preset's model)")
-    p.add_argument("--data-dir", help="local GLUE data (hub-schema jsonl/parquet or glue_data TSV); default: hub")
+    p.add_argument(
+        "--data-dir", help="local GLUE data (hub-schema jsonl/parquet or glue_data TSV); default: hub"
+    )
     p.add_argument("--out", default="runs/latest", help="run directory: records/ and models/ go here")
     p.add_argument("--cache-dir", type=Path, default=None, help="tokenized data, dense teachers, CAP banks")
     p.add_argument("--epochs", type=float)
@@ -44,7 +48,9 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("--max-train-examples", type=int)
     p.add_argument("--max-eval-examples", type=int)
     p.add_argument("--max-seq-length", type=int)
-    p.add_argument("--kd", choices=["on", "off"], default="on", help="logit distillation from the dense teacher")
+    p.add_argument(
+        "--kd", choices=["on", "off"], default="on", help="logit distillation from the dense teacher"
+    )
     p.add_argument("--method-option", action="append", metavar="KEY=VALUE", help="override a method default")
     p.add_argument("--cap-option", action="append", metavar="KEY=VALUE", help="override a CAP default")
     p.add_argument("--probes", default="", help="probing tasks to run on every pruned model, e.g. sentlen")
@@ -66,7 +72,9 @@ def add_leaderboard_parser(subparsers) -> None:
     p = subparsers.add_parser("leaderboard", help="render markdown and JSON from run records")
     p.add_argument("--runs", required=True, nargs="+", help="run directories")
     p.add_argument("--out", help="write markdown here (and the JSON beside it); default: print")
-    p.add_argument("--command", dest="regenerate", help="the command that regenerates these runs, for the header")
+    p.add_argument(
+        "--command", dest="regenerate", help="the command that regenerates these runs, for the header"
+    )
     p.add_argument("--plots", action="store_true", help="also write metric-vs-sparsity and Pareto plots")
     p.set_defaults(handler=cmd_leaderboard)
 
@@ -74,7 +82,9 @@ def add_leaderboard_parser(subparsers) -> None:
 def cmd_leaderboard(args) -> int:
     from capbench.publish import publish
 
-    text = publish([Path(r) for r in args.runs], Path(args.out) if args.out else None, args.regenerate, args.plots)
+    text = publish(
+        [Path(r) for r in args.runs], Path(args.out) if args.out else None, args.regenerate, args.plots
+    )
     if not args.out:
         sys.stdout.write(text)
     return 0
@@ -129,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"capbench: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("capbench: interrupted; finished cells are saved, rerun the same command to resume", file=sys.stderr)
+        print(
+            "capbench: interrupted; finished cells are saved, rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -27,7 +27,9 @@ def kd_loss(student_logits, teacher_logits, temperature: float, regression: bool
         return F.mse_loss(student_logits, teacher_logits)
     t = temperature
     return F.kl_div(
-        F.log_softmax(student_logits / t, dim=-1), F.softmax(teacher_logits / t, dim=-1), reduction="batchmean"
+        F.log_softmax(student_logits / t, dim=-1),
+        F.softmax(teacher_logits / t, dim=-1),
+        reduction="batchmean",
     ) * (t * t)
 
 

@@ -14,7 +14,9 @@ def parse_sparsities(text: str) -> list[float]:
         try:
             value = float(part)
         except ValueError:
-            raise CapbenchError(f"--sparsity {part!r} is not a number; give fractions such as 0.5,0.9") from None
+            raise CapbenchError(
+                f"--sparsity {part!r} is not a number; give fractions such as 0.5,0.9"
+            ) from None
         if not 0.0 <= value < 1.0:
             raise CapbenchError(
                 f"--sparsity {value:g} is outside [0, 1); sparsity is the fraction of weights removed, e.g. 0.9"

@@ -58,7 +58,9 @@ def _provenance(records: list[dict]) -> dict:
 def _machine_line(machine: dict) -> str:
     if not machine:
         return "unknown"
-    return f"{machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, torch {machine.get('torch', '?')}"
+    return (
+        f"{machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, torch {machine.get('torch', '?')}"
+    )
 
 
 def summarize(records: list[dict]) -> dict:
@@ -72,7 +74,11 @@ def summarize(records: list[dict]) -> dict:
             meta.setdefault(spec["task"], record["main_metric"])
     tasks = {}
     for task in sorted(cells):
-        dense = [r["main_metric"]["value"] for r in cells[task].get(DENSE, {}).get("0", []) if r["status"] == "done"]
+        dense = [
+            r["main_metric"]["value"]
+            for r in cells[task].get(DENSE, {}).get("0", [])
+            if r["status"] == "done"
+        ]
         dense_mean = statistics.fmean(dense) if dense else None
         rows = {}
         for label in sorted(cells[task], key=lambda name: (name != DENSE, name)):
@@ -129,7 +135,9 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def render_markdown(summary: dict, command: str | None = None, extra_sections: list[str] | None = None) -> str:
+def render_markdown(
+    summary: dict, command: str | None = None, extra_sections: list[str] | None = None
+) -> str:
     prov = summary["provenance"]
     lines = ["# capbench leaderboard", ""]
     lines += [
@@ -147,14 +155,20 @@ def render_markdown(summary: dict, command: str | None = None, extra_sections: l
     for task, info in summary["tasks"].items():
         columns = sorted({key for row in info["rows"].values() for key in row}, key=float)
         header = ["method", *[("dense" if key == "0" else f"s={key}") for key in columns]]
-        metric_rows = [[label, *[_fmt_metric(row.get(key)) for key in columns]] for label, row in info["rows"].items()]
+        metric_rows = [
+            [label, *[_fmt_metric(row.get(key)) for key in columns]] for label, row in info["rows"].items()
+        ]
         keep_rows = [
             [label, *[_fmt_retention(row.get(key), label == DENSE) for key in columns]]
             for label, row in info["rows"].items()
         ]
         lines += ["", f"## {task}: {info['metric']} on {info['split']} (×100, mean ± std over seeds)", ""]
         lines += _table(header, metric_rows)
-        lines += ["", f"### {task}: retention (% of dense) · achieved sparsity of the pruned linear weights", ""]
+        lines += [
+            "",
+            f"### {task}: retention (% of dense) · achieved sparsity of the pruned linear weights",
+            "",
+        ]
         lines += _table(header, keep_rows)
     for section in extra_sections or []:
         lines += ["", section.rstrip()]

@@ -39,7 +39,9 @@ def check_methods(names: list[str]) -> None:
             raise CapbenchError(f"unknown method {name!r}; known methods: {', '.join(sorted(known))}")
 
 
-def method_spec(method: str, overrides: dict, kd: bool, cap_overrides: dict) -> tuple[dict, dict | None, dict | None]:
+def method_spec(
+    method: str, overrides: dict, kd: bool, cap_overrides: dict
+) -> tuple[dict, dict | None, dict | None]:
     """Resolved (method_options, kd, cap) for a method: documented defaults plus the user's overrides."""
     from capbench.pruning.methods import method_defaults
 

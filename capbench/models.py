@@ -34,7 +34,9 @@ def resolve_model_path(name_or_path: str) -> str:
     local = Path(name_or_path).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise CapbenchError(f"--model {name_or_path}: directory has no config.json; is it a saved HF model?")
+            raise CapbenchError(
+                f"--model {name_or_path}: directory has no config.json; is it a saved HF model?"
+            )
         return str(local.resolve())
     offline = offline_model_path(name_or_path)
     return str(offline) if offline is not None else name_or_path
@@ -90,7 +92,9 @@ def check_encoder_layout(model, name: str = "model") -> None:
             for part in path.split("."):
                 module = getattr(module, part, None)
             if not isinstance(module, torch.nn.Linear):
-                raise CapbenchError(f"{name}: layer {index} lacks the linear {path}; not a BERT-style encoder")
+                raise CapbenchError(
+                    f"{name}: layer {index} lacks the linear {path}; not a BERT-style encoder"
+                )
 
 
 def weights_digest(model) -> str:

@@ -16,7 +16,9 @@ def extra_sections(records: list[dict]) -> list[str]:
     if any(r.get("probes") for r in records):
         from capbench.probing.report import render_probe_table
 
-        sections.append("## Linear probes: task-agnostic knowledge retained\n\n" + render_probe_table(records))
+        sections.append(
+            "## Linear probes: task-agnostic knowledge retained\n\n" + render_probe_table(records)
+        )
     if any(r.get("speed") for r in records):
         from capbench.speed.report import render_speed_table
 

@@ -16,8 +16,8 @@ from capbench import records
 from capbench.data.sources import DataSource, load_split, split_provenance
 from capbench.data.tokenize import tokenize_split
 from capbench.errors import CapbenchError
-from capbench.metrics import compute_metrics, predictions_from_logits
 from capbench.methods import build_loss, build_pruner
+from capbench.metrics import compute_metrics, predictions_from_logits
 from capbench.models import load_classifier, load_tokenizer, resolve_model_path, weights_digest
 from capbench.provenance import git_commit, machine, package_versions
 from capbench.spec import DENSE, CellSpec, teacher_key
@@ -77,7 +77,9 @@ def load_pretrained(spec: CellSpec, task: TaskSpec):
 def evaluate(model, data: TaskData, spec: CellSpec) -> dict:
     results = {}
     for split, rows in data.evals.items():
-        logits, labels = predict(model, make_loader(rows, data.tokenizer, TrainConfig(**spec.train).eval_batch_size, False))
+        logits, labels = predict(
+            model, make_loader(rows, data.tokenizer, TrainConfig(**spec.train).eval_batch_size, False)
+        )
         predictions = predictions_from_logits(logits, data.task.regression)
         results[split] = compute_metrics(data.task.metrics, predictions, labels)
     return results
@@ -130,11 +132,12 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
         model, train_stats = teacher, {"steps": 0, "seconds": teacher_info["train_seconds"]}
     else:
         model = load_pretrained(spec, data.task)
-        dense_model = load_pretrained(spec, data.task)
         pruner = build_pruner(spec)
         loss_fn = build_loss(spec, teacher, data, ctx)
         cfg, loader = _train_loader(spec, data)
-        with _progress(ctx, total_steps(loader, cfg.epochs), f"{spec.method} {spec.sparsity:g} {spec.task}") as bar:
+        with _progress(
+            ctx, total_steps(loader, cfg.epochs), f"{spec.method} {spec.sparsity:g} {spec.task}"
+        ) as bar:
             train_stats = train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=bar)
         model = pruner.finalize(model)
         extra["method_config"] = pruner.config()

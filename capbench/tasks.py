@@ -11,7 +11,16 @@ import yaml
 from capbench.errors import CapbenchError
 from capbench.metrics import METRICS
 
-REQUIRED_KEYS = ("name", "dataset", "config", "text_fields", "num_labels", "eval_splits", "metrics", "main_metric")
+REQUIRED_KEYS = (
+    "name",
+    "dataset",
+    "config",
+    "text_fields",
+    "num_labels",
+    "eval_splits",
+    "metrics",
+    "main_metric",
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,9 @@ def _parse(path: Path) -> TaskSpec:
     if unknown_metrics:
         raise CapbenchError(f"{path}: unknown metrics {unknown_metrics}; known: {sorted(METRICS)}")
     if data["main_metric"] not in data["metrics"]:
-        raise CapbenchError(f"{path}: main_metric {data['main_metric']!r} is not among metrics {data['metrics']}")
+        raise CapbenchError(
+            f"{path}: main_metric {data['main_metric']!r} is not among metrics {data['metrics']}"
+        )
     for key in ("text_fields", "eval_splits", "metrics", "label_names"):
         if key in data:
             data[key] = tuple(data[key])

@@ -42,7 +42,9 @@ def set_seed(seed: int) -> None:
 def make_loader(dataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
     collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collator, generator=generator)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collator, generator=generator
+    )
 
 
 def model_inputs(batch: dict) -> dict:
@@ -99,7 +101,9 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
     while step < steps:
         for batch in loader:
             outputs = model(
-                **model_inputs(batch), labels=batch["labels"], output_hidden_states=loss_fn.needs_hidden_states
+                **model_inputs(batch),
+                labels=batch["labels"],
+                output_hidden_states=loss_fn.needs_hidden_states,
             )
             terms = loss_fn(outputs, batch, step)
             if pruner is not None:

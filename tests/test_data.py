@@ -21,9 +21,9 @@ def test_local_hub_schema_directory(tiny_glue):
 
 def test_local_parquet_is_read(tmp_path):
     (tmp_path / "sst2").mkdir()
-    datasets.Dataset.from_dict({"sentence": ["a good film", "bad"], "label": [1, 0], "idx": [0, 1]}).to_parquet(
-        str(tmp_path / "sst2" / "validation.parquet")
-    )
+    datasets.Dataset.from_dict(
+        {"sentence": ["a good film", "bad"], "label": [1, 0], "idx": [0, 1]}
+    ).to_parquet(str(tmp_path / "sst2" / "validation.parquet"))
     rows = load_split(detect_source(tmp_path), get_task("sst2"), "validation")
     assert rows["label"] == [1, 0]
 

@@ -51,7 +51,9 @@ def test_metrics_match_evaluate_glue(config):
     try:
         metric = evaluate.load("glue", config)
     except Exception as exc:
-        pytest.skip(f"evaluate's glue metric script cannot be loaded here (it lives on the hub): {type(exc).__name__}")
+        pytest.skip(
+            f"evaluate's glue metric script cannot be loaded here (it lives on the hub): {type(exc).__name__}"
+        )
     rng = np.random.default_rng(0)
     if config == "stsb":
         predictions, references = rng.normal(size=50), rng.normal(size=50)

@@ -62,7 +62,9 @@ def _local_split_path(root: Path, task: TaskSpec, split: str) -> Path:
 def _load_raw(source: DataSource, task: TaskSpec, split: str) -> tuple[datasets.Dataset, str]:
     if source.kind == "hub":
         try:
-            return datasets.load_dataset(task.dataset, task.config, split=split), f"{task.dataset}/{task.config}"
+            return datasets.load_dataset(
+                task.dataset, task.config, split=split
+            ), f"{task.dataset}/{task.config}"
         except Exception as exc:  # network, missing split, hub errors: one line, with the fix
             raise CapbenchError(
                 f"could not load {task.dataset}/{task.config} split {split!r} from the hub "
@@ -75,7 +77,9 @@ def _load_raw(source: DataSource, task: TaskSpec, split: str) -> tuple[datasets.
         try:
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as exc:
-            raise CapbenchError(f"{path}: could not be parsed as {builder} ({type(exc).__name__}: {exc})") from exc
+            raise CapbenchError(
+                f"{path}: could not be parsed as {builder} ({type(exc).__name__}: {exc})"
+            ) from exc
         return dataset, str(path)
     path = tsv_split_path(root, task, split)
     return datasets.Dataset.from_dict(read_glue_tsv(path, task)), str(path)
@@ -101,7 +105,10 @@ def split_provenance(source: DataSource, task: TaskSpec, split: str) -> dict:
         if manifest.is_file():
             entry = json.loads(manifest.read_text()).get("configs", {}).get(task.config, {}).get(split, {})
             if entry:
-                return {"official": bool(entry.get("official", True)), "provenance": entry.get("provenance", "")}
+                return {
+                    "official": bool(entry.get("official", True)),
+                    "provenance": entry.get("provenance", ""),
+                }
         return {"official": True, "provenance": "local copy (no MANIFEST.json entry)"}
     if source.kind == "tsv":
         return {"official": True, "provenance": "GLUE TSV file"}
