@@ -114,7 +114,8 @@ def _fmt_metric(cell: dict | None) -> str:
         return "–"
     if cell["status"] != "done":
         return "failed"
-    text = f"{100 * cell['mean']:.{DIGITS - 1}f} ± {100 * cell['std']:.{DIGITS - 1}f} (n={cell['n']})"
+    spread = f" ± {100 * cell['std']:.{DIGITS - 1}f}" if cell["n"] > 1 else ""
+    text = f"{100 * cell['mean']:.{DIGITS - 1}f}{spread} (n={cell['n']})"
     return text + (f", {cell['failed']} failed" if cell.get("failed") else "")
 
 

@@ -64,7 +64,12 @@ def load_config(path: str):
 
 
 def load_tokenizer(path: str):
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise CapbenchError(
+            f"--model {path}: could not load its tokenizer ({str(exc).splitlines()[0]}); save one beside the weights"
+        ) from exc
 
 
 def load_classifier(path: str, num_labels: int, dropout: float | None = None):

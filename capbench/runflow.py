@@ -9,6 +9,7 @@ from capbench.data.sources import detect_source, load_split
 from capbench.errors import CapbenchError
 from capbench.grid import expand_grid, parse_seeds, parse_sparsities, shard
 from capbench.methods import check_methods, method_spec
+from capbench.models import load_config, resolve_model_path
 from capbench.presets import get_preset
 from capbench.runner import RunContext, run_grid
 from capbench.tasks import parse_task_list
@@ -31,6 +32,7 @@ def cells_from_args(args):
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
     )
+    load_config(resolve_model_path(preset.model))  # fail fast on a model that is not a BERT-family encoder
     source = detect_source(args.data_dir)
     for task in tasks:  # fail fast, before hours of training, on a missing split or bad rows
         for split in (task.train_split, *task.eval_splits):

@@ -193,3 +193,41 @@ def test_gradient_reaches_anchors_only():
 def test_unknown_normalization_is_a_clear_error():
     with pytest.raises(CapbenchError, match="normalization"):
         positive_mean_loss(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), "nope")
+
+
+def _released_layout_loss(z, idx, labels, bank, bank_labels, extra_idx, tau, w_unsup, w_sup):
+    """The released calculate_contrastive_loss, restated: per example [current, K bank rows], then extras,
+    self masked at column b*(K+1), both terms double-normalised by the positive count."""
+    bsz, k, dim = bank[idx].shape
+    reps = torch.cat([z.detach().unsqueeze(1), bank[idx]], dim=1).reshape(bsz * (k + 1), dim)
+    cand = torch.cat([reps, bank[extra_idx].reshape(-1, dim)])
+    self_mask = torch.zeros(bsz, cand.shape[0], dtype=torch.bool)
+    self_mask[torch.arange(bsz), torch.arange(bsz) * (k + 1)] = True
+    score = (z @ cand.t() / tau).masked_fill(self_mask, -1e6).log_softmax(-1)
+    total = 0.0
+    for weight, keys, extra_keys in ((w_unsup, idx, extra_idx), (w_sup, labels, bank_labels[extra_idx])):
+        all_keys = torch.cat([keys.repeat_interleave(k + 1), extra_keys.repeat_interleave(k)])
+        pos = keys.view(-1, 1) == all_keys.view(1, -1)
+        masked = score.masked_fill(~pos | self_mask, 0)
+        num = pos.sum(1, keepdim=True) - 1
+        total = total - weight * (masked / num).sum() / (masked != 0).sum()
+    return total
+
+
+def test_matches_the_released_code_layout_with_snapshots_and_extras():
+    k, dim = 3, 8
+    bank = _unit(12, k, dim, seed=11)
+    bank_labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
+    idx = torch.tensor([2, 5, 7, 8])
+    labels = bank_labels[idx]
+    z = _unit(4, dim, seed=12)
+    extra_idx = torch.tensor([0, 5, 9, 11, 3])  # includes batch example 5: an extra positive
+    want = _released_layout_loss(z, idx, labels, bank, bank_labels, extra_idx, 0.1, 0.1, 10.0)
+
+    cand = torch.cat([z, bank[idx].reshape(-1, dim), bank[extra_idx].reshape(-1, dim)])
+    ids = torch.cat([idx, idx.repeat_interleave(k), extra_idx.repeat_interleave(k)])
+    cand_labels = torch.cat([labels, labels.repeat_interleave(k), bank_labels[extra_idx].repeat_interleave(k)])
+    self_index = torch.arange(4)
+    got = 0.1 * unsupervised_contrastive_loss(z, idx, cand, ids, 0.1, "paper_code", self_index)
+    got = got + 10.0 * supervised_contrastive_loss(z, labels, cand, cand_labels, 0.1, "paper_code", self_index)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)

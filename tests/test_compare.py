@@ -1,0 +1,67 @@
+import copy
+
+from fixture_records import fixture_records, write_fixture_run
+
+from capbench.cli import main
+from capbench.records import load_records
+
+
+def _baseline(tmp_path, records):
+    run = write_fixture_run(tmp_path / "base", records)
+    out = tmp_path / "board.md"
+    assert main(["leaderboard", "--runs", str(run), "--out", str(out)]) == 0
+    return out.with_suffix(".json")
+
+
+def _ok(records):
+    return [r for r in records if r["status"] == "done"]
+
+
+def test_rerun_of_same_records_passes(tmp_path, capsys):
+    records = _ok(fixture_records())
+    baseline = _baseline(tmp_path, records)
+    run = write_fixture_run(tmp_path / "new", records)
+    assert main(["compare", "--baseline", str(baseline), "--runs", str(run)]) == 0
+    assert "unchanged" in capsys.readouterr().out
+
+
+def test_planted_regression_fails(tmp_path, capsys):
+    records = _ok(fixture_records())
+    baseline = _baseline(tmp_path, records)
+    planted = copy.deepcopy(records)
+    for record in planted:
+        if record["spec"]["method"] == "soft_movement":
+            record["main_metric"]["value"] -= 0.05  # single seed: beyond the 0.01 absolute tolerance
+    run = write_fixture_run(tmp_path / "new", planted)
+    assert main(["compare", "--baseline", str(baseline), "--runs", str(run)]) == 1
+    out = capsys.readouterr().out
+    assert "| regressed | rte | soft_movement +KD | 0.9 |" in out
+
+
+def test_drop_within_seed_noise_passes(tmp_path):
+    records = _ok(fixture_records())
+    baseline = _baseline(tmp_path, records)
+    noisy = copy.deepcopy(records)
+    for record in noisy:
+        if (
+            record["spec"]["method"] == "magnitude"
+            and record["spec"]["sparsity"] == 0.5
+            and record["spec"]["task"] == "rte"
+        ):
+            record["main_metric"]["value"] -= 0.02  # seed std is 0.014 on each side: 2 * 0.02 allowed
+    run = write_fixture_run(tmp_path / "new", noisy)
+    assert main(["compare", "--baseline", str(baseline), "--runs", str(run)]) == 0
+
+
+def test_missing_cells_are_reported_and_fail(tmp_path, capsys):
+    records = _ok(fixture_records())
+    baseline = _baseline(tmp_path, records)
+    run = write_fixture_run(tmp_path / "new", [r for r in records if r["spec"]["task"] == "rte"])
+    assert main(["compare", "--baseline", str(baseline), "--runs", str(run)]) == 1
+    assert "| missing | mnli | dense |" in capsys.readouterr().out
+    assert main(["compare", "--baseline", str(baseline), "--runs", str(run), "--allow-missing"]) == 0
+
+
+def test_loading_records_helper_roundtrip(tmp_path):
+    run = write_fixture_run(tmp_path / "run")
+    assert len(load_records(run)) == len(fixture_records())

@@ -1,0 +1,111 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from capbench import runner
+from capbench.cli import main
+from capbench.records import load_records
+
+
+def run_args(tiny_model_dir, tiny_glue, out, cache, *extra):
+    return [
+        "run",
+        "--tasks",
+        "rte",
+        "--preset",
+        "smoke",
+        "--model",
+        str(tiny_model_dir),
+        "--data-dir",
+        str(tiny_glue),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--batch-size",
+        "8",
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_grid_writes_records_and_a_rerun_skips_everything(
+    tiny_model_dir, tiny_glue, tmp_path, monkeypatch, capsys
+):
+    args = run_args(tiny_model_dir, tiny_glue, tmp_path / "run", tmp_path / "cache", "--methods", "magnitude")
+    args += ["--sparsity", "0.5,0.9", "--seeds", "0,1"]
+    assert main(args) == 0
+    records = load_records(tmp_path / "run")
+    assert len(records) == 6  # (dense + 2 sparsities) x 2 seeds
+    assert {r["status"] for r in records} == {"done"}
+    pruned = next(r for r in records if r["spec"]["method"] == "magnitude" and r["spec"]["sparsity"] == 0.9)
+    assert 0.0 <= pruned["main_metric"]["value"] <= 1.0
+    assert pruned["sparsity"]["linear"] == pytest.approx(0.9, abs=0.01)
+    assert pruned["spec_hash"] and pruned["versions"]["torch"] and "git_commit" in pruned
+    assert Path(pruned["model_dir"], "config.json").is_file()
+    assert set(pruned["metrics"]) == {"validation"}
+
+    def must_not_run(spec, ctx):
+        raise AssertionError(f"reran {spec.cell_id}")
+
+    monkeypatch.setattr(runner, "run_cell", must_not_run)
+    assert main(args) == 0
+    assert "0 run, 6 already finished" in capsys.readouterr().out
+
+
+def test_dense_teacher_is_trained_once_and_reused(tiny_model_dir, tiny_glue, tmp_path, monkeypatch):
+    calls = []
+    real_train = runner.train
+
+    def counting_train(model, loader, cfg, **kwargs):
+        calls.append(kwargs.get("pruner") is None)
+        return real_train(model, loader, cfg, **kwargs)
+
+    monkeypatch.setattr(runner, "train", counting_train)
+    args = run_args(tiny_model_dir, tiny_glue, tmp_path / "run", tmp_path / "cache", "--methods", "magnitude")
+    assert main([*args, "--sparsity", "0.5,0.9"]) == 0
+    assert calls.count(True) == 1  # one dense fine-tuning for the dense row and both pruned cells
+    main(
+        [
+            *run_args(
+                tiny_model_dir, tiny_glue, tmp_path / "run2", tmp_path / "cache", "--methods", "magnitude"
+            )
+        ]
+    )
+    assert calls.count(True) == 1  # another run directory, same cache: still no retraining
+
+
+def test_overwrite_reruns(tiny_model_dir, tiny_glue, tmp_path, capsys):
+    args = run_args(tiny_model_dir, tiny_glue, tmp_path / "run", tmp_path / "cache", "--sparsity", "0.5")
+    assert main(args) == 0
+    assert main([*args, "--overwrite"]) == 0
+    assert "2 run, 0 already finished" in capsys.readouterr().out
+
+
+def test_killed_run_resumes_without_losing_or_half_writing(tiny_model_dir, tiny_glue, tmp_path):
+    out = tmp_path / "run"
+    args = run_args(tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "magnitude")
+    args += ["--sparsity", "0.5,0.9", "--epochs", "40"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen([sys.executable, "-m", "capbench", *args], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list((out / "records").glob("*.json")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {p.name: p.read_bytes() for p in (out / "records").glob("*.json")}
+    assert finished, "the first cell should have finished before the kill"
+    for content in finished.values():
+        json.loads(content)  # every file that exists is a whole record
+    assert main(args) == 0
+    records = load_records(out)
+    assert len(records) == 3 and all(r["status"] == "done" for r in records)
+    for name, content in finished.items():
+        assert (out / "records" / name).read_bytes() == content  # finished work was kept, not redone
+    assert not list((out / "records").glob(".*"))  # no temp files left behind

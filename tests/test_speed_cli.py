@@ -1,0 +1,81 @@
+import argparse
+import json
+
+import torch
+
+from capbench.speed.cli import register, write_json_atomic
+from capbench.speed.kernels import iter_encoder_linears
+from capbench.testing import tiny_bert
+
+FAST = ["--token-counts", "1x8", "--model-token-counts", "1x8", "--repeats", "1", "--warmup", "0", "--quiet"]
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="capbench")
+    register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def _save_models(tmp_path):
+    dense_dir, pruned_dir = tmp_path / "dense", tmp_path / "pruned"
+    tiny_bert().save_pretrained(dense_dir)
+    pruned = tiny_bert()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, m in iter_encoder_linears(pruned):
+            m.weight[torch.rand(m.weight.shape, generator=g) < 0.9] = 0
+    pruned.save_pretrained(pruned_dir)
+    return dense_dir, pruned_dir
+
+
+def test_bench_model_dir_prints_tables(tmp_path, capsys):
+    dense_dir, pruned_dir = _save_models(tmp_path)
+    args = _parse(
+        [
+            "bench",
+            "--model",
+            str(pruned_dir),
+            "--dense",
+            str(dense_dir),
+            "--no-breakdown",
+            "--json",
+            str(tmp_path / "speed.json"),
+            *FAST,
+        ]
+    )
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "Per-layer speedup vs dense at 1x8" in out
+    assert "Whole model vs dense" in out
+    assert json.loads((tmp_path / "speed.json").read_text())["summary"]["token_count"] == "1x8"
+
+
+def test_bench_run_dir_writes_records_atomically(tmp_path, capsys):
+    dense_dir, pruned_dir = _save_models(tmp_path)
+    records = tmp_path / "run" / "records"
+    records.mkdir(parents=True)
+    done = {
+        "spec": {"method": "magnitude", "sparsity": 0.9, "task": "sst2"},
+        "status": "done",
+        "metrics": {"validation": {"accuracy": 0.5}},
+        "model_dir": str(pruned_dir),
+        "dense_model_dir": str(dense_dir),
+    }
+    failed = {"spec": {"method": "cap", "sparsity": 0.9, "task": "sst2"}, "status": "failed"}
+    (records / "a.json").write_text(json.dumps(done))
+    (records / "b.json").write_text(json.dumps(failed))
+    args = _parse(["bench", "--runs", str(tmp_path / "run"), "--no-breakdown", *FAST])
+    assert args.func(args) == 0
+    a = json.loads((records / "a.json").read_text())
+    assert a["metrics"] == done["metrics"] and a["speed"]["summary"]["token_count"] == "1x8"
+    assert json.loads((records / "b.json").read_text()) == failed
+    assert sorted(p.name for p in records.iterdir()) == ["a.json", "b.json"]  # no temp files left
+    assert "| sst2 | magnitude | 0.90 |" in capsys.readouterr().out
+
+
+def test_write_json_atomic_replaces(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text("{}")
+    write_json_atomic(path, {"x": 1})
+    assert json.loads(path.read_text()) == {"x": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
