@@ -17,6 +17,11 @@ DIGITS = 2
 def row_label(spec: dict) -> str:
     if spec["method"] == DENSE:
         return DENSE
+    if spec.get("cap"):
+        from capbench.methods import cap_variant
+
+        variant = cap_variant(spec)
+        return spec["method"] + (f" [{variant}]" if variant else "")
     return spec["method"] + (" +KD" if spec.get("kd") else "")
 
 

@@ -50,10 +50,32 @@ def method_spec(
     if method in CAP_METHODS:
         from capbench.cap.config import CapConfig
 
-        base = CapConfig.structured_defaults() if criterion == "first_order" else CapConfig()
-        cap = CapConfig.from_options({**base.to_dict(), **cap_overrides}).to_dict()
+        cap = CapConfig.from_options({**cap_defaults(method), **cap_overrides}).to_dict()
         return options, None, cap
     return options, (KDConfig().to_dict() if kd else None), None
+
+
+def cap_defaults(method: str) -> dict:
+    from capbench.cap.config import CapConfig
+
+    return (
+        CapConfig.structured_defaults() if criterion_of(method) == "first_order" else CapConfig()
+    ).to_dict()
+
+
+def cap_variant(spec: dict) -> str:
+    """The CAP settings of a record that differ from its method's defaults, e.g. 'modules=prc,fic'."""
+    cap = spec.get("cap")
+    if not cap:
+        return ""
+    defaults = cap_defaults(spec["method"])
+    changed = []
+    for key in sorted(cap):
+        value = cap[key]
+        if value != defaults.get(key) and not (isinstance(value, list) and tuple(value) == defaults.get(key)):
+            shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            changed.append(f"{key}={shown}")
+    return " ".join(changed)
 
 
 def build_pruner(spec: CellSpec):
@@ -62,13 +84,14 @@ def build_pruner(spec: CellSpec):
     return make_pruner(criterion_of(spec.method), spec.sparsity, dict(spec.method_options))
 
 
-def build_loss(spec: CellSpec, teacher, data, ctx):
+def build_loss(spec: CellSpec, model, teacher, data, ctx):
+    """The loss composer of a cell; build it before the pruner touches `model` (CAP encodes PrC from it)."""
     if spec.method == DENSE:
         return CrossEntropyLoss()
     if spec.cap is not None:
         from capbench.cap.runtime import cap_loss_for_cell
 
-        return cap_loss_for_cell(spec, teacher, data, ctx)
+        return cap_loss_for_cell(spec, model, teacher, data, ctx)
     if spec.kd is not None:
         return DistillationLoss(teacher, KDConfig(**spec.kd))
     return CrossEntropyLoss()

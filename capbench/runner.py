@@ -57,6 +57,8 @@ def prepare_data(spec: CellSpec, ctx: RunContext) -> TaskData:
         rows = load_split(ctx.source, task, split)
         if limit is not None and limit < len(rows):
             rows = rows.shuffle(seed=spec.data_sample_seed).select(range(limit))
+            # idx is the row position in the split actually used: CAP banks are indexed by it.
+            rows = rows.remove_columns("idx").add_column("idx", list(range(limit)))
         return tokenize_split(rows, tokenizer, task, spec.max_seq_length, ctx.cache_dir)
 
     train_rows = prepared(task.train_split, spec.max_train_examples)
@@ -132,8 +134,8 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
         model, train_stats = teacher, {"steps": 0, "seconds": teacher_info["train_seconds"]}
     else:
         model = load_pretrained(spec, data.task)
+        loss_fn = build_loss(spec, model, teacher, data, ctx)
         pruner = build_pruner(spec)
-        loss_fn = build_loss(spec, teacher, data, ctx)
         cfg, loader = _train_loader(spec, data)
         with _progress(
             ctx, total_steps(loader, cfg.epochs), f"{spec.method} {spec.sparsity:g} {spec.task}"
@@ -142,7 +144,8 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
         model = pruner.finalize(model)
         extra["method_config"] = pruner.config()
         if hasattr(loss_fn, "cost_report"):
-            extra["cap"] = loss_fn.cost_report()
+            extra["cap"] = {"config": spec.cap, **loss_fn.cost_report()}
+            loss_fn.close()
     trained = time.perf_counter()
     metrics = evaluate(model, data, spec)
     evaluated = time.perf_counter()

@@ -7,7 +7,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CAPBENCH_SHARED", REPO.parent / "shared"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tiny models run fastest on one thread; OpenMP spin-waiting on a busy 2-core machine costs 10x more.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def all_threads():
+    """For integration tests on the real model: use every core, then go back to one thread."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@ from capbench.records import load_records
 pytestmark = pytest.mark.slow
 
 
-def test_smoke_cell_on_offline_model_and_shared_glue(offline_model_dir, shared_glue, tmp_path, capsys):
+def test_smoke_cell_on_offline_model_and_shared_glue(
+    offline_model_dir, shared_glue, tmp_path, capsys, all_threads
+):
     out = tmp_path / "run"
     args = [
         "run",

@@ -56,3 +56,27 @@ def test_leaderboard_without_records_is_one_line_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["leaderboard", "--runs", str(tmp_path / "empty")]) == 2
     assert "no records" in capsys.readouterr().err
+
+
+def test_plots_are_written_as_valid_images(tmp_path):
+    from fixture_records import fixture_records
+
+    records = fixture_records()
+    for record in records:
+        if record["status"] == "done" and record["spec"]["method"] != "dense":
+            record["speed"] = {"summary": {"measured_speedup": 1.0 + record["spec"]["sparsity"]}}
+    run = write_fixture_run(tmp_path / "run", records)
+    out = tmp_path / "site" / "board.md"
+    assert main(["leaderboard", "--runs", str(run), "--out", str(out), "--plots"]) == 0
+    text = out.read_text()
+    for name in ("board-rte-sparsity.png", "board-rte-pareto.png", "board-mnli-sparsity.png"):
+        assert f"]({name})" in text
+        assert (out.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out.parent / name).with_suffix(".svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    from capbench.plots import pareto_front
+
+    points = [(1.0, 80.0), (2.0, 78.0), (1.5, 70.0), (3.0, 60.0), (3.0, 50.0)]
+    assert pareto_front(points) == [(1.0, 80.0), (2.0, 78.0), (3.0, 60.0)]
