@@ -75,6 +75,12 @@ def load_tokenizer(path: str):
 def load_classifier(path: str, num_labels: int, dropout: float | None = None):
     """A sequence classifier on the encoder at `path`, never running remote code, safetensors preferred."""
     config = load_config(path)
+    if getattr(config, "capbench_structure", None):  # a compacted structured model: per-layer head counts
+        from capbench.pruning.compact import load_compacted
+
+        model = load_compacted(path)
+        check_encoder_layout(model, path)
+        return model
     config.num_labels = num_labels
     if dropout is not None:
         config.hidden_dropout_prob = dropout

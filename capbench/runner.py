@@ -20,6 +20,7 @@ from capbench.methods import build_loss, build_pruner
 from capbench.metrics import compute_metrics, predictions_from_logits
 from capbench.models import load_classifier, load_tokenizer, resolve_model_path, weights_digest
 from capbench.provenance import git_commit, machine, package_versions
+from capbench.pruning.accounting import sparsity_report
 from capbench.spec import DENSE, CellSpec, teacher_key
 from capbench.tasks import TaskSpec, get_task
 from capbench.training import TrainConfig, make_loader, predict, set_seed, total_steps, train
@@ -136,6 +137,8 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
         model = load_pretrained(spec, data.task)
         loss_fn = build_loss(spec, model, teacher, data, ctx)
         pruner = build_pruner(spec)
+        if hasattr(loss_fn, "on_pruning_step"):
+            pruner.on_prune_step = loss_fn.on_pruning_step  # CAP snapshots at structured pruning events
         cfg, loader = _train_loader(spec, data)
         with _progress(
             ctx, total_steps(loader, cfg.epochs), f"{spec.method} {spec.sparsity:g} {spec.task}"
@@ -149,7 +152,7 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
     trained = time.perf_counter()
     metrics = evaluate(model, data, spec)
     evaluated = time.perf_counter()
-    extra["sparsity"] = sparsity_of(model, spec, data)
+    extra["sparsity"] = sparsity_report(model, None, spec.sparsity)
     model_dir = ctx.out_dir / "models" / spec.cell_id
     if ctx.save_models and spec.method != DENSE:
         save_model(model, data.tokenizer, model_dir)
@@ -178,13 +181,6 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
         **extra,
     }
     return record
-
-
-def sparsity_of(model, spec: CellSpec, data: TaskData) -> dict:
-    from capbench.pruning.accounting import sparsity_report
-
-    reference = load_classifier(resolve_model_path(spec.model), data.task.num_labels)
-    return sparsity_report(model, reference, spec.sparsity)
 
 
 def provenance_fields() -> dict:

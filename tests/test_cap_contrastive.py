@@ -226,8 +226,12 @@ def test_matches_the_released_code_layout_with_snapshots_and_extras():
 
     cand = torch.cat([z, bank[idx].reshape(-1, dim), bank[extra_idx].reshape(-1, dim)])
     ids = torch.cat([idx, idx.repeat_interleave(k), extra_idx.repeat_interleave(k)])
-    cand_labels = torch.cat([labels, labels.repeat_interleave(k), bank_labels[extra_idx].repeat_interleave(k)])
+    cand_labels = torch.cat(
+        [labels, labels.repeat_interleave(k), bank_labels[extra_idx].repeat_interleave(k)]
+    )
     self_index = torch.arange(4)
     got = 0.1 * unsupervised_contrastive_loss(z, idx, cand, ids, 0.1, "paper_code", self_index)
-    got = got + 10.0 * supervised_contrastive_loss(z, labels, cand, cand_labels, 0.1, "paper_code", self_index)
+    got = got + 10.0 * supervised_contrastive_loss(
+        z, labels, cand, cand_labels, 0.1, "paper_code", self_index
+    )
     assert got.item() == pytest.approx(want.item(), rel=1e-5)

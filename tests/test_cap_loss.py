@@ -82,7 +82,11 @@ def test_terms_are_weighted_and_kd_matches_formula(setup):
     with torch.no_grad():
         t_logits = teacher(**model_inputs(batch)).logits
     t = 2.0
-    manual = F.kl_div(F.log_softmax(out.logits / t, -1), F.softmax(t_logits / t, -1), reduction="batchmean") * t * t
+    manual = (
+        F.kl_div(F.log_softmax(out.logits / t, -1), F.softmax(t_logits / t, -1), reduction="batchmean")
+        * t
+        * t
+    )
     assert torch.allclose(terms["kd"], 0.9 * manual)
     assert all(torch.isfinite(v) for v in terms.values())
     assert kd_loss(t_logits, t_logits, 2.0).abs() < 1e-6
@@ -149,7 +153,9 @@ def test_gradients_reach_the_student_not_the_banks_or_teacher(setup):
 def train_epoch(model, cap, loader, opt, step):
     model.train()
     for batch in loader:
-        terms = cap(model(**model_inputs(batch), labels=batch["labels"], output_hidden_states=True), batch, step)
+        terms = cap(
+            model(**model_inputs(batch), labels=batch["labels"], output_hidden_states=True), batch, step
+        )
         total = sum(terms.values())
         assert torch.isfinite(total)
         total.backward()
@@ -177,7 +183,11 @@ def test_caploss_trains_a_few_steps_with_epoch_snapshots():
     assert report["extra_forward_examples"] == {"prc": N, "fic": N, "snc": N}
     assert report["extra_forward_passes_total"] == 6
     row_bytes = 32 * 2
-    assert report["bank_bytes"] == {"prc": N * (row_bytes + 8), "fic": N * (row_bytes + 8), "snc": N * (row_bytes + 8)}
+    assert report["bank_bytes"] == {
+        "prc": N * (row_bytes + 8),
+        "fic": N * (row_bytes + 8),
+        "snc": N * (row_bytes + 8),
+    }
     assert report["bank_bytes_peak"] == 3 * N * (row_bytes + 8)
     assert report["teacher_forward_examples"] == 2 * N and report["steps"] == 4
     assert report["representation"] == "pooler" and report["label"] == "prc+snc+fic/unsup+sup/pooler"
@@ -237,7 +247,9 @@ def test_pooler_representation_is_the_bert_pooler_output_and_falls_back_without_
     with torch.no_grad():
         out = forward(model, batch)
         pooled = model.bert(**model_inputs(batch)).pooler_output
-        assert torch.allclose(represent(model, out, batch["attention_mask"], "pooler"), F.normalize(pooled, dim=-1))
+        assert torch.allclose(
+            represent(model, out, batch["attention_mask"], "pooler"), F.normalize(pooled, dim=-1)
+        )
     encoder = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

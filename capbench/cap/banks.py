@@ -219,6 +219,11 @@ def build_bank(
     must cover every row once (use a sequential, non-dropping loader). ``size`` defaults to
     ``len(loader.dataset)``. The bank's ``forward_examples``/``forward_passes``/``build_seconds`` count
     the cost. The model's train/eval mode is restored afterwards.
+
+    Deviation: the released unstructured script encodes its snapshots while the model is still in
+    train mode (dropout on, ``model.train()`` from the previous epoch); every bank here is encoded in
+    eval mode, as the released PrC and FiC banks effectively are, so a bank is a deterministic
+    function of the model.
     """
     size = size if size is not None else _dataset_size(loader)
     if size is None:

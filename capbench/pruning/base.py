@@ -45,6 +45,10 @@ class Pruner:
         self.total_steps: int | None = None
         self.finalized = False
         self.info: dict = {}  # things that happened (calibration, forced pruning), reported by config()
+        # Called with the 0-based step just before a discrete pruning event changes the masks (first_order),
+        # e.g. CapLoss.on_pruning_step for CAP's structured snapshots.  Unstructured methods prune a little at
+        # every step and do not call it.
+        self.on_prune_step = None
 
     # --- contract -------------------------------------------------------------------------------------
     def attach(self, model: nn.Module, total_steps: int) -> None:
@@ -75,8 +79,11 @@ class Pruner:
     def config(self) -> dict:
         out = {"method": self.name, "sparsity": self.target, **_jsonable(self.options)}
         if self.total_steps is not None:
-            out.update(total_steps=self.total_steps, warmup_steps=self.warmup_steps,
-                       cooldown_steps=self.cooldown_steps)
+            out.update(
+                total_steps=self.total_steps,
+                warmup_steps=self.warmup_steps,
+                cooldown_steps=self.cooldown_steps,
+            )
         out.update(_jsonable(self.info))
         return out
 
@@ -85,8 +92,14 @@ class Pruner:
 
     # --- helpers --------------------------------------------------------------------------------------
     def scheduled_sparsity(self, step: int) -> float:
-        return cubic_ramp(step, self.total_steps, self.options.get("initial_sparsity", 0.0), self.target,
-                          self.warmup_steps, self.cooldown_steps)
+        return cubic_ramp(
+            step,
+            self.total_steps,
+            self.options.get("initial_sparsity", 0.0),
+            self.target,
+            self.warmup_steps,
+            self.cooldown_steps,
+        )
 
     def _require_attached(self) -> None:
         if self.model is None:
@@ -144,7 +157,9 @@ class UnstructuredPruner(Pruner):
     def update_masks(self, sparsity: float) -> None:
         scores = [self.criterion.scores(m) for m in self.modules]
         if self.hard:  # never revive a pruned weight
-            scores = [s.masked_fill(m.mask == 0, -math.inf) for s, m in zip(scores, self.modules, strict=True)]
+            scores = [
+                s.masked_fill(m.mask == 0, -math.inf) for s, m in zip(scores, self.modules, strict=True)
+            ]
         masks = select_masks(scores, sparsity, self.scope)
         with torch.no_grad():
             for m, keep in zip(self.modules, masks, strict=True):

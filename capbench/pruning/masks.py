@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from capbench.pruning.layers import encoder_layers, get_submodule, LINEAR_PATHS, set_submodule
+from capbench.pruning.layers import LINEAR_PATHS, encoder_layers, get_submodule, set_submodule
 
 
 class _MaskedWeight(torch.autograd.Function):
@@ -36,7 +36,9 @@ class _MaskedWeight(torch.autograd.Function):
         return grad_weight, grad_scores, None
 
 
-def masked_weight(weight: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor | None = None) -> torch.Tensor:
+def masked_weight(
+    weight: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor | None = None
+) -> torch.Tensor:
     if scores is not None and torch.is_grad_enabled() and scores.requires_grad:
         return _MaskedWeight.apply(weight, scores, mask)
     return weight * mask
@@ -65,9 +67,7 @@ class MaskedLinear(nn.Linear):
         """A plain nn.Linear holding the same Parameters, with the mask baked into the weight."""
         with torch.no_grad():
             self.weight.mul_(self.mask)
-        linear = nn.Linear.__new__(nn.Linear)
-        nn.Module.__init__(linear)
-        linear.in_features, linear.out_features = self.in_features, self.out_features
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         linear.weight, linear.bias = self.weight, self.bias
         return linear
 

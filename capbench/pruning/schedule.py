@@ -51,8 +51,9 @@ def schedule_window(total_steps: int, warmup: int | float, cooldown: int | float
     return w, c
 
 
-def cubic_ramp(step: int, total_steps: int, initial: float, final: float, warmup_steps: int,
-               cooldown_steps: int) -> float:
+def cubic_ramp(
+    step: int, total_steps: int, initial: float, final: float, warmup_steps: int, cooldown_steps: int
+) -> float:
     """Value of a cubic ramp from ``initial`` to ``final`` (used for sparsity and for soft-movement tau)."""
     if step <= warmup_steps:
         return float(initial)
@@ -65,8 +66,14 @@ def cubic_ramp(step: int, total_steps: int, initial: float, final: float, warmup
     return float(final + (initial - final) * (1.0 - t) ** 3)
 
 
-def cubic_sparsity(step: int, total_steps: int, target: float, initial: float = 0.0,
-                   warmup: int | float = DEFAULT_WARMUP, cooldown: int | float = DEFAULT_COOLDOWN) -> float:
+def cubic_sparsity(
+    step: int,
+    total_steps: int,
+    target: float,
+    initial: float = 0.0,
+    warmup: int | float = DEFAULT_WARMUP,
+    cooldown: int | float = DEFAULT_COOLDOWN,
+) -> float:
     """Scheduled sparsity after ``step`` optimizer steps (``cubic_sparsity(total_steps, ...) == target``).
 
     ``warmup``/``cooldown``: steps (int) or fractions of ``total_steps`` (float < 1).

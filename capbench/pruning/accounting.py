@@ -1,0 +1,158 @@
+"""Sparsity accounting for records.
+
+``dense_counts(model)`` takes the counts of the dense model (a JSON-serialisable dict).  Call it before
+pruning, or on a model that ``finalize`` compacted: the original shapes are recovered from
+``config.capbench_structure`` and the config's dense ``num_attention_heads``/``intermediate_size``.
+
+``sparsity_report(model, dense_reference, target)``; ``dense_reference`` is the dense model, a
+``dense_counts`` dict, or None (derive it from ``model`` itself, which is right for masked and compacted
+models alike).  A weight counts as pruned when it is physically removed, or when it is an exact zero in a
+pruned linear weight (zeros elsewhere, such as zero-initialised biases, are not pruning):
+
+* ``linear``  = 1 - nonzero(pruned linear weights) / dense count of those weights (biases excluded);
+* ``encoder`` = 1 - kept(encoder params) / dense encoder params  (all of ``base_model.encoder``);
+* ``model``   = 1 - kept(all params) / dense params               (embeddings, pooler, classifier included);
+  where kept = params present - zeros in the pruned linear weights;
+* ``flops_ratio`` = nonzero linear-layer MACs per token / dense ones, over the encoder:
+  ``sum_layers [nnz(Q, K, V, O, FFN in, FFN out) + 2 * seq_len * kept_heads * head_size]`` divided by the
+  same with dense weights and all heads.  The second term is the attention score (``QK^T``) and context
+  (``AV``) matmuls per token, counted dense but only for kept heads (a head is kept if its columns of the
+  attention output projection are not all zero).  Embeddings, pooler, classifier, biases, softmax, LayerNorm
+  and activations are not counted.  ``seq_len`` defaults to 128, the usual GLUE maximum.
+* ``heads_per_layer`` / ``ffn_per_layer``: heads and FFN neurons still contributing (their columns of the
+  attention / FFN output projection not all zero); physical widths for a compacted model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from capbench.pruning.compact import STRUCTURE_KEY, layer_shapes
+from capbench.pruning.layers import (
+    ATTN_OUT,
+    FFN_OUT,
+    encoder,
+    encoder_layers,
+    get_submodule,
+    prunable_linears,
+)
+
+DEFAULT_SEQ_LEN = 128
+
+
+def _unique_params(module: nn.Module) -> list[torch.Tensor]:
+    return list({id(p): p for p in module.parameters()}.values())
+
+
+def _present(module: nn.Module, skip: set[int]) -> int:
+    return sum(p.numel() for p in _unique_params(module) if id(p) not in skip)
+
+
+def dense_counts(model: nn.Module) -> dict:
+    """Parameter counts and layer shapes of the dense model (JSON-serialisable)."""
+    linears = [m for _, m in prunable_linears(model)]
+    shapes = layer_shapes(model)
+    counts = {
+        "linear_weights": sum(m.weight.numel() for m in linears),
+        "encoder_params": _present(encoder(model), set()),
+        "model_params": _present(model, set()),
+        "layers": [
+            {"heads": s["heads"], "head_size": s["head_size"], "hidden": q.in_features, "ffn": s["ffn"]}
+            for s, q in zip(shapes, linears[::6], strict=True)
+        ],
+    }
+    structure = getattr(getattr(model, "config", None), STRUCTURE_KEY, None)
+    if structure:  # a compacted model: add back what compaction removed
+        heads0 = int(model.config.num_attention_heads)
+        ffn0 = int(model.config.intermediate_size)
+        removed_linear = removed_params = 0
+        for layer in counts["layers"]:
+            h, d = layer["hidden"], layer["head_size"]
+            rh, rf = heads0 - layer["heads"], ffn0 - layer["ffn"]
+            removed_linear += 4 * rh * d * h + 2 * rf * h
+            removed_params += 4 * rh * d * h + 3 * rh * d + 2 * rf * h + rf  # + Q/K/V and FFN-in biases
+            layer["heads"], layer["ffn"] = heads0, ffn0
+        counts["linear_weights"] += removed_linear
+        counts["encoder_params"] += removed_params
+        counts["model_params"] += removed_params
+    return counts
+
+
+def _kept_heads(layer: nn.Module) -> int:
+    heads = int(get_submodule(layer, "attention.self").num_attention_heads)
+    size = int(get_submodule(layer, "attention.self").attention_head_size)
+    out = get_submodule(layer, ATTN_OUT)
+    weight = out.weight * out.mask if hasattr(out, "mask") else out.weight
+    cols = weight.detach().reshape(weight.shape[0], heads, size)
+    return int((cols != 0).any(dim=2).any(dim=0).sum())
+
+
+def _kept_ffn(layer: nn.Module) -> int:
+    """FFN neurons whose column of the FFN output projection is not all zero."""
+    return int((_effective(get_submodule(layer, FFN_OUT)) != 0).any(dim=0).sum())
+
+
+def _effective(module: nn.Module) -> torch.Tensor:
+    weight = module.weight.detach()
+    mask = getattr(module, "mask", None)
+    return weight * mask if mask is not None else weight
+
+
+def sparsity_report(
+    model: nn.Module,
+    dense_reference: nn.Module | dict | None,
+    target: float,
+    *,
+    seq_len: int = DEFAULT_SEQ_LEN,
+) -> dict:
+    """Achieved sparsities of ``model`` against its dense reference (see module docstring)."""
+    if dense_reference is None:
+        dense = dense_counts(model)
+    elif isinstance(dense_reference, nn.Module):
+        dense = dense_counts(dense_reference)
+    else:
+        dense = dense_reference
+    linears = [m for _, m in prunable_linears(model)]
+    # Movement scores are training state, not model weights: leave them out of the present counts.
+    skip = {id(m.scores) for m in linears if getattr(m, "scores", None) is not None}
+    with torch.no_grad():
+        present_linear = sum(m.weight.numel() for m in linears)
+        nonzero_linear = sum(int(_effective(m).count_nonzero()) for m in linears)
+    zeros = present_linear - nonzero_linear
+    encoder_kept = _present(encoder(model), skip) - zeros
+    model_kept = _present(model, skip) - zeros
+
+    layers = encoder_layers(model)
+    dense_macs = kept_macs = 0
+    heads_kept = []
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            ref = dense["layers"][i]
+            dense_macs += 4 * ref["hidden"] * ref["heads"] * ref["head_size"] + 2 * ref["hidden"] * ref["ffn"]
+            dense_macs += 2 * seq_len * ref["heads"] * ref["head_size"]
+            kept = _kept_heads(layer)
+            heads_kept.append(kept)
+            kept_macs += sum(int(_effective(m).count_nonzero()) for m in linears[6 * i : 6 * i + 6])
+            kept_macs += 2 * seq_len * kept * int(get_submodule(layer, "attention.self").attention_head_size)
+
+    return {
+        "target": float(target),
+        "linear": 1.0 - nonzero_linear / dense["linear_weights"],
+        "encoder": 1.0 - encoder_kept / dense["encoder_params"],
+        "model": 1.0 - model_kept / dense["model_params"],
+        "flops_ratio": kept_macs / dense_macs,
+        "flops_seq_len": int(seq_len),
+        "heads_per_layer": heads_kept,
+        "ffn_per_layer": [_kept_ffn(layer) for layer in layers],
+        "counts": {
+            "linear_dense": dense["linear_weights"],
+            "linear_nonzero": nonzero_linear,
+            "encoder_dense": dense["encoder_params"],
+            "encoder_kept": encoder_kept,
+            "model_dense": dense["model_params"],
+            "model_kept": model_kept,
+            "macs_per_token_dense": dense_macs,
+            "macs_per_token_kept": kept_macs,
+        },
+    }
