@@ -38,10 +38,10 @@ PRESETS = {
     ),
     "default": Preset(
         name="default",
-        description="sized for a laptop CPU: 2,000 training examples, 2 epochs, full evaluation splits",
+        description="sized for a laptop CPU: 1,000 training examples, 2 epochs, up to 1,000 evaluation rows per split",
         model=DEFAULT_MODEL,
-        max_train_examples=2000,
-        max_eval_examples=None,
+        max_train_examples=1000,
+        max_eval_examples=1000,
         max_seq_length=128,
         train=TrainConfig(epochs=2.0, batch_size=32, learning_rate=1e-4, warmup_ratio=0.1),
     ),

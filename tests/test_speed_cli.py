@@ -1,6 +1,7 @@
 import argparse
 import json
 
+import pytest
 import torch
 
 from capbench.speed.cli import register, write_json_atomic
@@ -16,7 +17,9 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
-def _save_models(tmp_path):
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("models")
     dense_dir, pruned_dir = tmp_path / "dense", tmp_path / "pruned"
     tiny_bert().save_pretrained(dense_dir)
     pruned = tiny_bert()
@@ -28,8 +31,8 @@ def _save_models(tmp_path):
     return dense_dir, pruned_dir
 
 
-def test_bench_model_dir_prints_tables(tmp_path, capsys):
-    dense_dir, pruned_dir = _save_models(tmp_path)
+def test_bench_model_dir_prints_tables(tmp_path, capsys, saved_models):
+    dense_dir, pruned_dir = saved_models
     args = _parse(
         [
             "bench",
@@ -50,8 +53,8 @@ def test_bench_model_dir_prints_tables(tmp_path, capsys):
     assert json.loads((tmp_path / "speed.json").read_text())["summary"]["token_count"] == "1x8"
 
 
-def test_bench_run_dir_writes_records_atomically(tmp_path, capsys):
-    dense_dir, pruned_dir = _save_models(tmp_path)
+def test_bench_run_dir_writes_records_atomically(tmp_path, capsys, saved_models):
+    dense_dir, pruned_dir = saved_models
     records = tmp_path / "run" / "records"
     records.mkdir(parents=True)
     done = {
@@ -79,3 +82,14 @@ def test_write_json_atomic_replaces(tmp_path):
     write_json_atomic(path, {"x": 1})
     assert json.loads(path.read_text()) == {"x": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_bad_token_count_is_a_user_error(saved_models):
+    from capbench.errors import CapbenchError
+
+    args = _parse(["bench", "--model", str(saved_models[1]), "--token-counts", "lots", "--quiet"])
+    with pytest.raises(CapbenchError, match="BATCHxSEQ"):
+        args.func(args)
+    args = _parse(["bench", "--model", "/nonexistent/dir", "--quiet"])
+    with pytest.raises(CapbenchError, match="does not exist"):
+        args.func(args)

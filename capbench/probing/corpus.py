@@ -54,7 +54,9 @@ def read_jsonl(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise CapbenchError(f"{path}:{number}: not valid JSON ({exc.msg}); expected one object per line") from exc
+                raise CapbenchError(
+                    f"{path}:{number}: not valid JSON ({exc.msg}); expected one object per line"
+                ) from exc
     return rows
 
 
@@ -84,7 +86,9 @@ def glue_sentences(
     """All text fields of the chosen configs and splits of a local GLUE jsonl dir (`<dir>/<config>/<split>.jsonl`)."""
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise CapbenchError(f"--data-dir {data_dir}: no such directory; give a local GLUE dir like ../shared/glue")
+        raise CapbenchError(
+            f"--data-dir {data_dir}: no such directory; give a local GLUE dir like ../shared/glue"
+        )
     available = glue_configs(root)
     chosen = available if configs is None else list(configs)
     missing = [c for c in chosen if c not in available]
@@ -99,7 +103,9 @@ def glue_sentences(
                 texts.extend(row[f] for f in text_fields(config, row) if isinstance(row.get(f), str))
     sentences = dedupe(texts)
     if not sentences:
-        raise CapbenchError(f"--data-dir {data_dir}: no sentences found in {', '.join(chosen)} ({splits or 'all'} splits)")
+        raise CapbenchError(
+            f"--data-dir {data_dir}: no sentences found in {', '.join(chosen)} ({splits or 'all'} splits)"
+        )
     return sentences
 
 
@@ -107,7 +113,9 @@ def file_sentences(path: str | Path) -> list[str]:
     """One sentence per line (UTF-8); blank lines and duplicates dropped."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CapbenchError(f"--probe-corpus {path}: no such file; give a text file with one sentence per line")
+        raise CapbenchError(
+            f"--probe-corpus {path}: no such file; give a text file with one sentence per line"
+        )
     sentences = dedupe(path.read_text(encoding="utf-8").splitlines())
     if not sentences:
         raise CapbenchError(f"--probe-corpus {path}: the file has no sentences")

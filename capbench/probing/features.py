@@ -124,15 +124,25 @@ def compute_features(
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                inputs = _encode(tokenizer, [texts[i] for i in rows], max_length, padding=True, return_tensors="pt")
-                inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                inputs = _encode(
+                    tokenizer, [texts[i] for i in rows], max_length, padding=True, return_tensors="pt"
+                )
+                inputs = {
+                    k: v.to(device)
+                    for k, v in inputs.items()
+                    if k in ("input_ids", "attention_mask", "token_type_ids")
+                }
                 hidden = encoder(**inputs, output_hidden_states=True, return_dict=True).hidden_states
                 if hidden is None:
-                    raise CapbenchError(f"{type(encoder).__name__} returns no hidden states; probing needs them")
+                    raise CapbenchError(
+                        f"{type(encoder).__name__} returns no hidden states; probing needs them"
+                    )
                 mask = inputs["attention_mask"].unsqueeze(-1).to(hidden[0].dtype)
                 for pooling in poolings:
                     if pooling not in out:
-                        out[pooling] = np.zeros((len(hidden), len(texts), hidden[0].shape[-1]), dtype=np.float32)
+                        out[pooling] = np.zeros(
+                            (len(hidden), len(texts), hidden[0].shape[-1]), dtype=np.float32
+                        )
                     for layer, states in enumerate(hidden):
                         if pooling == "cls":
                             pooled = states[:, 0]

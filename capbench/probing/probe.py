@@ -5,6 +5,9 @@ train, the C with the best dev accuracy kept (ties go to the smaller C), and onl
 test. The test split is never seen before C is fixed. Seeds re-partition the task's examples
 (`ProbeTask.resplit`); test accuracy is reported as mean and std (ddof=0) over seeds. The best layer is the
 one with the best mean *dev* accuracy, so choosing it does not peek at test either.
+
+The fits run with one BLAS thread: these problems are small, and a multi-threaded BLAS on a shared CPU
+makes them tens of times slower, not faster.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from capbench.probing.tasks import ProbeTask
 
@@ -66,6 +70,11 @@ def fit_probe(
     max_iter: int = MAX_ITER,
 ) -> dict:
     """Scale on train, choose C on dev, score the chosen probe once on test."""
+    with threadpool_limits(limits=1):
+        return _fit_probe(x_train, y_train, x_dev, y_dev, x_test, y_test, c_grid, max_iter)
+
+
+def _fit_probe(x_train, y_train, x_dev, y_dev, x_test, y_test, c_grid, max_iter) -> dict:
     scaler = StandardScaler().fit(x_train)
     c, clf, dev_scores = select_c(
         scaler.transform(x_train), y_train, scaler.transform(x_dev), y_dev, c_grid, max_iter
@@ -74,7 +83,9 @@ def fit_probe(
     return {"C": c, "dev_acc": max(dev_scores), "test_acc": test}
 
 
-def probe_task(features: np.ndarray, task: ProbeTask, c_grid: Sequence[float] = C_GRID, max_iter: int = MAX_ITER) -> dict:
+def probe_task(
+    features: np.ndarray, task: ProbeTask, c_grid: Sequence[float] = C_GRID, max_iter: int = MAX_ITER
+) -> dict:
     """One probe on (n_texts, dim) features with the task's current split."""
     tr, dv, te = (task.indices(s) for s in ("train", "dev", "test"))
     x = np.asarray(features, dtype=np.float32)
@@ -108,7 +119,10 @@ def probe_layers(
     splits = [task.resplit(seed) for seed in seeds]
     layers = []
     for layer in range(features.shape[0]):
-        entry = {"layer": layer, **_summary([probe_task(features[layer], t, c_grid, max_iter) for t in splits])}
+        entry = {
+            "layer": layer,
+            **_summary([probe_task(features[layer], t, c_grid, max_iter) for t in splits]),
+        }
         if with_control:
             runs = [probe_task(features[layer], t.control(), c_grid, max_iter) for t in splits]
             summary = _summary(runs)

@@ -12,15 +12,24 @@ split) and split into train/dev/test with no sentence in two splits. Words are w
   adjacent, alphabetic, different words at a random position >= 1 (so the first word never moves and a
   capital first letter never gives the answer away); both classes are re-joined with single spaces.
 
-Control tasks (Hewitt & Liang 2019). For word-level tasks H&L give every word *type* a random label. These
-tasks are sentence-level, so each example is given one *control word*: the type of the sentence's first word
-(for ``word_content`` the target word is never the first word, for ``bigram_shift`` the first word is never
-moved, so the control word never carries the task label). Each control-word type is given a random class;
-types are assigned greedily, most frequent first, to the class with the fewest examples so far (ties broken
-at random), so control labels are roughly balanced. The control label is therefore a consistent function of
-a word type in the sentence: a probe can only solve it by memorising word identity, which measures the
-probe's own capacity. Control examples are the task's own sentences and splits (same features), so
-selectivity = task accuracy - control accuracy costs no extra forward pass.
+Control tasks (Hewitt & Liang 2019). H&L give every word *type* a random label. These tasks are
+sentence-level, so each example has one *control word* and its control label is the random class of that
+word's type: a consistent function of a word type in the sentence. Types are assigned greedily, most
+frequent first, to the class with the fewest examples so far (ties broken at random), so control labels are
+roughly balanced. Control examples are the task's own sentences and splits (same features, no extra forward
+pass), so selectivity = task accuracy - control accuracy. Which word is the control word (``control=``):
+
+- ``"chosen"`` (default): the sentence's chosen word, drawn by the generator from its own random stream
+  (so texts and task labels do not depend on it): for ``bigram_shift`` the left word of the chosen
+  adjacent pair (the pair that is swapped in shifted sentences; a pair is drawn for original sentences
+  too), for ``sentlen`` a random word, for ``word_content`` a random word other than the target (the target
+  itself would make the control a relabelling of the task). The probe is not told which word it is, so it
+  can only memorise word types that are chosen often enough to matter: control accuracy sits a little
+  above chance.
+- ``"first"``: the sentence's first word (the target word of ``word_content`` is never the first word and
+  ``bigram_shift`` never moves the first word, so it carries no task label). The word is identifiable from
+  the input, so this control measures how much a probe gains by memorising first-word identity: a stricter
+  bar, high on corpora whose sentences mostly start with a few words ("what", "how", "the").
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ DEFAULT_N_WORDS = 10
 DEFAULT_SKIP_TOP = 300
 MIN_WORDS, MAX_WORDS = 5, 40
 MIN_WORD_CHARS = 3
+CONTROL_MODES = ("chosen", "first")
+DEFAULT_CONTROL = "chosen"
 PUNCT = string.punctuation + "\u201c\u201d\u2018\u2019\u00ab\u00bb\u2026\u2013\u2014"
 
 
@@ -219,12 +230,28 @@ def _too_few(task: str, what: str, have: int, need: int) -> CapbenchError:
     )
 
 
+def _check_control(control: str) -> None:
+    if control not in CONTROL_MODES:
+        raise CapbenchError(f"unknown control {control!r}; known controls: {', '.join(CONTROL_MODES)}")
+
+
+def chosen_word(
+    tokens: Sequence[str], rng: np.random.Generator, exclude: str | None = None
+) -> tuple[int, str]:
+    """(position, type) of a uniformly drawn token whose type is not empty (nor `exclude`)."""
+    positions = [i for i, t in enumerate(tokens) if word_type(t) and word_type(t) != exclude]
+    at = int(positions[int(rng.integers(len(positions)))])
+    return at, word_type(tokens[at])
+
+
 def make_sentlen(
     sentences: Sequence[str],
     seed: int = 0,
     sizes: Mapping[str, int] | None = None,
     bins: Sequence[tuple[int, int]] = SENTLEN_BINS,
+    control: str = DEFAULT_CONTROL,
 ) -> ProbeTask:
+    _check_control(control)
     per_class = per_class_sizes(sizes, len(bins), "sentlen")
     need = sum(per_class.values())
     pools: list[list[str]] = [[] for _ in bins]
@@ -245,9 +272,14 @@ def make_sentlen(
         pick = np.sort(rng.choice(len(pool), need, replace=False))
         texts += [pool[i] for i in pick]
         labels += [b] * need
-    control_words = [first_word_type(t.split()) for t in texts]
+    control_rng = _rng(seed, "sentlen", 2)
+    if control == "first":
+        control_words = [first_word_type(t.split()) for t in texts]
+    else:
+        control_words = [chosen_word(t.split(), control_rng)[1] for t in texts]
     classes = [f"{lo}-{hi}" for lo, hi in bins]
-    return _assemble("sentlen", classes, texts, labels, control_words, seed, per_class, {"bins": list(bins)})
+    meta = {"bins": list(bins), "control": control}
+    return _assemble("sentlen", classes, texts, labels, control_words, seed, per_class, meta)
 
 
 def make_word_content(
@@ -258,7 +290,9 @@ def make_word_content(
     skip_top: int = DEFAULT_SKIP_TOP,
     min_words: int = MIN_WORDS,
     max_words: int = MAX_WORDS,
+    control: str = DEFAULT_CONTROL,
 ) -> ProbeTask:
+    _check_control(control)
     if n_words < 2:
         raise CapbenchError("probe word_content: needs at least 2 words")
     per_class = per_class_sizes(sizes, n_words, "word_content")
@@ -286,6 +320,7 @@ def make_word_content(
         raise CapbenchError(f"probe word_content: the corpus has {len(ranked)} word types, {n_words} needed")
     while True:
         hits = Counter(i for w in chosen for i in postings[w])
+        # exactly one target type, which is not the first word (so the first word never gives the label away)
         usable = {w: [i for i in postings[w] if hits[i] == 1 and firsts[i] != w] for w in chosen}
         short = [w for w in chosen if len(usable[w]) < need]
         if not short:
@@ -298,6 +333,7 @@ def make_word_content(
             following += 1
     chosen = sorted(chosen)
     rng = _rng(seed, "word_content", 0)
+    control_rng = _rng(seed, "word_content", 2)
     texts: list[str] = []
     labels: list[int] = []
     control_words: list[str] = []
@@ -308,8 +344,11 @@ def make_word_content(
             i = candidates[j]
             texts.append(pool[i])
             labels.append(label)
-            control_words.append(firsts[i])
-    meta = {"words": chosen, "ranks": [ranked.index(w) for w in chosen]}
+            if control == "first":
+                control_words.append(firsts[i])
+            else:  # the first word is never the target, so a non-target word always exists
+                control_words.append(chosen_word(pool[i].split(), control_rng, exclude=word)[1])
+    meta = {"words": chosen, "ranks": [ranked.index(w) for w in chosen], "control": control}
     return _assemble("word_content", chosen, texts, labels, control_words, seed, per_class, meta)
 
 
@@ -328,7 +367,9 @@ def make_bigram_shift(
     sizes: Mapping[str, int] | None = None,
     min_words: int = MIN_WORDS,
     max_words: int = MAX_WORDS,
+    control: str = DEFAULT_CONTROL,
 ) -> ProbeTask:
+    _check_control(control)
     per_class = per_class_sizes(sizes, 2, "bigram_shift")
     need = sum(per_class.values())
     pool: list[list[str]] = []
@@ -339,30 +380,42 @@ def make_bigram_shift(
     if len(pool) < 2 * need:
         raise _too_few("bigram_shift", "swappable sentences", len(pool), 2 * need)
     rng = _rng(seed, "bigram_shift", 0)
+    control_rng = _rng(seed, "bigram_shift", 2)
     pick = np.sort(rng.choice(len(pool), 2 * need, replace=False))
     shifted = np.zeros(2 * need, dtype=bool)
     shifted[rng.permutation(2 * need)[:need]] = True
-    texts, labels, control_words, sources, swap_at = [], [], [], [], []
+    texts, labels, control_words, sources, swap_at, pair_at = [], [], [], [], [], []
     for j, i in enumerate(pick):
         tokens = list(pool[i])
         sources.append(" ".join(tokens))
-        control_words.append(first_word_type(tokens))
-        at = -1
         if shifted[j]:
             at = int(rng.choice(swap_positions(tokens)))
+        else:  # an original sentence's chosen (unswapped) pair, from the control stream: texts never depend on it
+            at = int(control_rng.choice(swap_positions(tokens)))
+        pair_at.append(at)
+        control_words.append(first_word_type(tokens) if control == "first" else word_type(tokens[at]))
+        if shifted[j]:
             tokens[at], tokens[at + 1] = tokens[at + 1], tokens[at]
         texts.append(" ".join(tokens))
         labels.append(int(shifted[j]))
-        swap_at.append(at)
-    meta = {"source": sources, "swap_at": swap_at}
-    return _assemble("bigram_shift", ("original", "shifted"), texts, labels, control_words, seed, per_class, meta)
+        swap_at.append(at if shifted[j] else -1)
+    meta = {"source": sources, "swap_at": swap_at, "pair_at": pair_at, "control": control}
+    return _assemble(
+        "bigram_shift", ("original", "shifted"), texts, labels, control_words, seed, per_class, meta
+    )
 
 
 GENERATORS = {"sentlen": make_sentlen, "word_content": make_word_content, "bigram_shift": make_bigram_shift}
 
 
-def make_task(name: str, sentences: Sequence[str], seed: int = 0, sizes: Mapping[str, int] | None = None, **options):
-    """Generate probing task `name` (one of PROBE_TASKS) from corpus sentences."""
+def make_task(
+    name: str, sentences: Sequence[str], seed: int = 0, sizes: Mapping[str, int] | None = None, **options
+):
+    """Generate probing task `name` (one of PROBE_TASKS) from corpus sentences.
+
+    Options: `control` ("chosen" or "first", every task), `n_words` and `skip_top` (word_content), `bins`
+    (sentlen), `min_words` and `max_words` (word_content, bigram_shift).
+    """
     if name not in GENERATORS:
         raise CapbenchError(f"unknown probe {name!r}; known probes: {', '.join(PROBE_TASKS)}")
     return GENERATORS[name](sentences, seed=seed, sizes=sizes, **options)

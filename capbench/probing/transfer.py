@@ -27,7 +27,9 @@ DEFAULT_TRANSFER_SIZES = {"train": 1000, "dev": 300, "test": 600}
 def _split_path(root: Path, config: str, split: str) -> Path:
     path = root / config / f"{split}.jsonl"
     if not path.is_file():
-        raise CapbenchError(f"transfer probe {config}: {path} not found; give --data-dir with <config>/{split}.jsonl")
+        raise CapbenchError(
+            f"transfer probe {config}: {path} not found; give --data-dir with <config>/{split}.jsonl"
+        )
     return path
 
 
@@ -46,20 +48,26 @@ def _examples(path: Path, config: str) -> tuple[list, np.ndarray]:
 
 
 def _balanced(labels: np.ndarray, classes: list[int], per_class: int, rng: np.random.Generator) -> np.ndarray:
-    return np.concatenate([np.sort(rng.choice(np.flatnonzero(labels == c), per_class, replace=False)) for c in classes])
+    return np.concatenate(
+        [np.sort(rng.choice(np.flatnonzero(labels == c), per_class, replace=False)) for c in classes]
+    )
 
 
 def make_transfer_task(
     config: str, data_dir: str | Path, seed: int = 0, sizes: Mapping[str, int] | None = None
 ) -> ProbeTask:
     if config in REGRESSION_TASKS:
-        raise CapbenchError(f"transfer probe {config}: a regression task; transfer probes take {', '.join(TRANSFER_TASKS)}")
+        raise CapbenchError(
+            f"transfer probe {config}: a regression task; transfer probes take {', '.join(TRANSFER_TASKS)}"
+        )
     if config not in TRANSFER_TASKS:
         raise CapbenchError(f"unknown transfer probe {config!r}; known: {', '.join(TRANSFER_TASKS)}")
     root = Path(data_dir).expanduser()
     sizes = {**DEFAULT_TRANSFER_SIZES, **(sizes or {})}
     train_texts, train_labels = _examples(_split_path(root, config, "train"), config)
-    test_texts, test_labels = _examples(_split_path(root, config, VALIDATION_SPLIT.get(config, "validation")), config)
+    test_texts, test_labels = _examples(
+        _split_path(root, config, VALIDATION_SPLIT.get(config, "validation")), config
+    )
     classes = sorted(set(train_labels.tolist()) | set(test_labels.tolist()))
     k = len(classes)
     if k < 2:
@@ -71,7 +79,9 @@ def make_transfer_task(
     per_train, per_dev = int(want_train * scale), int(want_dev * scale)
     per_test = min(sizes["test"] // k, smallest_test)
     if min(per_train, per_dev, per_test) < 1:
-        raise CapbenchError(f"transfer probe {config}: too few labelled examples per class in {root / config}")
+        raise CapbenchError(
+            f"transfer probe {config}: too few labelled examples per class in {root / config}"
+        )
     rng = _rng(seed, f"transfer:{config}", 0)
     train_rows = _balanced(train_labels, classes, per_train + per_dev, rng)
     test_rows = _balanced(test_labels, classes, per_test, rng)

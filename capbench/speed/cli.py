@@ -12,6 +12,7 @@ from pathlib import Path
 from capbench.errors import CapbenchError
 from capbench.speed.kernels import DEFAULT_TOKEN_COUNTS, parse_token_count
 from capbench.speed.model import DEFAULT_MODEL_TOKEN_COUNTS
+from capbench.speed.sweep import DEFAULT_SPARSITIES, SHAPE_SETS
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -29,6 +30,18 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--model", type=Path, metavar="DIR", help="a saved pruned model (save_pretrained dir)"
     )
     source.add_argument("--runs", type=Path, metavar="RUNDIR", help="a run directory with records/*.json")
+    source.add_argument(
+        "--sweep",
+        choices=sorted(SHAPE_SETS),
+        help="no model: sweep synthetic layers of these shapes over sparsity and mask kind (break-even table)",
+    )
+    p.add_argument(
+        "--sparsities",
+        nargs="+",
+        type=float,
+        default=list(DEFAULT_SPARSITIES),
+        help=f"with --sweep (default: {' '.join(map(str, DEFAULT_SPARSITIES))})",
+    )
     p.add_argument(
         "--dense",
         type=Path,
@@ -56,7 +69,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="with --runs: re-time records that already have speed"
     )
-    p.add_argument("--json", type=Path, metavar="FILE", help="with --model: also write the result as JSON")
+    p.add_argument(
+        "--json", type=Path, metavar="FILE", help="with --model/--sweep: also write the result as JSON"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run_bench)
     return p
@@ -135,6 +150,27 @@ def run_bench(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     kwargs = _bench_kwargs(args)
+    if args.sweep is not None:
+        from capbench.speed.machine import describe_machine, machine_line
+        from capbench.speed.report import jsonable
+        from capbench.speed.sweep import break_even, render_sweep, sweep
+
+        rows = sweep(
+            SHAPE_SETS[args.sweep],
+            args.sparsities,
+            token_counts=args.token_counts,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            progress=kwargs["progress"],
+        )
+        machine = describe_machine()
+        print(f"Kernel sweep on {machine_line(machine)}; speedup vs dense, median of per-round ratios\n")
+        print(render_sweep(rows))
+        if args.json:
+            write_json_atomic(
+                args.json, jsonable({"machine": machine, "rows": rows, "break_even": break_even(rows)})
+            )
+        return 0
     if args.model is not None:
         model = load_model(args.model)
         dense = load_model(args.dense) if args.dense else None

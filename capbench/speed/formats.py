@@ -84,38 +84,47 @@ class DenseFormat(KernelFormat):
 
 
 class _SparseLeftFormat(KernelFormat):
-    """Sparse weight on the left: ``y^T = W_sparse @ x^T (+ b)``; the result is made contiguous."""
+    """Sparse weight on the left: ``y^T = W_sparse @ x^T (+ b)``.
 
-    def __init__(self, sparse_weight: torch.Tensor, bias: torch.Tensor | None, out_features, in_features):
+    The result is returned as the transposed view of ``y^T`` (same values and shape as `F.linear`, column-
+    major strides): copying it back to row-major costs up to half the sparse matmul at high sparsity, and the
+    next layer does not need it (a dense GEMM takes either layout; the next sparse layer wants exactly
+    ``x^T`` contiguous, which this layout is). `contiguous=True` copies anyway.
+    """
+
+    def __init__(
+        self, sparse_weight, bias: torch.Tensor | None, out_features, in_features, contiguous: bool = False
+    ):
         super().__init__(out_features, in_features)
         self.sparse_weight = sparse_weight
         self.bias_col = None if bias is None else bias.reshape(-1, 1)
+        self.contiguous = contiguous
 
     def _forward2d(self, x):
         if self.bias_col is None:
             yt = torch.mm(self.sparse_weight, x.t())
         else:
             yt = torch.addmm(self.bias_col, self.sparse_weight, x.t())
-        return yt.t().contiguous()
+        return yt.t().contiguous() if self.contiguous else yt.t()
 
 
 class CsrFormat(_SparseLeftFormat):
     name = "csr"
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, contiguous: bool = False):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ss]parse.*beta.*")
             csr = weight.to_sparse_csr()
-        super().__init__(csr, bias, *weight.shape)
+        super().__init__(csr, bias, *weight.shape, contiguous=contiguous)
         self.stored = int(csr.values().numel())
 
 
 class BsrFormat(_SparseLeftFormat):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, block: int):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, block: int, contiguous: bool = False):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ss]parse.*beta.*")
             bsr = weight.to_sparse_bsr((block, block))
-        super().__init__(bsr, bias, *weight.shape)
+        super().__init__(bsr, bias, *weight.shape, contiguous=contiguous)
         self.name = f"bsr{block}"
         self.block = block
         self.stored = int(bsr.values().numel())
@@ -237,6 +246,7 @@ def build_formats(
     block_sizes: Iterable[int] = DEFAULT_BLOCK_SIZES,
     min_sparsity: float = 0.0,
     max_block_density: float = 1.0,
+    contiguous: bool = False,
     check: bool = True,
 ) -> dict[str, KernelFormat]:
     """All kernel formats for one linear layer, keyed by name, dense first.
@@ -244,7 +254,8 @@ def build_formats(
     `formats` restricts the families built (names from `FORMAT_ORDER`; default all). Sparse formats are
     marked unavailable ("skipped: ...") when the layer's sparsity is below `min_sparsity`, and a BSR block
     size when the fraction of non-zero blocks exceeds `max_block_density`: they cannot beat dense there and
-    timing them costs minutes at large token counts. The defaults skip nothing.
+    timing them costs minutes at large token counts. The defaults skip nothing. `contiguous=True` makes the
+    sparse formats copy their output to row-major (see `_SparseLeftFormat`).
     """
     weight = weight.detach()
     if mask is not None:
@@ -273,7 +284,7 @@ def build_formats(
         elif low:
             result["csr"] = Unavailable("csr", out_features, in_features, low_reason)
         else:
-            attempt("csr", lambda: CsrFormat(weight, bias))
+            attempt("csr", lambda: CsrFormat(weight, bias, contiguous))
     if "bsr" in wanted:
         for b in block_sizes:
             name = f"bsr{b}"
@@ -292,7 +303,7 @@ def build_formats(
                 )
                 result[name] = Unavailable(name, out_features, in_features, reason)
                 continue
-            attempt(name, lambda b=b: BsrFormat(weight, bias, b))
+            attempt(name, lambda b=b: BsrFormat(weight, bias, b, contiguous))
     if "compact" in wanted:
         nz = weight != 0
         if bool(nz.any(dim=1).all()) and bool(nz.any(dim=0).all()):

@@ -250,11 +250,12 @@ def render_layer_table(speed: dict) -> str:
     if not layers:
         return "(no per-layer timings)"
     labels = speed["settings"]["token_counts"]
-    names: list[str] = []
+    names: list[str] = []  # formats timed on at least one layer; the others are listed below the table
     for layer in layers:
-        for name in layer["formats"]:
-            if name not in names:
-                names.append(name)
+        for row in layer["token_counts"].values():
+            for name in row["results"]:
+                if name not in names:
+                    names.append(name)
     blocks = []
     for label in labels:
         header = [
@@ -282,7 +283,7 @@ def render_layer_table(speed: dict) -> str:
                 if name == "dense":
                     continue
                 res = row["results"].get(name)
-                cells.append(_fmt(res["speedup"], ".2f", "x") if res else "n/a")
+                cells.append(_fmt(res["speedup"], ".2f", "x") if res else "—")
             cells.append(f"{row['best']} ({row['best_speedup']:.2f}x)")
             rows.append(cells)
         blocks.append(
