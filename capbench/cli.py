@@ -54,8 +54,15 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("--method-option", action="append", metavar="KEY=VALUE", help="override a method default")
     p.add_argument("--cap-option", action="append", metavar="KEY=VALUE", help="override a CAP default")
     p.add_argument("--probes", default="", help="probing tasks to run on every pruned model, e.g. sentlen")
+    p.add_argument(
+        "--probe-sizes", default="1200,300,600", help="train,dev,test examples per generated probe"
+    )
     p.add_argument("--speed", action="store_true", help="measure kernel and model speed for every cell")
     p.add_argument("--shard", default=None, metavar="I/N", help="run only slice I of N of the grid")
+    p.add_argument(
+        "--executor", choices=["local", "ray"], default="local", help="run cells here, or as Ray tasks"
+    )
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local one)")
     p.add_argument("--overwrite", action="store_true", help="rerun cells that already have a finished record")
     p.add_argument("--no-save-models", action="store_true", help="do not keep the pruned models on disk")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -43,6 +43,12 @@ def publish(run_dirs: list[Path], out: Path | None, command: str | None, plots: 
         from capbench.plots import write_plots
 
         links = write_plots(summary, records, out.parent, out.stem)
+        if any(r.get("probes") for r in records):
+            from capbench.probing.report import plot_layer_curves
+
+            path = out.parent / f"{out.stem}-probe-layers.png"
+            plot_layer_curves(records, path)
+            links.append(("probe accuracy per layer", path.name))
         sections.append("## Plots\n\n" + "\n".join(f"![{name}]({path})" for name, path in links))
     text = render_markdown(summary, command, sections)
     if out is not None:

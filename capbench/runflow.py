@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from capbench import distributed
 from capbench.cli import _key_values
 from capbench.data.sources import detect_source, load_split
 from capbench.errors import CapbenchError
@@ -41,6 +42,14 @@ def cells_from_args(args):
     cap_options = _key_values(args.cap_option, "--cap-option")
     specs = {m: method_spec(m, method_options, args.kd == "on", cap_options) for m in methods}
     probes = tuple(p.strip() for p in args.probes.split(",") if p.strip())
+    if probes:
+        from capbench.probing.report import split_probe_names
+
+        split_probe_names(probes)  # unknown probe names fail here, before any training
+        if source.kind != "local":
+            raise CapbenchError(
+                "--probes needs --data-dir with a hub-schema GLUE copy (its sentences are the corpus)"
+            )
     base = dict(
         model=preset.model,
         preset=preset.name,
@@ -51,6 +60,7 @@ def cells_from_args(args):
         data_sample_seed=DATA_SAMPLE_SEED,
         train=preset.train.to_dict(),
         probes=probes,
+        probe_sizes=args.probe_sizes,
         speed=bool(args.speed),
     )
     cells = expand_grid(base, [t.name for t in tasks], methods, sparsities, seeds, specs)
@@ -64,6 +74,10 @@ def cells_from_args(args):
 
 
 def run_from_args(args, default_cache: Path) -> int:
+    executor = getattr(args, "executor", "local") or "local"
+    if getattr(args, "ray_address", None) and executor != "ray":
+        raise CapbenchError("--ray-address needs --executor ray")
+    distributed.init()  # joins the process group under accelerate launch / torchrun; else a no-op
     cells, source = cells_from_args(args)
     out_dir = Path(args.out)
     ctx = RunContext(
@@ -71,14 +85,23 @@ def run_from_args(args, default_cache: Path) -> int:
         cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache,
         source=source,
         save_models=not args.no_save_models,
-        show_progress=not args.quiet,
+        show_progress=not args.quiet and distributed.is_main(),
     )
     from capbench.measure import measure_after_cell
 
-    counts = run_grid(cells, ctx, overwrite=args.overwrite, after_cell=measure_after_cell)
-    print(
-        f"capbench: {len(cells)} cells: {counts['done']} run, {counts['skipped']} already finished, "
-        f"{counts['failed']} failed; records in {out_dir / 'records'}"
-    )
-    print(f"capbench: render with: capbench leaderboard --runs {out_dir}")
+    if executor == "ray":
+        from capbench.executors.ray_executor import run_grid_ray
+
+        counts = run_grid_ray(
+            cells, ctx, overwrite=args.overwrite, after_cell=measure_after_cell, address=args.ray_address
+        )
+    else:
+        counts = run_grid(cells, ctx, overwrite=args.overwrite, after_cell=measure_after_cell)
+    if distributed.is_main():
+        print(
+            f"capbench: {len(cells)} cells: {counts['done']} run, {counts['skipped']} already finished, "
+            f"{counts['failed']} failed; records in {out_dir / 'records'}"
+        )
+        print(f"capbench: render with: capbench leaderboard --runs {out_dir}")
+    distributed.shutdown()
     return 1 if counts["failed"] else 0

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 DENSE = "dense"
 # Measurements taken on a finished model; asking for them later does not retrain the cell.
-MEASUREMENT_FIELDS = ("probes", "speed")
+MEASUREMENT_FIELDS = ("probes", "probe_sizes", "speed")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class CellSpec:
     kd: dict | None = None
     cap: dict | None = None
     probes: tuple[str, ...] = ()
+    probe_sizes: str = "1200,300,600"  # train,dev,test examples per generated probe
     speed: bool = False
 
     def to_dict(self) -> dict:

@@ -50,7 +50,7 @@ def offline_model_dir() -> Path:
     return path
 
 
-def write_tiny_glue(root: Path, n_train: int = 48, n_eval: int = 24, seed: int = 0) -> Path:
+def write_tiny_glue(root: Path, n_train: int = 96, n_eval: int = 24, seed: int = 0) -> Path:
     """A hub-schema GLUE directory for rte and sst2 made of the tiny tokenizer's words; labels are learnable."""
     import json
     import random
@@ -61,8 +61,8 @@ def write_tiny_glue(root: Path, n_train: int = 48, n_eval: int = 24, seed: int =
     words = [w for w in TINY_WORDS if w not in {"good", "bad"}]
 
     def sentence(label: int) -> str:
-        body = rng.sample(words, 5)
-        body.insert(rng.randrange(6), "good" if label == 1 else "bad")
+        body = rng.sample(words, rng.randrange(2, 30))  # varied lengths, so sentence-length probes have data
+        body.insert(rng.randrange(len(body) + 1), "good" if label == 1 else "bad")
         return " ".join(body)
 
     for config, pair in (("rte", True), ("sst2", False)):

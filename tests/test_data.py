@@ -16,7 +16,7 @@ def test_local_hub_schema_directory(tiny_glue):
     assert source.kind == "local"
     rows = load_split(source, get_task("rte"), "train")
     assert rows.column_names == ["sentence1", "sentence2", "label", "idx"]
-    assert len(rows) == 48
+    assert len(rows) == 96
 
 
 def test_local_parquet_is_read(tmp_path):

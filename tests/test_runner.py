@@ -109,3 +109,24 @@ def test_killed_run_resumes_without_losing_or_half_writing(tiny_model_dir, tiny_
     for name, content in finished.items():
         assert (out / "records" / name).read_bytes() == content  # finished work was kept, not redone
     assert not list((out / "records").glob(".*"))  # no temp files left behind
+
+
+def test_run_with_probes_records_retention_and_renders_it(tiny_model_dir, tiny_glue, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = run_args(tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "magnitude", "--sparsity", "0.5")
+    assert main([*args, "--probes", "sentlen,bigram_shift", "--probe-sizes", "60,30,30"]) == 0
+    records = load_records(out)
+    for record in records:
+        assert set(record["probes"]["tasks"]) == {"sentlen", "bigram_shift"}
+        assert record["probes"]["retention"]["summary"]
+    capsys.readouterr()
+    assert main(["leaderboard", "--runs", str(out)]) == 0
+    board = capsys.readouterr().out
+    assert "## Linear probes" in board and "| pre-trained |" in board
+
+
+def test_unknown_probe_fails_before_training(tiny_model_dir, tiny_glue, tmp_path, capsys):
+    args = run_args(tiny_model_dir, tiny_glue, tmp_path / "run", tmp_path / "cache", "--probes", "sentlenn")
+    assert main(args) == 2
+    assert "unknown probe 'sentlenn'" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "records").exists()

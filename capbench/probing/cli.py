@@ -1,0 +1,231 @@
+"""`capbench probe`: linear probes on every layer of any model, with the pre-trained model as reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from capbench.errors import CapbenchError
+
+DEFAULT_REFERENCE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+PRUNED_ZERO_FRACTION = 0.05
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise CapbenchError(f"{flag} {text!r}: expected comma-separated integers, e.g. {flag} 0,1,2") from exc
+
+
+def _names(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("CAPBENCH_CACHE", Path.home() / ".cache" / "capbench")) / "probe_features"
+
+
+def _default_data_dir() -> Path | None:
+    for candidate in (Path("..") / "shared" / "glue", Path("shared") / "glue"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "probe",
+        help="linear probes (sentlen, word_content, bigram_shift, GLUE transfer) on every layer of a model",
+        description="Probe the frozen features of every layer; with a reference, report retention.",
+    )
+    p.add_argument(
+        "--model", required=True, help="hub id or local directory (e.g. a model `capbench run` saved)"
+    )
+    p.add_argument(
+        "--reference",
+        default="auto",
+        help="pre-trained model to probe as the reference row for retention; 'auto' (default): the record's "
+        "spec.model for a model saved by `capbench run`, else the default model if --model looks pruned; 'none'",
+    )
+    p.add_argument(
+        "--probes", default="sentlen,word_content,bigram_shift", help="comma-separated probe names"
+    )
+    p.add_argument(
+        "--probe-corpus", help="text file with one sentence per line (default: the --data-dir sentences)"
+    )
+    p.add_argument(
+        "--data-dir",
+        help="local GLUE jsonl dir: the corpus (unless --probe-corpus) and transfer probes; default ../shared/glue",
+    )
+    p.add_argument(
+        "--corpus-configs", help="GLUE configs whose sentences form the corpus (default: all in --data-dir)"
+    )
+    p.add_argument("--transfer", default="", help="GLUE tasks for transfer probes, e.g. sst2,cola,rte")
+    p.add_argument("--seeds", default="0,1,2", help="probe seeds (re-partitions of each task)")
+    p.add_argument(
+        "--pooling", default="mean,cls", help="poolings: mean, cls (the first one is the headline)"
+    )
+    p.add_argument("--sizes", default="1200,300,600", help="train,dev,test examples per generated probe")
+    p.add_argument(
+        "--transfer-sizes", default="1000,300,600", help="train,dev,test examples per transfer probe"
+    )
+    p.add_argument("--words", type=int, default=10, help="number of word_content words (classes)")
+    p.add_argument(
+        "--control",
+        choices=("chosen", "first"),
+        default="chosen",
+        help="control word per sentence: a generator-chosen word (default) or the first word",
+    )
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated probe data")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="feature cache (default $CAPBENCH_CACHE/probe_features)"
+    )
+    p.add_argument("--out", help="write the result JSON here")
+    p.add_argument("--plot", help="write per-layer curves here (.png, .svg or .pdf)")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(handler=cmd_probe)
+
+
+def _sizes(text: str, flag: str) -> dict[str, int]:
+    values = _ints(text, flag)
+    if len(values) != 3:
+        raise CapbenchError(f"{flag} {text!r}: expected train,dev,test, e.g. {flag} 1200,300,600")
+    return dict(zip(("train", "dev", "test"), values, strict=True))
+
+
+def _record_model(model_dir: Path) -> str | None:
+    """spec.model of the record `capbench run` wrote beside a saved model (<out>/models/<cell> -> records/<cell>.json)."""
+    record = model_dir.parent.parent / "records" / f"{model_dir.name}.json"
+    try:
+        return json.loads(record.read_text())["spec"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def looks_pruned(model) -> bool:
+    """True when at least 5% of the encoder's linear weights are exactly zero."""
+    import torch
+
+    from capbench.probing.features import encoder_of
+
+    zeros = total = 0
+    for module in encoder_of(model).modules():
+        if isinstance(module, torch.nn.Linear):
+            zeros += int((module.weight == 0).sum())
+            total += module.weight.numel()
+    return total > 0 and zeros / total >= PRUNED_ZERO_FRACTION
+
+
+def _same_architecture(model, reference: str) -> bool:
+    from transformers import AutoConfig
+
+    from capbench.probing.report import _resolve
+
+    try:
+        config = AutoConfig.from_pretrained(_resolve(reference))
+    except (OSError, ValueError):
+        return False
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+    return all(getattr(config, k, None) == getattr(model.config, k, None) for k in keys)
+
+
+def choose_reference(args, model) -> str | None:
+    choice = (args.reference or "auto").strip()
+    if choice.lower() == "none":
+        return None
+    if choice.lower() != "auto":
+        return choice
+    local = Path(args.model).expanduser()
+    if local.is_dir():
+        spec_model = _record_model(local.resolve())
+        if spec_model:
+            return spec_model
+    if looks_pruned(model):
+        if _same_architecture(model, DEFAULT_REFERENCE_MODEL):
+            return DEFAULT_REFERENCE_MODEL
+        print(
+            "capbench probe: the model looks pruned but no reference is known; give --reference MODEL for retention",
+            file=sys.stderr,
+        )
+    return None
+
+
+def cmd_probe(args) -> int:
+    from capbench.probing.report import (
+        format_layer_table,
+        load_model,
+        plot_layer_curves,
+        probe_model,
+        retention,
+        split_probe_names,
+    )
+
+    started = time.perf_counter()
+    probes = _names(args.probes)
+    transfer = _names(args.transfer)
+    split_probe_names([*probes, *transfer])  # unknown names fail here, before any model is loaded
+    poolings = _names(args.pooling)
+    bad = [p for p in poolings if p not in ("mean", "cls")]
+    if bad or not poolings:
+        raise CapbenchError(f"--pooling {args.pooling!r}: choose from mean, cls")
+    corpus = args.probe_corpus
+    if corpus is not None and not Path(corpus).expanduser().is_file():
+        raise CapbenchError(
+            f"--probe-corpus {corpus}: no such file; give a text file with one sentence per line"
+        )
+    data_dir = args.data_dir or _default_data_dir()
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise CapbenchError(f"--data-dir {data_dir}: no such directory")
+    if corpus is None and data_dir is None:
+        raise CapbenchError(
+            "no probe corpus: give --probe-corpus FILE or --data-dir DIR (a local GLUE jsonl dir)"
+        )
+    log = None if args.quiet else (lambda message: print(f"[probe] {message}", file=sys.stderr, flush=True))
+    options = dict(
+        probes=probes,
+        corpus=corpus,
+        cache_dir=args.cache_dir or _default_cache_dir(),
+        seeds=_ints(args.seeds, "--seeds"),
+        transfer=transfer,
+        data_dir=data_dir,
+        poolings=poolings,
+        sizes=_sizes(args.sizes, "--sizes"),
+        transfer_sizes=_sizes(args.transfer_sizes, "--transfer-sizes"),
+        data_seed=args.data_seed,
+        n_words=args.words,
+        control=args.control,
+        corpus_configs=_names(args.corpus_configs) or None,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        log=log,
+    )
+    model, tokenizer = load_model(args.model)
+    reference = choose_reference(args, model)
+    if log:
+        log(f"model {args.model}" + (f", reference {reference}" if reference else ""))
+    result = probe_model(model, tokenizer, name=args.model, **options)
+    reference_result = ret = None
+    if reference is not None:
+        ref_model, ref_tokenizer = load_model(reference)
+        reference_result = probe_model(ref_model, ref_tokenizer, name=reference, **options)
+        ret = retention(result, reference_result)
+        result["retention"] = ret
+    if reference_result is not None:
+        sys.stdout.write("reference (pre-trained)\n" + format_layer_table(reference_result) + "\n")
+    sys.stdout.write(format_layer_table(result, ret))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        # the reference curve comes from result["retention"] (dashed black)
+        plot_layer_curves({args.model: result}, args.plot)
+    if log:
+        log(f"done in {time.perf_counter() - started:.1f}s")
+    return 0
