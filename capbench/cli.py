@@ -130,11 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(subparsers)
     add_leaderboard_parser(subparsers)
     add_ls_parser(subparsers)
-    for module in ("capbench.probing.cli", "capbench.speed.cli", "capbench.compare"):
-        try:
-            __import__(module, fromlist=["register"]).register(subparsers)
-        except ImportError:
-            continue
+    from capbench import compare
+    from capbench.probing import cli as probing_cli
+    from capbench.speed import cli as speed_cli
+
+    for module in (probing_cli, speed_cli, compare):
+        module.register(subparsers)
     return parser
 
 

@@ -33,6 +33,7 @@ from capbench.cap.banks import MemoryBank, SnapshotBanks, build_bank, to_dtype
 from capbench.cap.config import MODULES, CapConfig
 from capbench.cap.contrastive import contrastive_log_probs, positive_mask, positive_mean_loss, self_pair_mask
 from capbench.cap.representation import model_inputs, represent, resolve_kind
+from capbench.distill import kd_loss as distill_kd_loss
 from capbench.errors import CapbenchError
 
 
@@ -40,19 +41,10 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     """``T^2 * KL(softmax(t/T) || softmax(s/T))`` with batchmean, as in ``masked_run_glue.py``.
 
     Deviation for regression (one logit): the softmax of a single logit is 1, so the released KL is
-    identically zero there; we use the MSE between student and teacher predictions instead.
+    identically zero there; ``capbench.distill.kd_loss`` uses the MSE between the predictions instead.
     """
-    if student_logits.shape[-1] == 1:
-        return F.mse_loss(student_logits.view(-1).float(), teacher_logits.view(-1).float())
-    t = temperature
-    return (
-        F.kl_div(
-            F.log_softmax(student_logits.float() / t, dim=-1),
-            F.softmax(teacher_logits.float() / t, dim=-1),
-            reduction="batchmean",
-        )
-        * t
-        * t
+    return distill_kd_loss(
+        student_logits.float(), teacher_logits.float(), temperature, student_logits.shape[-1] == 1
     )
 
 
