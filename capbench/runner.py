@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from capbench import records
+from capbench import distributed, records
 from capbench.data.sources import DataSource, load_split, split_provenance
 from capbench.data.tokenize import tokenize_split
 from capbench.errors import CapbenchError
@@ -51,6 +51,12 @@ def prepare_data(spec: CellSpec, ctx: RunContext) -> TaskData:
     key = (spec.task, spec.model, spec.max_train_examples, spec.max_eval_examples, spec.max_seq_length)
     if key in ctx._data:
         return ctx._data[key]
+    with distributed.cache_lock(ctx.cache_dir, "tokenize"):  # one process tokenizes, the others load
+        ctx._data[key] = _prepare_data(spec, ctx)
+    return ctx._data[key]
+
+
+def _prepare_data(spec: CellSpec, ctx: RunContext) -> TaskData:
     task = get_task(spec.task)
     tokenizer = load_tokenizer(resolve_model_path(spec.model))
 
@@ -68,8 +74,7 @@ def prepare_data(spec: CellSpec, ctx: RunContext) -> TaskData:
         split: {**split_provenance(ctx.source, task, split), "rows": len(rows)}
         for split, rows in [(task.train_split, train_rows), *evals.items()]
     }
-    ctx._data[key] = TaskData(task, tokenizer, train_rows, evals, provenance)
-    return ctx._data[key]
+    return TaskData(task, tokenizer, train_rows, evals, provenance)
 
 
 def load_pretrained(spec: CellSpec, task: TaskSpec):
@@ -104,14 +109,18 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
         ctx._pretrained_digest[path_key] = weights_digest(load_classifier(path_key, 1).bert)
     key = teacher_key(spec, ctx._pretrained_digest[path_key])
     target = ctx.cache_dir / "dense" / key
-    if (target / "config.json").is_file():
-        model = load_classifier(str(target), data.task.num_labels)
-        return model.eval(), {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
-    model = load_pretrained(spec, data.task)
-    cfg, loader = _train_loader(spec, data)
-    with _progress(ctx, total_steps(loader, cfg.epochs), f"dense {spec.task} seed {spec.seed}") as bar:
-        stats = train(model, loader, cfg, progress=bar)
-    save_model(model, data.tokenizer, target)
+    # Trained once even when several processes (Ray workers, shards) reach it at the same time.
+    with distributed.group_cache_lock(ctx.cache_dir, f"dense-{key}"):
+        if distributed.agree((target / "config.json").is_file()):
+            model = load_classifier(str(target), data.task.num_labels)
+            return model.eval(), {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
+        model = load_pretrained(spec, data.task)
+        cfg, loader = _train_loader(spec, data)
+        with _progress(ctx, total_steps(loader, cfg.epochs), f"dense {spec.task} seed {spec.seed}") as bar:
+            stats = train(model, loader, cfg, progress=bar)
+        if distributed.is_main():
+            save_model(model, data.tokenizer, target)
+        distributed.barrier()
     return model, {"cached": False, "path": str(target), "key": key, "train_seconds": stats["seconds"]}
 
 
@@ -135,7 +144,7 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
         model, train_stats = teacher, {"steps": 0, "seconds": teacher_info["train_seconds"]}
     else:
         model = load_pretrained(spec, data.task)
-        loss_fn = build_loss(spec, model, teacher, data, ctx)
+        loss_fn = build_loss_locked(spec, model, teacher, data, ctx)
         pruner = build_pruner(spec)
         if hasattr(loss_fn, "on_pruning_step"):
             pruner.on_prune_step = loss_fn.on_pruning_step  # CAP snapshots at structured pruning events
@@ -154,7 +163,7 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
     evaluated = time.perf_counter()
     extra["sparsity"] = sparsity_report(model, None, spec.sparsity)
     model_dir = ctx.out_dir / "models" / spec.cell_id
-    if ctx.save_models and spec.method != DENSE:
+    if ctx.save_models and spec.method != DENSE and distributed.is_main():
         save_model(model, data.tokenizer, model_dir)
     record = {
         "schema_version": records.SCHEMA_VERSION,
@@ -171,7 +180,11 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
         "data": {"source": ctx.source.to_dict(), "splits": data.provenance},
         "model_dir": str(model_dir) if spec.method != DENSE else teacher_info["path"],
         "dense_model_dir": teacher_info["path"],
-        "train": {"steps": train_stats["steps"], "final_loss_terms": train_stats.get("final_loss_terms", {})},
+        "train": {
+            "steps": train_stats["steps"],
+            "final_loss_terms": train_stats.get("final_loss_terms", {}),
+            **({"data_parallel": train_stats["data_parallel"]} if "data_parallel" in train_stats else {}),
+        },
         "timings": {
             "load_seconds": loaded - started,
             "train_seconds": train_stats["seconds"],
@@ -181,6 +194,14 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
         **extra,
     }
     return record
+
+
+def build_loss_locked(spec: CellSpec, model, teacher, data: TaskData, ctx: RunContext):
+    """`build_loss`, with CAP's cached banks built by one process while the others wait, then load."""
+    if spec.cap is None:
+        return build_loss(spec, model, teacher, data, ctx)
+    with distributed.cache_lock(ctx.cache_dir, "cap-banks"):
+        return build_loss(spec, model, teacher, data, ctx)
 
 
 def provenance_fields() -> dict:
@@ -206,15 +227,17 @@ def is_finished(spec: CellSpec, out_dir: Path) -> bool:
 
 def run_grid(cells: list[CellSpec], ctx: RunContext, overwrite: bool = False, after_cell=None) -> dict:
     """Run every unfinished cell; a finished cell is skipped unless `overwrite`. Returns counts."""
-    records.remove_stale_temp_files(ctx.out_dir)
+    main = distributed.is_main()  # with WORLD_SIZE > 1 every rank runs each cell; rank 0 writes
+    if main:
+        records.remove_stale_temp_files(ctx.out_dir)
     counts = {"done": 0, "skipped": 0, "failed": 0}
     common = provenance_fields()
     with tqdm(total=len(cells), desc="cells", disable=not ctx.show_progress, position=0) as bar:
         for spec in cells:
             path = records.record_path(ctx.out_dir, spec.cell_id)
-            if not overwrite and is_finished(spec, ctx.out_dir):
+            if not overwrite and distributed.agree(is_finished(spec, ctx.out_dir)):
                 counts["skipped"] += 1
-                if after_cell is not None:
+                if after_cell is not None and main:
                     after_cell(spec, path, ctx, fresh=False)
                 bar.update(1)
                 continue
@@ -229,6 +252,11 @@ def run_grid(cells: list[CellSpec], ctx: RunContext, overwrite: bool = False, af
                 counts["failed"] += 1
                 tqdm.write(f"cell {spec.cell_id} failed: {record['error']}")
             record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            if not main:
+                bar.update(1)
+                continue
+            if distributed.enabled():
+                record["distributed"] = distributed.describe()
             records.write_json(path, record)
             if after_cell is not None and record["status"] == "done":
                 after_cell(spec, path, ctx, fresh=True)

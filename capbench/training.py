@@ -16,6 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
+from capbench import distributed
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -96,10 +98,15 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
         pruner.attach(model, steps)
     optimizer = _optimizer(model, cfg, pruner)
     scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * steps), steps)
+    dp = distributed.DataParallel.create()  # None unless launched with WORLD_SIZE > 1
+    if dp is not None:
+        dp.broadcast_state(model, optimizer)
     model.train()
-    step, started, terms = 0, time.perf_counter(), {}
+    step, started, terms, weight = 0, time.perf_counter(), {}, 1.0
     while step < steps:
         for batch in loader:
+            if dp is not None:  # this rank's slice of the global batch, weighted n_rank / n
+                batch, weight = dp.local_batch(batch)
             outputs = model(
                 **model_inputs(batch),
                 labels=batch["labels"],
@@ -110,7 +117,9 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
                 terms.update(pruner.loss_terms(step))
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight if dp is not None else loss).backward()
+            if dp is not None:
+                dp.all_reduce_grads(optimizer, pruner)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -125,10 +134,15 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
         if hasattr(loss_fn, "on_epoch_end"):
             loss_fn.on_epoch_end()
     model.eval()
+    extra = {}
+    if dp is not None:
+        terms = dp.reduce_terms(terms, weight)
+        extra["data_parallel"] = {**distributed.describe(), "replica_digest": dp.replica_digest(model)}
     return {
         "steps": step,
         "final_loss_terms": {k: float(v.detach()) for k, v in terms.items()},
         "seconds": time.perf_counter() - started,
+        **extra,
     }
 
 
