@@ -46,7 +46,7 @@ def test_bench_model_dir_prints_tables(tmp_path, capsys, saved_models):
             *FAST,
         ]
     )
-    assert args.func(args) == 0
+    assert args.handler(args) == 0
     out = capsys.readouterr().out
     assert "Per-layer speedup vs dense at 1x8" in out
     assert "Whole model vs dense" in out
@@ -68,7 +68,7 @@ def test_bench_run_dir_writes_records_atomically(tmp_path, capsys, saved_models)
     (records / "a.json").write_text(json.dumps(done))
     (records / "b.json").write_text(json.dumps(failed))
     args = _parse(["bench", "--runs", str(tmp_path / "run"), "--no-breakdown", *FAST])
-    assert args.func(args) == 0
+    assert args.handler(args) == 0
     a = json.loads((records / "a.json").read_text())
     assert a["metrics"] == done["metrics"] and a["speed"]["summary"]["token_count"] == "1x8"
     assert json.loads((records / "b.json").read_text()) == failed
@@ -79,8 +79,10 @@ def test_bench_run_dir_writes_records_atomically(tmp_path, capsys, saved_models)
 def test_write_json_atomic_replaces(tmp_path):
     path = tmp_path / "r.json"
     path.write_text("{}")
+    path.chmod(0o640)
     write_json_atomic(path, {"x": 1})
     assert json.loads(path.read_text()) == {"x": 1}
+    assert path.stat().st_mode & 0o777 == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
@@ -89,7 +91,27 @@ def test_bad_token_count_is_a_user_error(saved_models):
 
     args = _parse(["bench", "--model", str(saved_models[1]), "--token-counts", "lots", "--quiet"])
     with pytest.raises(CapbenchError, match="BATCHxSEQ"):
-        args.func(args)
+        args.handler(args)
     args = _parse(["bench", "--model", "/nonexistent/dir", "--quiet"])
     with pytest.raises(CapbenchError, match="does not exist"):
-        args.func(args)
+        args.handler(args)
+
+
+def test_runner_hook_speed_record(saved_models, monkeypatch):
+    from types import SimpleNamespace
+
+    from capbench.speed import runner_hook
+
+    monkeypatch.setattr(
+        runner_hook,
+        "RUN_SETTINGS",
+        dict(token_counts=["1x8"], model_token_counts=["1x8"], repeats=1, warmup=0, layer_budget=None),
+    )
+    dense_dir, pruned_dir = saved_models
+    record = {"cell_id": "c1", "model_dir": str(pruned_dir), "dense_model_dir": str(dense_dir)}
+    speed = runner_hook.speed_record(
+        record, SimpleNamespace(task="sst2"), SimpleNamespace(show_progress=False)
+    )
+    assert speed["summary"]["token_count"] == "1x8"
+    assert speed["summary"]["sparsity"] > 0.8
+    json.dumps(speed, allow_nan=False)

@@ -17,17 +17,20 @@ def _masked(kind, sparsity=0.8, shape=(32, 64), seed=0):
 
 @pytest.mark.parametrize("kind", ["random", "magnitude", "block4", "block16", "rows", "cols"])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_every_available_format_matches_dense_masked(kind, with_bias):
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_every_available_format_matches_dense_masked(kind, with_bias, contiguous):
     w = _masked(kind)
     b = torch.randn(w.shape[0]) if with_bias else None
-    formats = build_formats(w, b)
+    formats = build_formats(w, b, contiguous=contiguous)
     assert list(formats)[0] == "dense"
     x = torch.randn(3, 5, w.shape[1])
     ref = F.linear(x, w, b)
     for name, fmt in formats.items():
         assert fmt.name == name
         if fmt.available:
-            torch.testing.assert_close(fmt(x), ref, atol=1e-5, rtol=1e-4, msg=f"{kind}/{name}")
+            y = fmt(x)
+            torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-4, msg=f"{kind}/{name}")
+            assert y.is_contiguous() or not contiguous
     for name in ("csr", "bsr4", "bsr16", "bsr32"):
         assert formats[name].available, formats[name].reason
     if kind in ("rows", "cols"):

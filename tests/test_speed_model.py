@@ -109,7 +109,7 @@ def test_bench_model_unstructured_record_is_json():
     assert layer["theoretical_speedup"] == pytest.approx(1 / (1 - layer["sparsity"]))
     assert layer["formats"]["semi_structured_2to4"]["available"] is torch.cuda.is_available()
     s = speed["summary"]
-    assert s["token_count"] == "2x8" and not s["structured"]
+    assert s["token_count"] == "2x8" and not s["compacted"]
     assert s["sparsity"] == pytest.approx(0.9, abs=0.02)
     assert s["theoretical_speedup"] == pytest.approx(1 / (1 - s["sparsity"]))
     assert s["measured_speedup"] > 0 and isinstance(s["sparse_not_faster"], bool)
@@ -122,7 +122,7 @@ def test_bench_model_structured_runs_compacted():
     dense = tiny_bert()
     speed = bench_model(_prune_structured(tiny_bert()), dense, breakdown=False, **FAST)
     s = speed["summary"]
-    assert s["structured"] and speed["compaction"]["changed"]
+    assert s["compacted"] and speed["compaction"]["changed"]
     assert s["format"].startswith("compacted")
     assert s["theoretical_speedup"] > 1
 

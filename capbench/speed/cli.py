@@ -73,7 +73,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--json", type=Path, metavar="FILE", help="with --model/--sweep: also write the result as JSON"
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.set_defaults(func=run_bench)
+    p.set_defaults(handler=run_bench)
     return p
 
 
@@ -83,26 +83,43 @@ def _progress(quiet: bool):
     return lambda msg: print(f"  [bench] {msg}", file=sys.stderr, flush=True)
 
 
-def load_model(directory: Path):
-    from transformers import AutoModelForSequenceClassification
+def load_model(name_or_path: Path | str, num_labels: int | None = None):
+    """A saved model (compacted structured ones included) through `capbench.models.load_classifier`;
+    a hub id maps to its installed offline package, as for `--model` elsewhere."""
+    from capbench.models import load_classifier, load_config, resolve_model_path
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CapbenchError(f"model directory {directory} does not exist; pass a save_pretrained directory")
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(directory))
-    except Exception as exc:
+    path = resolve_model_path(str(name_or_path))
+    text = str(name_or_path)
+    if not Path(path).is_dir() and (Path(text).is_absolute() or text.startswith((".", "~"))):
         raise CapbenchError(
-            f"cannot load {directory} with AutoModelForSequenceClassification ({type(exc).__name__}: {exc})"
-        ) from exc
-    return model.eval()
+            f"model directory {name_or_path} does not exist; pass a save_pretrained directory"
+        )
+    if num_labels is None:
+        num_labels = getattr(load_config(path), "num_labels", 2)
+    return load_classifier(path, num_labels).eval()
+
+
+def _num_labels(record: dict) -> int | None:
+    try:
+        from capbench.tasks import get_task
+
+        return get_task(record["spec"]["task"]).num_labels
+    except Exception:  # unknown task here: take the saved config's
+        return None
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to a temp file in the same directory, then os.replace it over `path`."""
     path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o777  # keep the record's permissions
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, allow_nan=False)
             f.write("\n")
@@ -137,8 +154,8 @@ def _resolve(path_str: str | None, run_dir: Path) -> Path | None:
     if not path_str:
         return None
     p = Path(path_str)
-    if p.is_absolute() or p.exists():
-        return p
+    if p.is_absolute() or p.exists() or not (run_dir / p).exists():
+        return p  # absolute, relative to here, or a hub id
     return run_dir / p
 
 
@@ -204,11 +221,12 @@ def run_bench(args) -> int:
             records.append(record)
             continue
         dense_dir = _resolve(record.get("dense_model_dir"), run_dir) or args.dense
+        num_labels = _num_labels(record)
         if dense_dir is not None and dense_dir not in dense_cache:
-            dense_cache[dense_dir] = load_model(dense_dir)
+            dense_cache[dense_dir] = load_model(dense_dir, num_labels)
         print(f"{path.name}: timing {model_dir}", file=sys.stderr)
         try:
-            speed = bench_model(load_model(model_dir), dense_cache.get(dense_dir), **kwargs)
+            speed = bench_model(load_model(model_dir, num_labels), dense_cache.get(dense_dir), **kwargs)
         except ValueError as exc:
             raise CapbenchError(f"{path.name}: {exc}") from exc
         print(f"\n## {path.stem}\n")

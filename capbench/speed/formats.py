@@ -86,14 +86,17 @@ class DenseFormat(KernelFormat):
 class _SparseLeftFormat(KernelFormat):
     """Sparse weight on the left: ``y^T = W_sparse @ x^T (+ b)``.
 
-    The result is returned as the transposed view of ``y^T`` (same values and shape as `F.linear`, column-
-    major strides): copying it back to row-major costs up to half the sparse matmul at high sparsity, and the
-    next layer does not need it (a dense GEMM takes either layout; the next sparse layer wants exactly
-    ``x^T`` contiguous, which this layout is). `contiguous=True` copies anyway.
+    With `contiguous=True` (the default) the result is copied back to row-major, a true drop-in for
+    `F.linear`. With `contiguous=False` it is returned as the transposed view of ``y^T`` (same values and
+    shape, column-major strides), which saves a copy costing up to half the sparse matmul at high sparsity.
+    Only worth it where the consumer does not care about layout: an elementwise activation followed by a
+    linear (a dense GEMM takes either layout, and the next sparse layer wants exactly ``x^T`` contiguous).
+    Fed to attention or LayerNorm it is slower (measured: the attention core 3.6x slower on MiniLM), see
+    `capbench.speed.kernels.layout_free_output`.
     """
 
     def __init__(
-        self, sparse_weight, bias: torch.Tensor | None, out_features, in_features, contiguous: bool = False
+        self, sparse_weight, bias: torch.Tensor | None, out_features, in_features, contiguous: bool = True
     ):
         super().__init__(out_features, in_features)
         self.sparse_weight = sparse_weight
@@ -111,7 +114,7 @@ class _SparseLeftFormat(KernelFormat):
 class CsrFormat(_SparseLeftFormat):
     name = "csr"
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, contiguous: bool = False):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, contiguous: bool = True):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ss]parse.*beta.*")
             csr = weight.to_sparse_csr()
@@ -120,7 +123,7 @@ class CsrFormat(_SparseLeftFormat):
 
 
 class BsrFormat(_SparseLeftFormat):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, block: int, contiguous: bool = False):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, block: int, contiguous: bool = True):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ss]parse.*beta.*")
             bsr = weight.to_sparse_bsr((block, block))
@@ -246,7 +249,7 @@ def build_formats(
     block_sizes: Iterable[int] = DEFAULT_BLOCK_SIZES,
     min_sparsity: float = 0.0,
     max_block_density: float = 1.0,
-    contiguous: bool = False,
+    contiguous: bool = True,
     check: bool = True,
 ) -> dict[str, KernelFormat]:
     """All kernel formats for one linear layer, keyed by name, dense first.
@@ -254,8 +257,8 @@ def build_formats(
     `formats` restricts the families built (names from `FORMAT_ORDER`; default all). Sparse formats are
     marked unavailable ("skipped: ...") when the layer's sparsity is below `min_sparsity`, and a BSR block
     size when the fraction of non-zero blocks exceeds `max_block_density`: they cannot beat dense there and
-    timing them costs minutes at large token counts. The defaults skip nothing. `contiguous=True` makes the
-    sparse formats copy their output to row-major (see `_SparseLeftFormat`).
+    timing them costs minutes at large token counts. The defaults skip nothing. `contiguous=False` lets the
+    sparse formats return a column-major view instead of copying (see `_SparseLeftFormat`).
     """
     weight = weight.detach()
     if mask is not None:

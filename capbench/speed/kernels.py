@@ -61,6 +61,15 @@ def iter_encoder_linears(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+# Encoder linears whose output goes through an elementwise activation into another linear only, so a
+# column-major output (no copy back from the sparse kernel's y^T) costs nothing downstream.
+LAYOUT_FREE_SUFFIXES = ("intermediate.dense",)
+
+
+def layout_free_output(name: str) -> bool:
+    return name.endswith(LAYOUT_FREE_SUFFIXES)
+
+
 def _stats_row(times: dict, speedup: dict) -> dict:
     return {
         "median_s": times["median"],
@@ -172,7 +181,11 @@ def bench_linears(
     progress: Callable[[str], None] | None = None,
     **kwargs,
 ) -> list[dict]:
-    """`bench_layer` for every encoder linear of `model`, in module order."""
+    """`bench_layer` for every encoder linear of `model`, in module order.
+
+    Sparse formats copy their output back to row-major except on `layout_free_output` layers, exactly as
+    `capbench.speed.model.realise` runs them, so per-layer numbers are what the model gets.
+    """
     token_counts = list(token_counts)
     layers = list(iter_encoder_linears(model))
     results = []
@@ -182,7 +195,8 @@ def bench_linears(
         weight = getattr(module, "weight", None)
         if weight is None:
             continue
-        results.append(bench_layer(weight, module.bias, name=name, token_counts=token_counts, **kwargs))
+        layer_kwargs = {"contiguous": not layout_free_output(name), **kwargs}
+        results.append(bench_layer(weight, module.bias, name=name, token_counts=token_counts, **layer_kwargs))
     return results
 
 

@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from capbench.speed.formats import KernelFormat, build_formats
-from capbench.speed.kernels import iter_encoder_linears, parse_token_count, token_count_label
+from capbench.speed.kernels import (
+    iter_encoder_linears,
+    layout_free_output,
+    parse_token_count,
+    token_count_label,
+)
 from capbench.speed.timing import Clock, summarize, time_interleaved
 
 DEFAULT_MODEL_TOKEN_COUNTS = ("1x128", "32x128")
@@ -49,7 +54,11 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 def realise(
     model: nn.Module, choices: Mapping[str, str], *, inplace: bool = False, **format_kwargs
 ) -> nn.Module:
-    """A copy of `model` whose encoder linears named in `choices` run the chosen format ("dense": unchanged)."""
+    """A copy of `model` whose encoder linears named in `choices` run the chosen format ("dense": unchanged).
+
+    Sparse formats return row-major outputs except on `layout_free_output` layers (the FFN input linear),
+    whose column-major output feeds the activation and the next linear without a copy.
+    """
     if not inplace:
         model = copy.deepcopy(model)
     for name, module in list(iter_encoder_linears(model)):
@@ -57,7 +66,7 @@ def realise(
         if wanted == "dense":
             continue
         family = "bsr" if wanted.startswith("bsr") else wanted
-        kwargs = dict(format_kwargs)
+        kwargs = {"contiguous": not layout_free_output(name), **format_kwargs}
         if family == "bsr":
             kwargs["block_sizes"] = (int(wanted[3:]),)
         formats = build_formats(module.weight, module.bias, formats=[family], **kwargs)

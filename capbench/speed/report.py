@@ -63,8 +63,8 @@ def _linear_counts(model: nn.Module) -> tuple[int, int, list[tuple[int, ...]]]:
     return numel, nnz, shapes
 
 
-def format_label(counts: dict[str, int], structured: bool) -> str:
-    parts = ["compacted"] if structured else []
+def format_label(counts: dict[str, int], compacted: bool) -> str:
+    parts = ["compacted"] if compacted else []
     total = sum(counts.values())
     for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         if name != "dense":
@@ -119,7 +119,8 @@ def bench_model(
         compacted, compaction = compact_bert(model, multiple=compact_multiple)
         if compaction["changed"]:
             runnable = compacted
-    structured = bool(compaction and compaction["changed"]) or (
+    # compacted: runs as a physically smaller dense model (zeroed heads/neurons removed here, or saved so)
+    compacted_model = bool(compaction and compaction["changed"]) or (
         dense_model is not None and shapes != dense_shapes
     )
 
@@ -180,7 +181,7 @@ def bench_model(
     summary: dict = {
         "token_count": ref,
         "sparsity": sparsity,
-        "structured": structured,
+        "compacted": compacted_model,
         "theoretical_speedup": theoretical,
     }
     if ref is not None:
@@ -200,7 +201,7 @@ def bench_model(
             fraction_of_theoretical=(measured / theoretical) if theoretical else None,
             linear_time_speedup=kernel["linear_time_speedup"],
             median_layer_speedup=kernel["median_layer_speedup"],
-            format=format_label(counts, structured),
+            format=format_label(counts, compacted_model),
             format_counts=counts,
             sparse_not_faster=bool(sparsity > SPARSE and measured < NOT_FASTER),
         )
@@ -325,7 +326,7 @@ def render_model_table(speed: dict) -> str:
                 _fmt(p["speedup"], ".2f", "x"),
                 _fmt(p["speedup_iqr"], ".2f"),
                 _fmt(p["tokens_per_s"], ",.0f"),
-                format_label(row["formats"], speed["summary"].get("structured", False)),
+                format_label(row["formats"], speed["summary"].get("compacted", False)),
             ]
         )
     parts = [f"Whole model vs dense on {machine_line(speed['machine'])}:", markdown_table(header, rows)]
@@ -367,7 +368,7 @@ def render_speed_table(records: Iterable[dict]) -> str:
     records = [r for r in records if r.get("status") == "done"]
     for rec in records:
         speed = rec.get("speed")
-        if not speed or not (speed.get("summary") or {}).get("token_count"):
+        if not speed or (speed.get("summary") or {}).get("measured_speedup") is None:
             missing += 1
             continue
         line = machine_line(speed.get("machine") or {})
@@ -386,7 +387,7 @@ def render_speed_table(records: Iterable[dict]) -> str:
     if not rows:
         return "_No speed measurements (run `capbench bench --runs RUNDIR` or `capbench run --speed`)._"
     rows.sort(key=lambda r: (str(r[0]), r[1], r[2] if isinstance(r[2], int | float) else -1))
-    shapes = sorted({r[3]["token_count"] for r in rows})
+    shapes = sorted({str(r[3].get("token_count", "?")) for r in rows})
     out = [
         f"Speed on {machines[0]}" if len(machines) == 1 else "Speed on: " + "; ".join(machines),
         "",
