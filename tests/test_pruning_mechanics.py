@@ -14,15 +14,6 @@ from capbench.pruning.schedule import resolve_steps
 from capbench.testing import random_batch, tiny_bert
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads, and on a shared 2-core machine 2 threads can be 50x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------------------------- schedule
 def test_schedule_endpoints_and_cubic_shape():
     total, target = 100, 0.9

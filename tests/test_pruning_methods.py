@@ -10,15 +10,6 @@ from capbench.pruning import METHODS, dense_counts, make_pruner, method_defaults
 from capbench.testing import random_batch, tiny_bert
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads, and on a shared 2-core machine 2 threads can be 50x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def train_with(model, pruner, steps):
     """A minimal loop following the contract: attach, optimizer from params minus scores + param_groups,
     loss terms, step, after_step, finalize."""

@@ -10,14 +10,6 @@ from capbench.pruning.structured import _largest_remainder
 from capbench.testing import random_batch, tiny_bert
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _train(model, pruner, steps):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
