@@ -34,7 +34,9 @@ PRESETS = {
         max_train_examples=256,
         max_eval_examples=256,
         max_seq_length=128,
-        train=TrainConfig(epochs=1.0, batch_size=16, learning_rate=1e-4, warmup_ratio=0.1),
+        # 3e-4: with tens of steps, MiniLM's fresh classifier head barely moves at 1e-4 (sst2, 256 rows, 32
+        # steps: 59.5% at 1e-4 vs 77.0% at 3e-4, measured 2026-11-22).
+        train=TrainConfig(epochs=1.0, batch_size=16, learning_rate=3e-4, warmup_ratio=0.1),
     ),
     "default": Preset(
         name="default",
@@ -43,7 +45,7 @@ PRESETS = {
         max_train_examples=1000,
         max_eval_examples=1000,
         max_seq_length=128,
-        train=TrainConfig(epochs=2.0, batch_size=32, learning_rate=1e-4, warmup_ratio=0.1),
+        train=TrainConfig(epochs=2.0, batch_size=32, learning_rate=3e-4, warmup_ratio=0.1),
     ),
     "paper": Preset(
         name="paper",
