@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from capbench.data.tokenize import tokenizer_digest
 from capbench.errors import CapbenchError
 
 POOLINGS = ("mean", "cls")
@@ -50,12 +51,6 @@ def weights_hash(model: torch.nn.Module) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
-
-
-def tokenizer_hash(tokenizer) -> str:
-    vocab = sorted(tokenizer.get_vocab().items())
-    facts = [type(tokenizer).__name__, getattr(tokenizer, "do_lower_case", None), vocab]
-    return hashlib.sha256(json.dumps(facts, default=str).encode()).hexdigest()
 
 
 def texts_hash(texts: Sequence) -> str:
@@ -181,7 +176,7 @@ def extract_features(
     keys: dict[str, str] = {}
     if cache_dir is not None:
         weights = weights or weights_hash(model)
-        base = (weights, tokenizer_hash(tokenizer), texts_hash(texts))
+        base = (weights, tokenizer_digest(tokenizer), texts_hash(texts))
         for pooling in poolings:
             keys[pooling] = features_key(*base, pooling, max_length)
             paths[pooling] = Path(cache_dir).expanduser() / f"features-{keys[pooling]}.npy"
