@@ -83,6 +83,11 @@ def add_leaderboard_parser(subparsers) -> None:
         "--command", dest="regenerate", help="the command that regenerates these runs, for the header"
     )
     p.add_argument("--plots", action="store_true", help="also write metric-vs-sparsity and Pareto plots")
+    p.add_argument(
+        "--reported",
+        default="builtin",
+        help="YAML of numbers reported in papers (default: capbench's own reported.yaml; 'none' leaves them out)",
+    )
     p.set_defaults(handler=cmd_leaderboard)
 
 
@@ -90,7 +95,12 @@ def cmd_leaderboard(args) -> int:
     from capbench.publish import publish
 
     text = publish(
-        [Path(r) for r in args.runs], Path(args.out) if args.out else None, args.regenerate, args.plots
+        [Path(r) for r in args.runs],
+        Path(args.out) if args.out else None,
+        args.regenerate,
+        args.plots,
+        reported=None if args.reported in ("builtin", "none") else Path(args.reported),
+        with_reported=args.reported != "none",
     )
     if not args.out:
         sys.stdout.write(text)

@@ -30,7 +30,32 @@ def extra_sections(records: list[dict]) -> list[str]:
     return sections
 
 
-def publish(run_dirs: list[Path], out: Path | None, command: str | None, plots: bool = False) -> str:
+REPORTED_NOTE = (
+    "Published numbers, labelled with their source; they are not capbench results and never enter the tables "
+    "above. Δ = capbench − reported, given only where these records ran the same model, task, method, "
+    "sparsity and distillation setting; otherwise there is no Δ, because a different model or budget is not a "
+    "reproduction."
+)
+
+
+def reported_section(summary: dict, records: list[dict], reported: Path | None) -> str | None:
+    from capbench.reported import compare_reported, load_reported, render_reported_table
+
+    rows = compare_reported(load_reported(reported), records)
+    summary["reported"] = rows
+    if not rows:
+        return None
+    return "## Reported in papers\n\n" + REPORTED_NOTE + "\n\n" + render_reported_table(rows)
+
+
+def publish(
+    run_dirs: list[Path],
+    out: Path | None,
+    command: str | None,
+    plots: bool = False,
+    reported: Path | None = None,
+    with_reported: bool = True,
+) -> str:
     for run_dir in run_dirs:
         if not run_dir.is_dir():
             raise CapbenchError(f"--runs {run_dir}: no such directory; pass the --out of a capbench run")
@@ -39,6 +64,8 @@ def publish(run_dirs: list[Path], out: Path | None, command: str | None, plots: 
         raise CapbenchError(f"no records under {', '.join(map(str, run_dirs))}; run `capbench run` first")
     summary = summarize(records)
     sections = extra_sections(records)
+    if with_reported and (section := reported_section(summary, records, reported)):
+        sections.append(section)
     if plots and out is not None:
         from capbench.plots import write_plots
 

@@ -23,7 +23,19 @@ def test_markdown_and_json_match_golden_files(tmp_path, capsys):
     run = write_fixture_run(tmp_path / "run")
     out = tmp_path / "board.md"
     assert (
-        main(["leaderboard", "--runs", str(run), "--out", str(out), "--command", "capbench run --tasks rte"])
+        main(
+            [
+                "leaderboard",
+                "--runs",
+                str(run),
+                "--out",
+                str(out),
+                "--command",
+                "capbench run --tasks rte",
+                "--reported",
+                str(Path(__file__).parent / "fixture_reported.yaml"),
+            ]
+        )
         == 0
     )
     _check_golden("leaderboard.md", out.read_text())
