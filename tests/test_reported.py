@@ -56,7 +56,9 @@ def test_leaderboard_lists_reported_rows_apart_from_its_own(tmp_path):
     text = out.read_text()
     own, reported = text.split("## Reported in papers")
     assert "77.8" not in own
-    assert "| magnitude (MaP) | bert-base-uncased | 0.9 | no | 77.8 (capbench Δ -1.8, n=1) | [1] |" in reported
+    assert (
+        "| magnitude (MaP) | bert-base-uncased | 0.9 | no | 77.8 (capbench Δ -1.8, n=1) | [1] |" in reported
+    )
     assert "[1] Paper A, Table 1" in reported
 
     assert main(["leaderboard", "--runs", str(run), "--out", str(out), "--reported", "none"]) == 0

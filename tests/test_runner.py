@@ -113,7 +113,9 @@ def test_killed_run_resumes_without_losing_or_half_writing(tiny_model_dir, tiny_
 
 def test_run_with_probes_records_retention_and_renders_it(tiny_model_dir, tiny_glue, tmp_path, capsys):
     out = tmp_path / "run"
-    args = run_args(tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "magnitude", "--sparsity", "0.5")
+    args = run_args(
+        tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "magnitude", "--sparsity", "0.5"
+    )
     assert main([*args, "--probes", "sentlen,bigram_shift", "--probe-sizes", "60,30,30"]) == 0
     records = load_records(out)
     for record in records:
