@@ -69,6 +69,8 @@ def cap_variant(spec: dict) -> str:
     if not cap:
         return ""
     defaults = cap_defaults(spec["method"])
+    if cap.get("snapshot_on") == "pruning_step":
+        cap = {"snapshot_gap": "none", **cap}  # records from before the option took every pruning step
     changed = []
     for key in sorted(cap):
         value = cap[key]

@@ -47,3 +47,14 @@ def test_from_options_coerces_cli_strings_and_round_trips():
 def test_bad_options_are_clear_errors(options, match):
     with pytest.raises(CapbenchError, match=match):
         CapConfig.from_options(options)
+
+
+def test_snapshot_gap_is_in_the_spec_only_where_it_acts():
+    from capbench.methods import cap_variant, method_spec
+
+    structured = method_spec("cap_first_order", {}, True, {})[2]
+    assert structured["snapshot_gap"] == "epoch"
+    assert "snapshot_gap" not in method_spec("cap_movement", {}, True, {})[2]
+    legacy = {k: v for k, v in structured.items() if k != "snapshot_gap"}  # a record from before the option
+    assert cap_variant({"method": "cap_first_order", "cap": legacy}) == "snapshot_gap=none"
+    assert cap_variant({"method": "cap_first_order", "cap": structured}) == ""

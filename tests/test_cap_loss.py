@@ -196,7 +196,7 @@ def test_caploss_trains_a_few_steps_with_epoch_snapshots():
 def test_snapshot_triggers_skip_untrained_models_and_stay_bounded(setup):
     model, *_ = setup
     loader = loader_for(model)
-    cap = make(setup, modules="snc", snapshot_on="pruning_step")
+    cap = make(setup, modules="snc", snapshot_on="pruning_step", snapshot_gap="none")
     cap.on_pruning_step(0)  # nothing trained yet: would duplicate PrC
     assert cap.snapshots.taken == 0 and cap.snapshots_skipped == 1
     batch = next(iter(loader))
@@ -210,6 +210,20 @@ def test_snapshot_triggers_skip_untrained_models_and_stay_bounded(setup):
         terms = cap(forward(model, batch), batch, step)
     assert cap.snapshots.taken == 4 and len(cap.snapshots) == 2 and cap.snapshots.evicted == 2
     assert {"snc_unsup", "snc_sup"} <= set(terms)
+
+
+def test_pruning_step_snapshots_wait_for_an_epoch_of_training(setup):
+    model, *_ = setup
+    batch = next(iter(loader_for(model)))  # 8 of the N = 16 train examples
+    cap = make(setup, modules="snc", snapshot_on="pruning_step")
+    assert cap.config.snapshot_gap == "epoch"
+    taken = []
+    for step in range(6):
+        cap(forward(model, batch), batch, step)
+        cap.on_pruning_step(step)  # a pruning event every half epoch
+        taken.append(cap.snapshots.taken)
+    assert taken == [0, 1, 1, 2, 2, 3]
+    assert cap.snapshots_skipped == 3
 
 
 def test_bank_on_disk_uses_memmaps_and_close_cleans_up():

@@ -136,6 +136,7 @@ class CapLoss:
 
         self._pending_snapshot = False
         self._steps_since_capture = 0
+        self._examples_since_capture = 0
         self.steps = 0
         self.snapshots_skipped = 0
         self.contrastive_seconds = 0.0
@@ -196,6 +197,7 @@ class CapLoss:
             return False
         self.snapshots.capture(self.model, self.loader, self.kind, step=step)
         self._steps_since_capture = 0
+        self._examples_since_capture = 0
         self._peak_bytes = max(self._peak_bytes, self._bank_bytes_total())
         return True
 
@@ -209,9 +211,14 @@ class CapLoss:
     def on_pruning_step(self, step: int) -> None:
         """Hook for a discrete pruning step (structured / iterative pruning). With ``snapshot_on ==
         "pruning_step"`` it snapshots now: call it just before the new masks are applied, as the
-        released structured code encodes the model retrained at the previous sparsity."""
-        if self.snapshots is not None and self.config.snapshot_on == "pruning_step":
-            self.capture_snapshot(step)
+        released structured code encodes the model retrained at the previous sparsity. With ``snapshot_gap ==
+        "epoch"`` a step less than an epoch of examples after the previous snapshot is skipped."""
+        if self.snapshots is None or self.config.snapshot_on != "pruning_step":
+            return
+        if self.config.snapshot_gap == "epoch" and self._examples_since_capture < len(self.loader.dataset):
+            self.snapshots_skipped += 1  # less than an epoch since the last snapshot: see CapConfig
+            return
+        self.capture_snapshot(step)
 
     # ------------------------------------------------------------------ loss
     def __call__(self, outputs, batch: dict, step: int) -> dict[str, Tensor]:
@@ -226,6 +233,7 @@ class CapLoss:
         ):
             self.capture_snapshot(step)
         self._steps_since_capture += 1
+        self._examples_since_capture += len(batch["idx"]) if "idx" in batch else 0
         self.steps += 1
 
         labels = batch.get("labels")
