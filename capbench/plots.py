@@ -18,7 +18,11 @@ def _save(fig, base: Path) -> list[Path]:
     paths = []
     for suffix in (".png", ".svg"):
         path = base.with_suffix(suffix)
-        fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Date": None} if suffix == ".svg" else None)
+        # A fixed salt and no date: the same records give byte-identical SVGs (element ids are hashed).
+        with matplotlib.rc_context({"svg.hashsalt": "capbench"}):
+            fig.savefig(
+                path, dpi=120, bbox_inches="tight", metadata={"Date": None} if suffix == ".svg" else None
+            )
         paths.append(path)
     plt.close(fig)
     return paths

@@ -86,6 +86,10 @@ def test_plots_are_written_as_valid_images(tmp_path):
         assert (out.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out.parent / name).with_suffix(".svg").read_text().lstrip().startswith("<?xml")
 
+    first = {p.name: p.read_bytes() for p in out.parent.glob("*.*")}
+    assert main(["leaderboard", "--runs", str(run), "--out", str(out), "--plots"]) == 0
+    assert {p.name: p.read_bytes() for p in out.parent.glob("*.*")} == first, "plots are not byte-identical"
+
 
 def test_pareto_front_keeps_only_undominated_points():
     from capbench.plots import pareto_front
