@@ -64,7 +64,7 @@ def test_cap_cell_cost_vs_kd_cell(tmp_path, benchmark):
         save_models=False,
         show_progress=False,
     )
-    pairs = [("movement", "cap_movement"), ("soft_movement", "cap_soft")]
+    pairs = [("movement", "cap_movement"), ("soft_movement", "cap_soft"), ("first_order", "cap_first_order")]
     started = time.perf_counter()
     warm = run_cell(
         _spec("cap_movement", examples), ctx
