@@ -413,7 +413,7 @@ def render_probe_table(records: Sequence[Mapping], probes: Sequence[str] | None 
     for r in records:
         key = (
             str(r["spec"].get("task", "")),
-            str(r["spec"].get("method", "?")),
+            _row_label(r["spec"]),
             float(r["spec"].get("sparsity", 0.0)),
         )
         ret = _mean(r["probes"]["retention"]["summary"].get(n) for n in names)
@@ -432,9 +432,7 @@ def render_probe_table(records: Sequence[Mapping], probes: Sequence[str] | None 
         reference = of_task[0]["probes"]["retention"]["reference"]
         ref_sel = _mean(reference.get("summary", {}).get(n, {}).get("selectivity") for n in names)
         rows = [("pre-trained", [(1.0, ref_sel)] * len(sparsities))]
-        methods = sorted(
-            {str(r["spec"].get("method", "?")) for r in of_task}, key=lambda m: (m != "dense", m)
-        )
+        methods = sorted({_row_label(r["spec"]) for r in of_task}, key=lambda m: (m != "dense", m))
         for method in methods:
             values = []
             for s in sparsities:
@@ -455,6 +453,15 @@ def render_probe_table(records: Sequence[Mapping], probes: Sequence[str] | None 
         f"best layer (chosen on dev), {pooling} pooling, mean over {', '.join(names)}."
     )
     return "\n".join(lines) + "\n"
+
+
+def _row_label(spec: dict) -> str:
+    """The leaderboard's row label (method, +KD, CAP variant), so probe rows match the metric rows."""
+    if "method" not in spec:
+        return "?"
+    from capbench.leaderboard import row_label
+
+    return row_label(spec)
 
 
 # ---------------------------------------------------------------------------------------------- plots
