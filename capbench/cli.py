@@ -99,8 +99,7 @@ def cmd_leaderboard(args) -> int:
         Path(args.out) if args.out else None,
         args.regenerate,
         args.plots,
-        reported=None if args.reported in ("builtin", "none") else Path(args.reported),
-        with_reported=args.reported != "none",
+        reported=args.reported,
     )
     if not args.out:
         sys.stdout.write(text)

@@ -38,13 +38,9 @@ REPORTED_NOTE = (
 )
 
 
-def reported_section(summary: dict, records: list[dict], reported: Path | None) -> str | None:
-    from capbench.reported import compare_reported, load_reported, render_reported_table
+def reported_section(rows: list[dict]) -> str:
+    from capbench.reported import render_reported_table
 
-    rows = compare_reported(load_reported(reported), records)
-    summary["reported"] = rows
-    if not rows:
-        return None
     return "## Reported in papers\n\n" + REPORTED_NOTE + "\n\n" + render_reported_table(rows)
 
 
@@ -53,9 +49,9 @@ def publish(
     out: Path | None,
     command: str | None,
     plots: bool = False,
-    reported: Path | None = None,
-    with_reported: bool = True,
+    reported: str = "builtin",
 ) -> str:
+    """`reported`: "builtin" (capbench/reported.yaml), a YAML path, or "none" to leave the papers' numbers out."""
     for run_dir in run_dirs:
         if not run_dir.is_dir():
             raise CapbenchError(f"--runs {run_dir}: no such directory; pass the --out of a capbench run")
@@ -64,8 +60,14 @@ def publish(
         raise CapbenchError(f"no records under {', '.join(map(str, run_dirs))}; run `capbench run` first")
     summary = summarize(records)
     sections = extra_sections(records)
-    if with_reported and (section := reported_section(summary, records, reported)):
-        sections.append(section)
+    if reported != "none":
+        from capbench.reported import compare_reported, load_reported
+
+        summary["reported"] = compare_reported(
+            load_reported(None if reported == "builtin" else Path(reported)), records
+        )
+        if summary["reported"]:
+            sections.append(reported_section(summary["reported"]))
     if plots and out is not None:
         from capbench.plots import write_plots
 
