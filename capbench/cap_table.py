@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from capbench.leaderboard import _fmt_metric, _stats, _table, row_label, sparsity_key
+from capbench.leaderboard import _fmt_metric, _stats, markdown_table, row_label, sparsity_key
 
 
 def render_cap_table(records: list[dict]) -> str:
@@ -58,4 +58,4 @@ def render_cap_table(records: list[dict]) -> str:
                 str(extra),
             ]
         )
-    return "\n".join(_table(header, rows)) + "\n"
+    return "\n".join(markdown_table(header, rows)) + "\n"

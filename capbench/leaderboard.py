@@ -135,7 +135,7 @@ def _fmt_retention(cell: dict | None, dense_row: bool) -> str:
     return " · ".join(parts) or "–"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
@@ -169,13 +169,13 @@ def render_markdown(
             for label, row in info["rows"].items()
         ]
         lines += ["", f"## {task}: {info['metric']} on {info['split']} (×100, mean ± std over seeds)", ""]
-        lines += _table(header, metric_rows)
+        lines += markdown_table(header, metric_rows)
         lines += [
             "",
             f"### {task}: retention (% of dense) · achieved sparsity of the pruned linear weights",
             "",
         ]
-        lines += _table(header, keep_rows)
+        lines += markdown_table(header, keep_rows)
     for section in extra_sections or []:
         lines += ["", section.rstrip()]
     return "\n".join(lines) + "\n"

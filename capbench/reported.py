@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from capbench.errors import CapbenchError
+from capbench.leaderboard import markdown_table
 
 REQUIRED_KEYS = ("source", "model", "task", "split", "metric", "method", "sparsity", "kd", "value")
 
@@ -118,13 +119,18 @@ def render_reported_table(rows: list[dict]) -> str:
             *[f"{split} {metric}" for split, metric in columns],
             "source",
         ]
-        lines += ["", f"### {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for (source, sparsity, kd, method, label, model), cells in grouped.items():
-            name = method + (f" ({label})" if label else "")
-            values = [_fmt_reported(cells.get(column)) for column in columns]
-            lines.append(
-                f"| {name} | {model} | {sparsity:g} | {'yes' if kd else 'no'} | {' | '.join(values)} | [{source}] |"
-            )
+        table = [
+            [
+                method + (f" ({label})" if label else ""),
+                model,
+                f"{sparsity:g}",
+                "yes" if kd else "no",
+                *[_fmt_reported(cells.get(column)) for column in columns],
+                f"[{source}]",
+            ]
+            for (source, sparsity, kd, method, label, model), cells in grouped.items()
+        ]
+        lines += ["", f"### {task}", "", *markdown_table(header, table)]
     lines += [""] + [f"[{number}] {source}  " for number, source in enumerate(sources, 1)]
     return "\n".join(lines).lstrip("\n").rstrip() + "\n"
 
