@@ -139,11 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(subparsers)
     add_leaderboard_parser(subparsers)
     add_ls_parser(subparsers)
-    from capbench import compare
+    from capbench import compare, migrate
     from capbench.probing import cli as probing_cli
     from capbench.speed import cli as speed_cli
 
-    for module in (probing_cli, speed_cli, compare):
+    for module in (probing_cli, speed_cli, compare, migrate):
         module.register(subparsers)
     return parser
 

@@ -34,12 +34,13 @@ def parse_seeds(text: str) -> list[int]:
         raise CapbenchError(f"--seeds {text!r}: give comma-separated integers such as 0,1,2") from None
 
 
-def expand_grid(base: dict, tasks, methods, sparsities, seeds, method_specs) -> list[CellSpec]:
-    """`method_specs[name]` gives (method_options, kd, cap) for each method; `base` holds the shared fields."""
+def expand_grid(base: dict, data: dict, methods, sparsities, seeds, method_specs) -> list[CellSpec]:
+    """`data` maps each task to its data identity; `method_specs[name]` gives (method_options, kd, cap)
+    for each method; `base` holds the shared fields."""
     cells = []
-    for task in tasks:
+    for task, identity in data.items():
         for seed in seeds:
-            cells.append(CellSpec(task=task, method=DENSE, sparsity=0.0, seed=seed, **base))
+            cells.append(CellSpec(task=task, method=DENSE, sparsity=0.0, seed=seed, data=identity, **base))
             for method in methods:
                 options, kd, cap = method_specs[method]
                 for sparsity in sparsities:
@@ -52,6 +53,7 @@ def expand_grid(base: dict, tasks, methods, sparsities, seeds, method_specs) -> 
                             method_options=options,
                             kd=kd,
                             cap=cap,
+                            data=identity,
                             **base,
                         )
                     )

@@ -9,9 +9,12 @@ import statistics
 from collections import defaultdict
 
 from capbench import __version__
-from capbench.spec import DENSE
+from capbench.errors import CapbenchError
+from capbench.spec import DENSE, MEASUREMENT_FIELDS
 
 DIGITS = 2
+# Spec fields that may differ between the records of one leaderboard cell.
+CELL_INDEPENDENT = ("seed", *MEASUREMENT_FIELDS)
 
 
 def row_label(spec: dict) -> str:
@@ -48,7 +51,7 @@ def _provenance(records: list[dict]) -> dict:
     stamps = sorted(r["finished_at"] for r in records if r.get("finished_at"))
     return {
         "models": sorted({r["spec"]["model"] for r in records}),
-        "data_sources": sorted({f"{r['spec']['data']['kind']}:{r['spec']['data']['root']}" for r in records}),
+        "data_sources": sorted({_data_source_line(r) for r in records}),
         "carved_splits": carved,
         "presets": sorted({r["spec"]["preset"] for r in records}),
         "git_commits": sorted({r.get("git_commit") or "unknown" for r in records}),
@@ -58,6 +61,14 @@ def _provenance(records: list[dict]) -> dict:
         "records": len(records),
         "failed": sum(r.get("status") != "done" for r in records),
     }
+
+
+def _data_source_line(record: dict) -> str:
+    """Where the run read its data (failed records only have the spec's content identity)."""
+    source = record.get("data", {}).get("source") or record["spec"]["data"]
+    if source["kind"] == "hub":
+        return "hub"
+    return f"{source['kind']}:{source.get('root') or source.get('sha256', '?')}"
 
 
 def _machine_line(machine: dict) -> str:
@@ -87,6 +98,8 @@ def summarize(records: list[dict]) -> dict:
         dense_mean = statistics.fmean(dense) if dense else None
         rows = {}
         for label in sorted(cells[task], key=lambda name: (name != DENSE, name)):
+            for key, group in cells[task][label].items():
+                check_one_configuration(f"{task} {label} sparsity {key}", group)
             rows[label] = {
                 key: _cell(cells[task][label][key], dense_mean)
                 for key in sorted(cells[task][label], key=float)
@@ -94,6 +107,31 @@ def summarize(records: list[dict]) -> dict:
         info = meta.get(task, {})
         tasks[task] = {"metric": info.get("name"), "split": info.get("split"), "rows": rows}
     return {"capbench_version": __version__, "provenance": _provenance(records), "tasks": tasks}
+
+
+def _differing_fields(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in a.keys() | b.keys() if k not in CELL_INDEPENDENT and a.get(k) != b.get(k))
+
+
+def check_one_configuration(where: str, group: list[dict]) -> None:
+    """A leaderboard cell averages seeds of one configuration; anything else would be a silent mix."""
+    first = group[0]
+    seen: dict = {}
+    for record in group:
+        spec = record["spec"]
+        differing = _differing_fields(first["spec"], spec)
+        if differing:
+            raise CapbenchError(
+                f"{where}: records {first['cell_id']} and {record['cell_id']} differ in "
+                f"{', '.join(differing)}; a cell averages seeds of one configuration, so pass "
+                "run directories of one configuration (or migrate old records: capbench migrate-records)"
+            )
+        if spec["seed"] in seen:
+            raise CapbenchError(
+                f"{where}: seed {spec['seed']} appears twice ({seen[spec['seed']]} and {record['cell_id']}); "
+                "pass each run directory once"
+            )
+        seen[spec["seed"]] = record["cell_id"]
 
 
 def _cell(group: list[dict], dense_mean: float | None) -> dict:

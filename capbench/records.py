@@ -7,7 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from capbench.errors import CapbenchError
+
+SCHEMA_VERSION = 2  # 2: spec.data is the data's content hash, not its path
 RECORDS_DIR = "records"
 
 
@@ -49,6 +51,17 @@ def remove_stale_temp_files(out_dir: Path) -> int:
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def require_current_schema(out_dir: Path) -> None:
+    """Old records would be invisible to the resume check, so their cells would silently run again."""
+    for path in sorted((Path(out_dir) / RECORDS_DIR).glob("*.json")):
+        record = read_record(path)
+        if record and record.get("schema_version", 1) < SCHEMA_VERSION:
+            raise CapbenchError(
+                f"{path} was written by an older capbench (record schema {record.get('schema_version', 1)}); "
+                f"run `capbench migrate-records {out_dir}` first"
+            )
 
 
 def load_records(*run_dirs: Path) -> list[dict]:

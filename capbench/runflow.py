@@ -6,6 +6,7 @@ from pathlib import Path
 
 from capbench import distributed
 from capbench.cli import _key_values
+from capbench.data.identity import data_identity
 from capbench.data.sources import detect_source, load_split
 from capbench.errors import CapbenchError
 from capbench.grid import expand_grid, parse_seeds, parse_sparsities, shard
@@ -53,7 +54,6 @@ def cells_from_args(args):
     base = dict(
         model=preset.model,
         preset=preset.name,
-        data=source.to_dict(),
         max_train_examples=preset.max_train_examples,
         max_eval_examples=preset.max_eval_examples,
         max_seq_length=preset.max_seq_length,
@@ -63,7 +63,8 @@ def cells_from_args(args):
         probe_sizes=args.probe_sizes,
         speed=bool(args.speed),
     )
-    cells = expand_grid(base, [t.name for t in tasks], methods, sparsities, seeds, specs)
+    data = {task.name: data_identity(source, task) for task in tasks}
+    cells = expand_grid(base, data, methods, sparsities, seeds, specs)
     if args.shard:
         index, _, count = args.shard.partition("/")
         try:

@@ -6,6 +6,7 @@ import pytest
 from fixture_records import fixture_records, write_fixture_run
 
 from capbench.cli import main
+from capbench.errors import CapbenchError
 from capbench.leaderboard import summarize
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -96,3 +97,27 @@ def test_pareto_front_keeps_only_undominated_points():
 
     points = [(1.0, 80.0), (2.0, 78.0), (1.5, 70.0), (3.0, 60.0), (3.0, 50.0)]
     assert pareto_front(points) == [(1.0, 80.0), (2.0, 78.0), (3.0, 60.0)]
+
+
+def test_a_cell_never_averages_two_configurations():
+    records = fixture_records()
+    other_lr = json.loads(json.dumps(records[3]))  # rte magnitude 0.5 seed 1
+    other_lr["spec"]["train"] = {"epochs": 3.0}
+    other_lr["cell_id"] += "-lr"
+    with pytest.raises(CapbenchError, match=r"rte magnitude \+KD sparsity 0.5: .* differ in train"):
+        summarize([*records[:3], other_lr])
+
+
+def test_a_seed_counts_once_per_cell():
+    records = fixture_records()
+    again = {**records[2], "cell_id": records[2]["cell_id"] + "-copy"}
+    with pytest.raises(CapbenchError, match="seed 0 appears twice"):
+        summarize([*records, again])
+
+
+def test_measurement_fields_do_not_split_a_cell():
+    records = fixture_records()
+    probed = json.loads(json.dumps(records[3]))
+    probed["spec"]["probes"] = ["sentlen"]
+    cell = summarize([*records[:3], probed, *records[4:]])["tasks"]["rte"]["rows"]["magnitude +KD"]["0.5"]
+    assert cell["n"] == 2

@@ -59,6 +59,14 @@ def _local_split_path(root: Path, task: TaskSpec, split: str) -> Path:
     )
 
 
+def split_file(source: DataSource, task: TaskSpec, split: str) -> Path:
+    """The file a local or TSV source reads for `split`."""
+    root = Path(source.root)
+    if source.kind == "local":
+        return _local_split_path(root, task, split)
+    return tsv_split_path(root, task, split)
+
+
 def _load_raw(source: DataSource, task: TaskSpec, split: str) -> tuple[datasets.Dataset, str]:
     if source.kind == "hub":
         try:
@@ -70,9 +78,8 @@ def _load_raw(source: DataSource, task: TaskSpec, split: str) -> tuple[datasets.
                 f"could not load {task.dataset}/{task.config} split {split!r} from the hub "
                 f"({type(exc).__name__}); offline, pass --data-dir with a local GLUE copy"
             ) from exc
-    root = Path(source.root)
+    path = split_file(source, task, split)
     if source.kind == "local":
-        path = _local_split_path(root, task, split)
         builder = "json" if path.suffix == ".jsonl" else "parquet"
         try:
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
@@ -81,7 +88,6 @@ def _load_raw(source: DataSource, task: TaskSpec, split: str) -> tuple[datasets.
                 f"{path}: could not be parsed as {builder} ({type(exc).__name__}: {exc})"
             ) from exc
         return dataset, str(path)
-    path = tsv_split_path(root, task, split)
     return datasets.Dataset.from_dict(read_glue_tsv(path, task)), str(path)
 
 
