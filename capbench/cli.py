@@ -66,6 +66,9 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="rerun cells that already have a finished record")
     p.add_argument("--no-save-models", action="store_true", help="do not keep the pruned models on disk")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the cells and which are already finished; run nothing"
+    )
     p.set_defaults(handler=cmd_run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from capbench import distributed
+from capbench import distributed, records
 from capbench.cli import _key_values
 from capbench.data.identity import data_identity
 from capbench.data.sources import detect_source, load_split
@@ -13,7 +13,7 @@ from capbench.grid import expand_grid, parse_seeds, parse_sparsities, shard
 from capbench.methods import check_methods, method_spec
 from capbench.models import load_config, resolve_model_path
 from capbench.presets import get_preset
-from capbench.runner import RunContext, run_grid
+from capbench.runner import RunContext, is_finished, run_grid
 from capbench.tasks import parse_task_list
 
 DATA_SAMPLE_SEED = 1234  # fixed, so every seed and method of a preset sees the same training rows
@@ -74,13 +74,29 @@ def cells_from_args(args):
     return cells, source
 
 
+def print_plan(cells: list, out_dir: Path) -> int:
+    """What a run would do: each cell id, finished or to run, without loading a model."""
+    records.require_current_schema(out_dir)
+    finished = 0
+    for spec in cells:
+        done = is_finished(spec, out_dir)
+        finished += done
+        print(f"{'finished' if done else 'to run':8s}  {spec.cell_id}")
+    print(
+        f"capbench: {len(cells)} cells: {len(cells) - finished} to run, {finished} already finished (dry run)"
+    )
+    return 0
+
+
 def run_from_args(args, default_cache: Path) -> int:
     executor = getattr(args, "executor", "local") or "local"
     if getattr(args, "ray_address", None) and executor != "ray":
         raise CapbenchError("--ray-address needs --executor ray")
-    distributed.init()  # joins the process group under accelerate launch / torchrun; else a no-op
     cells, source = cells_from_args(args)
     out_dir = Path(args.out)
+    if getattr(args, "dry_run", False):
+        return print_plan(cells, out_dir)
+    distributed.init()  # joins the process group under accelerate launch / torchrun; else a no-op
     ctx = RunContext(
         out_dir=out_dir,
         cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache,

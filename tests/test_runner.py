@@ -132,3 +132,17 @@ def test_unknown_probe_fails_before_training(tiny_model_dir, tiny_glue, tmp_path
     assert main(args) == 2
     assert "unknown probe 'sentlenn'" in capsys.readouterr().err
     assert not (tmp_path / "run" / "records").exists()
+
+
+def test_dry_run_lists_finished_and_missing_cells_without_running(
+    tiny_model_dir, tiny_glue, tmp_path, monkeypatch, capsys
+):
+    base = run_args(tiny_model_dir, tiny_glue, tmp_path / "run", tmp_path / "cache", "--methods", "magnitude")
+    assert main([*base, "--sparsity", "0.5"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(runner, "run_cell", lambda spec, ctx: pytest.fail(f"ran {spec.cell_id}"))
+    assert main([*base, "--sparsity", "0.5,0.9", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[:3]] == ["finished", "finished", "to"]
+    assert "magnitude-0.9-seed0" in lines[2]
+    assert lines[-1] == "capbench: 3 cells: 1 to run, 2 already finished (dry run)"
