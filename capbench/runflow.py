@@ -20,6 +20,10 @@ DATA_SAMPLE_SEED = 1234  # fixed, so every seed and method of a preset sees the 
 
 
 def cells_from_args(args):
+    if getattr(args, "quiet", False) or getattr(args, "dry_run", False):
+        import datasets
+
+        datasets.disable_progress_bars()  # "Generating train split" bars while splits are checked
     tasks = parse_task_list(args.tasks)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     check_methods(methods)
