@@ -44,19 +44,18 @@ def migrate_record(record: dict, data_dir: str | None = None) -> dict | None:
             "data": data_identity(source, get_task(spec["task"])),
         }
     )
-    migrated = {
+    return {
         **record,
         "schema_version": records.SCHEMA_VERSION,
         "spec": new_spec.to_dict(),
         "spec_hash": new_spec.digest,
         "cell_id": new_spec.cell_id,
+        "data": {"source": spec["data"], **record.get("data", {})},
     }
-    migrated.setdefault("data", {}).setdefault("source", spec["data"])
-    return migrated
 
 
 def migrate_run_dir(run_dir: Path, data_dir: str | None = None) -> tuple[int, int]:
-    """Rewrite each old record under its new cell id (new file first, then the old one goes)."""
+    """Rewrite each old record under its new cell id, moving its saved model along; returns (migrated, current)."""
     folder = Path(run_dir) / records.RECORDS_DIR
     if not folder.is_dir():
         raise CapbenchError(f"{run_dir}: no {records.RECORDS_DIR}/ folder; pass a capbench run directory")
@@ -69,19 +68,18 @@ def migrate_run_dir(run_dir: Path, data_dir: str | None = None) -> tuple[int, in
         if new is None:
             current += 1
             continue
-        _move_model_dir(Path(run_dir), record, new)
+        # New record, then its model, then the old record: an interrupted migration reruns cleanly.
+        models = Path(run_dir) / "models"
+        old_model, new_model = models / record["cell_id"], models / new["cell_id"]
+        if old_model.is_dir() or new_model.is_dir():
+            new["model_dir"] = str(new_model)
         records.write_json(records.record_path(run_dir, new["cell_id"]), new)
+        if old_model.is_dir() and not new_model.exists():
+            shutil.move(str(old_model), str(new_model))
         if new["cell_id"] != record["cell_id"]:
             path.unlink()
         migrated += 1
     return migrated, current
-
-
-def _move_model_dir(run_dir: Path, old: dict, new: dict) -> None:
-    source = run_dir / "models" / old["cell_id"]
-    if source.is_dir() and not (run_dir / "models" / new["cell_id"]).exists():
-        shutil.move(str(source), str(run_dir / "models" / new["cell_id"]))
-        new["model_dir"] = str(run_dir / "models" / new["cell_id"])
 
 
 def cmd_migrate(args) -> int:

@@ -64,6 +64,12 @@ def require_current_schema(out_dir: Path) -> None:
             )
 
 
+def prepare_run_dir(out_dir: Path) -> None:
+    """Before running into `out_dir`: drop a killed process's temp files, refuse records of an old schema."""
+    remove_stale_temp_files(out_dir)
+    require_current_schema(out_dir)
+
+
 def load_records(*run_dirs: Path) -> list[dict]:
     """Every record under the given run directories (or record directories), in a stable order."""
     records = []

@@ -229,8 +229,7 @@ def run_grid(cells: list[CellSpec], ctx: RunContext, overwrite: bool = False, af
     """Run every unfinished cell; a finished cell is skipped unless `overwrite`. Returns counts."""
     main = distributed.is_main()  # with WORLD_SIZE > 1 every rank runs each cell; rank 0 writes
     if main:
-        records.remove_stale_temp_files(ctx.out_dir)
-        records.require_current_schema(ctx.out_dir)
+        records.prepare_run_dir(ctx.out_dir)
     counts = {"done": 0, "skipped": 0, "failed": 0}
     common = provenance_fields()
     with tqdm(total=len(cells), desc="cells", disable=not ctx.show_progress, position=0) as bar:

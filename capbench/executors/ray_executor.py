@@ -239,8 +239,7 @@ def run_grid_ray(cells, ctx: RunContext, *, overwrite: bool = False, after_cell=
     if distributed.enabled():
         raise CapbenchError("--executor ray fans cells out over a cluster; do not start it under accelerate")
     out_dir, cache_dir = Path(ctx.out_dir).absolute(), Path(ctx.cache_dir).absolute()
-    records.remove_stale_temp_files(out_dir)
-    records.require_current_schema(out_dir)
+    records.prepare_run_dir(out_dir)
     started_here = not ray.is_initialized()
     if started_here:
         connect(ray, address, log_to_driver=ctx.show_progress)
