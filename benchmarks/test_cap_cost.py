@@ -20,6 +20,7 @@ import pytest
 
 from capbench.data.sources import detect_source
 from capbench.methods import method_spec
+from capbench.model_identity import model_identity
 from capbench.models import DEFAULT_MODEL, offline_model_path
 from capbench.presets import get_preset
 from capbench.runner import RunContext, run_cell
@@ -47,6 +48,7 @@ def _spec(method: str, examples: int) -> CellSpec:
         method_options=options,
         kd=kd,
         cap=cap,
+        model_identity=model_identity(DEFAULT_MODEL),
     )
 
 

@@ -43,7 +43,14 @@ def render_cap_table(records: list[dict]) -> str:
         )
         extra = max((c.get("extra_forward_examples_total", 0) or 0) for c in costs[(task, label)])
         metric_cells = [
-            _fmt_metric({"status": "done", **_stats(cells[c])}) if c in cells else "–" for c in columns
+            (
+                "–"
+                if c not in cells
+                else "undefined"
+                if None in cells[c]
+                else _fmt_metric({"status": "done", **_stats(cells[c])})
+            )
+            for c in columns
         ]
         rows.append(
             [

@@ -67,6 +67,11 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("--no-save-models", action="store_true", help="do not keep the pruned models on disk")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
+        "--strict-data",
+        action="store_true",
+        help="refuse a task whose evaluation rows also occur in its train split (default: warn)",
+    )
+    p.add_argument(
         "--dry-run", action="store_true", help="list the cells and which are already finished; run nothing"
     )
     p.set_defaults(handler=cmd_run)
@@ -91,6 +96,11 @@ def add_leaderboard_parser(subparsers) -> None:
         default="builtin",
         help="YAML of numbers reported in papers (default: capbench's own reported.yaml; 'none' leaves them out)",
     )
+    p.add_argument(
+        "--skip-bad-records",
+        action="store_true",
+        help="leave out unreadable or malformed record files (the header counts them) instead of failing",
+    )
     p.set_defaults(handler=cmd_leaderboard)
 
 
@@ -103,6 +113,7 @@ def cmd_leaderboard(args) -> int:
         args.regenerate,
         args.plots,
         reported=args.reported,
+        skip_bad_records=args.skip_bad_records,
     )
     if not args.out:
         sys.stdout.write(text)

@@ -1,8 +1,17 @@
 """`capbench compare`: a new run against a stored leaderboard JSON, for CI regression gates.
 
-A cell regresses when its main metric drops by more than the noise allows: k times the seed spread
-(the root-sum-square of both sides' std over seeds) where a side has several seeds, or an absolute
-tolerance where both sides have a single seed.
+A cell regresses when
+* its main metric drops by more than the noise allows: k times the seed spread (the root-sum-square of
+  both sides' std over seeds) where a side has several seeds, or an absolute tolerance where both sides
+  have a single seed;
+* it was done and now failed, or had a value and now has none (undefined: constant predictions; or a
+  non-finite number from an older capbench): a missing value is the worst score;
+* its achieved sparsity falls below its target by more than the method's granularity (0.005 for
+  unstructured masks, one head's share for structured pruning), whatever its accuracy.
+
+Cells are only compared like with like: a candidate cell whose configuration (its spec without the seed)
+differs from the baseline's is refused, naming the differing fields, unless --allow-spec-change, which
+labels those rows. Differences in environment (capbench and library versions, machine) are reported.
 """
 
 from __future__ import annotations
@@ -15,48 +24,130 @@ from pathlib import Path
 from capbench.errors import CapbenchError
 
 STATUS_ORDER = ("regressed", "missing", "improved", "unchanged", "new")
+DEFAULT_GRANULARITY = 0.005
 
 
 def _spread(base: dict, new: dict) -> float | None:
-    parts = [cell["std"] for cell in (base, new) if cell.get("n", 0) > 1]
+    parts = [cell["std"] for cell in (base, new) if cell.get("n", 0) > 1 and cell.get("std") is not None]
     return math.sqrt(sum(s * s for s in parts)) if parts else None
 
 
+def _value(cell: dict) -> float | None:
+    """A cell's finite mean, or None (failed, undefined, or non-finite in an old baseline)."""
+    if cell.get("status") != "done":
+        return None
+    mean = cell.get("mean")
+    return float(mean) if isinstance(mean, int | float) and math.isfinite(mean) else None
+
+
+def _why_no_value(cell: dict) -> str:
+    if cell.get("status") != "done":
+        return "failed"
+    if cell.get("mean") is None:
+        return f"undefined ({cell.get('undefined', 'no value')})"
+    return f"non-finite ({cell['mean']})"
+
+
+def _below_target(new: dict) -> str | None:
+    achieved, target = new.get("achieved_sparsity"), new.get("target_sparsity")
+    if achieved is None or target is None or not target:
+        return None
+    tolerance = new.get("sparsity_granularity", DEFAULT_GRANULARITY)
+    if achieved < target - tolerance:
+        return f"achieved sparsity {achieved:.4f} < target {target:g} − {tolerance:.4f}"
+    return None
+
+
 def compare_cell(base: dict, new: dict | None, k: float, abs_tol: float) -> dict:
+    row = {"base": _value(base), "new": None, "delta": None, "allowed": None, "note": ""}
     if new is None:
-        return {"status": "missing", "base": base.get("mean"), "new": None, "delta": None, "allowed": None}
-    if new.get("status") != "done":
-        return {
-            "status": "regressed",
-            "base": base.get("mean"),
-            "new": None,
-            "delta": None,
-            "allowed": "failed",
-        }
-    if base.get("status") != "done":
-        return {"status": "improved", "base": None, "new": new["mean"], "delta": None, "allowed": None}
-    delta = new["mean"] - base["mean"]
+        return {**row, "status": "missing"}
+    row["new"] = _value(new)
+    if row["new"] is None:
+        if row["base"] is None:
+            return {**row, "status": "unchanged", "note": f"{_why_no_value(base)} → {_why_no_value(new)}"}
+        return {**row, "status": "regressed", "note": f"value → {_why_no_value(new)}"}
+    if row["base"] is None:
+        return {**row, "status": "improved", "note": f"{_why_no_value(base)} → value"}
+    delta = row["new"] - row["base"]
     spread = _spread(base, new)
     allowed = k * spread if spread is not None else abs_tol
     status = "regressed" if delta < -allowed else "improved" if delta > allowed else "unchanged"
-    return {"status": status, "base": base["mean"], "new": new["mean"], "delta": delta, "allowed": allowed}
+    row.update(delta=delta, allowed=allowed, status=status)
+    if below := _below_target(new):
+        row.update(status="regressed", note=below)
+    return row
 
 
-def compare_summaries(baseline: dict, current: dict, k: float = 2.0, abs_tol: float = 0.01) -> list[dict]:
+def flat_fields(config: dict, prefix: str = "") -> dict:
+    """{"train.learning_rate": 5e-5, ...}: nested spec fields flattened for naming differences."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flat_fields(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def differing_fields(a: dict, b: dict) -> list[str]:
+    fa, fb = flat_fields(a), flat_fields(b)
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k, "<absent>") != fb.get(k, "<absent>"))
+
+
+def spec_changes(baseline: dict, current: dict) -> dict[tuple, list[str]]:
+    """{(task, label, sparsity): differing fields} for cells in both whose configurations differ."""
+    if "configs" not in baseline:
+        raise CapbenchError(
+            "baseline JSON holds no cell configurations (written by an older capbench), so like cannot be "
+            "told from unlike; regenerate it with capbench leaderboard, or pass --allow-spec-change"
+        )
+    changes = {}
+    for task, info in baseline["tasks"].items():
+        new_rows = current["tasks"].get(task, {}).get("rows", {})
+        for label, cells in info["rows"].items():
+            for key, base in cells.items():
+                new = new_rows.get(label, {}).get(key)
+                if new is None or base.get("config") == new.get("config"):
+                    continue
+                fields = differing_fields(
+                    baseline["configs"].get(base.get("config"), {}),
+                    current["configs"].get(new.get("config"), {}),
+                )
+                changes[(task, label, key)] = fields or ["config"]
+    return changes
+
+
+def environment_changes(baseline: dict, current: dict) -> list[str]:
+    """Provenance that differs (versions, machines): reported, never a reason to refuse."""
+    lines = []
+    before, after = baseline.get("provenance", {}), current.get("provenance", {})
+    for key in ("capbench_versions", "library_versions", "machines"):
+        if key in before and before.get(key) != after.get(key):
+            lines.append(f"{key.replace('_', ' ')}: {before.get(key)} → {after.get(key)}")
+    return lines
+
+
+def compare_summaries(
+    baseline: dict, current: dict, k: float = 2.0, abs_tol: float = 0.01, changes: dict | None = None
+) -> list[dict]:
+    changes = changes or {}
     rows = []
     for task, info in sorted(baseline["tasks"].items()):
         new_rows = current["tasks"].get(task, {}).get("rows", {})
         for label, cells in sorted(info["rows"].items()):
             for key, base in sorted(cells.items(), key=lambda item: float(item[0])):
                 new = new_rows.get(label, {}).get(key)
-                rows.append(
-                    {"task": task, "method": label, "sparsity": key, **compare_cell(base, new, k, abs_tol)}
-                )
+                row = {"task": task, "method": label, "sparsity": key, **compare_cell(base, new, k, abs_tol)}
+                if (task, label, key) in changes:
+                    note = "spec changed: " + ", ".join(changes[(task, label, key)])
+                    row["note"] = f"{note}; {row['note']}" if row["note"] else note
+                rows.append(row)
     for task, info in sorted(current["tasks"].items()):
         for label, cells in sorted(info["rows"].items()):
             for key, new in cells.items():
                 if key not in baseline["tasks"].get(task, {}).get("rows", {}).get(label, {}):
-                    mean = new.get("mean")
                     rows.append(
                         {
                             "task": task,
@@ -64,9 +155,10 @@ def compare_summaries(baseline: dict, current: dict, k: float = 2.0, abs_tol: fl
                             "sparsity": key,
                             "status": "new",
                             "base": None,
-                            "new": mean,
+                            "new": _value(new),
                             "delta": None,
                             "allowed": None,
+                            "note": "",
                         }
                     )
     return rows
@@ -83,8 +175,8 @@ def render_diff(rows: list[dict]) -> str:
     lines = [
         "### capbench compare: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]),
         "",
-        "| status | task | method | sparsity | baseline | new | Δ | allowed drop |",
-        "|---|---|---|---|---|---|---|---|",
+        "| status | task | method | sparsity | baseline | new | Δ | allowed drop | note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     ordered = sorted(
         rows, key=lambda r: (STATUS_ORDER.index(r["status"]), r["task"], r["method"], float(r["sparsity"]))
@@ -93,7 +185,7 @@ def render_diff(rows: list[dict]) -> str:
         delta = "–" if r["delta"] is None else f"{100 * r['delta']:+.2f}"
         lines.append(
             f"| {r['status']} | {r['task']} | {r['method']} | {r['sparsity']} | {_pct(r['base'])} | "
-            f"{_pct(r['new'])} | {delta} | {_pct(r['allowed'])} |"
+            f"{_pct(r['new'])} | {delta} | {_pct(r['allowed'])} | {r.get('note', '')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -113,8 +205,20 @@ def register(subparsers) -> None:
         "--abs-tol", type=float, default=0.01, help="allowed drop for single-seed cells (default 0.01)"
     )
     p.add_argument("--allow-missing", action="store_true", help="do not fail on baseline cells the run lacks")
+    p.add_argument(
+        "--allow-spec-change",
+        action="store_true",
+        help="compare cells whose configuration differs from the baseline's (rows are labelled)",
+    )
+    p.add_argument(
+        "--skip-bad-records", action="store_true", help="leave out unreadable or malformed record files"
+    )
     p.add_argument("--out", type=Path, help="also write the markdown diff here (for a PR comment)")
     p.set_defaults(handler=cmd_compare)
+
+
+def _keep_constant(token: str):
+    return float(token)  # NaN/Infinity in an old baseline: kept, and treated as "no value"
 
 
 def cmd_compare(args) -> int:
@@ -126,18 +230,34 @@ def cmd_compare(args) -> int:
             f"--baseline {args.baseline}: no such file; write one with capbench leaderboard --out"
         )
     try:
-        baseline = json.loads(args.baseline.read_text())
+        baseline = json.loads(args.baseline.read_text(), parse_constant=_keep_constant)
     except json.JSONDecodeError as exc:
         raise CapbenchError(
             f"--baseline {args.baseline}: not JSON ({exc.msg} at line {exc.lineno})"
         ) from None
     if "tasks" not in baseline:
         raise CapbenchError(f"--baseline {args.baseline}: not a capbench leaderboard JSON (no 'tasks')")
-    records = load_records(*args.runs)
+    bad: list[str] = []
+    records = load_records(*args.runs, skip_bad=args.skip_bad_records, bad=bad)
     if not records:
         raise CapbenchError(f"no records under {', '.join(map(str, args.runs))}")
-    rows = compare_summaries(baseline, summarize(records), args.k, args.abs_tol)
+    current = summarize(records)
+    changes = {} if args.allow_spec_change and "configs" not in baseline else spec_changes(baseline, current)
+    if changes and not args.allow_spec_change:
+        fields = sorted({f for fs in changes.values() for f in fs})
+        cells = [f"{t} {m} {s}" for t, m, s in sorted(changes)]
+        shown = ", ".join(cells[:3]) + (f" and {len(cells) - 3} more" if len(cells) > 3 else "")
+        raise CapbenchError(
+            f"{len(cells)} candidate cell{'s' if len(cells) > 1 else ''} differ from the baseline in "
+            f"{', '.join(fields)} ({shown}); compare runs of one configuration, or pass --allow-spec-change"
+        )
+    rows = compare_summaries(baseline, current, args.k, args.abs_tol, changes)
     text = render_diff(rows)
+    environment = environment_changes(baseline, current)
+    if environment:
+        text += "\nEnvironment differs from the baseline's: " + "; ".join(environment) + "\n"
+    if bad:
+        text += f"\nSkipped {len(bad)} bad record file(s): " + "; ".join(bad) + "\n"
     sys.stdout.write(text)
     if args.out:
         atomic_write_text(args.out, text)

@@ -5,16 +5,44 @@ Summarizing is separate from running: the same records always give byte-identica
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import statistics
 from collections import defaultdict
 
 from capbench import __version__
 from capbench.errors import CapbenchError
-from capbench.spec import DENSE, MEASUREMENT_FIELDS
+from capbench.spec import DENSE, MEASUREMENT_FIELDS, NAME_FIELDS
 
 DIGITS = 2
 # Spec fields that may differ between the records of one leaderboard cell.
-CELL_INDEPENDENT = ("seed", *MEASUREMENT_FIELDS)
+CELL_INDEPENDENT = ("seed", *MEASUREMENT_FIELDS, *NAME_FIELDS)
+
+
+def cell_config(spec: dict) -> dict:
+    """A cell's configuration: its spec without the seed, measurements and display names."""
+    return {k: v for k, v in spec.items() if k not in CELL_INDEPENDENT}
+
+
+def config_digest(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def main_value(record: dict) -> float | None:
+    """A done record's main metric as a finite float; None when it has none (see `no_value_reason`)."""
+    value = record["main_metric"]["value"]
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def no_value_reason(record: dict) -> str:
+    """Why a done record's main metric has no value: undefined (and why), or non-finite (a fault)."""
+    main = record["main_metric"]
+    if main["value"] is None:
+        return main.get("undefined", "undefined")
+    return f"non-finite {main['value']} (written by a capbench that did not refuse it; rerun the cell)"
 
 
 def row_label(spec: dict) -> str:
@@ -56,6 +84,13 @@ def _provenance(records: list[dict]) -> dict:
         "presets": sorted({r["spec"]["preset"] for r in records}),
         "git_commits": sorted({r.get("git_commit") or "unknown" for r in records}),
         "capbench_versions": sorted({r.get("versions", {}).get("capbench", "unknown") for r in records}),
+        "library_versions": sorted(
+            {
+                ", ".join(f"{k} {v}" for k, v in sorted(r["versions"].items()) if k != "capbench")
+                for r in records
+                if r.get("versions")
+            }
+        ),
         "machines": sorted({_machine_line(r.get("machine", {})) for r in records}),
         "date_range": [stamps[0], stamps[-1]] if stamps else [],
         "records": len(records),
@@ -88,25 +123,39 @@ def summarize(records: list[dict]) -> dict:
         cells[spec["task"]][row_label(spec)][sparsity_key(spec["sparsity"])].append(record)
         if record.get("status") == "done":
             meta.setdefault(spec["task"], record["main_metric"])
-    tasks = {}
+    tasks, configs = {}, {}
     for task in sorted(cells):
-        dense = [
-            r["main_metric"]["value"]
-            for r in cells[task].get(DENSE, {}).get("0", [])
-            if r["status"] == "done"
-        ]
-        dense_mean = statistics.fmean(dense) if dense else None
+        dense = [main_value(r) for r in cells[task].get(DENSE, {}).get("0", []) if r["status"] == "done"]
+        dense_mean = statistics.fmean(dense) if dense and None not in dense else None
         rows = {}
         for label in sorted(cells[task], key=lambda name: (name != DENSE, name)):
             for key, group in cells[task][label].items():
                 check_one_configuration(f"{task} {label} sparsity {key}", group)
+                config = cell_config(group[0]["spec"])
+                configs[config_digest(config)] = config
             rows[label] = {
                 key: _cell(cells[task][label][key], dense_mean)
                 for key in sorted(cells[task][label], key=float)
             }
-        info = meta.get(task, {})
+        info = meta.get(task) or _task_main_metric(task)
         tasks[task] = {"metric": info.get("name"), "split": info.get("split"), "rows": rows}
-    return {"capbench_version": __version__, "provenance": _provenance(records), "tasks": tasks}
+    return {
+        "capbench_version": __version__,
+        "provenance": _provenance(records),
+        "tasks": tasks,
+        "configs": dict(sorted(configs.items())),
+    }
+
+
+def _task_main_metric(task: str) -> dict:
+    """The task's declared main metric, for a task whose every record failed."""
+    from capbench.tasks import get_task
+
+    try:
+        spec = get_task(task)
+    except CapbenchError:
+        return {}
+    return {"name": spec.main_metric, "split": spec.main_eval_split}
 
 
 def _differing_fields(a: dict, b: dict) -> list[str]:
@@ -135,20 +184,38 @@ def check_one_configuration(where: str, group: list[dict]) -> None:
 
 
 def _cell(group: list[dict], dense_mean: float | None) -> dict:
+    config = config_digest(cell_config(group[0]["spec"]))
     done = [r for r in group if r.get("status") == "done"]
     if not done:
-        return {"status": "failed", "n": 0, "errors": sorted({r.get("error", "") for r in group})}
-    values = [r["main_metric"]["value"] for r in done]
-    cell = {"status": "done", **_stats(values), "failed": len(group) - len(done)}
+        return {
+            "status": "failed",
+            "n": 0,
+            "config": config,
+            "errors": sorted({r.get("error", "") for r in group}),
+        }
+    values = [main_value(r) for r in done]
+    undefined = sorted({no_value_reason(r) for r, v in zip(done, values) if v is None})
+    if undefined:  # a seed without a value makes the cell's mean undefined, never a mean of the rest
+        cell = {
+            "status": "done",
+            "mean": None,
+            "std": None,
+            "n": len(values),
+            "undefined": "; ".join(undefined),
+        }
+        cell["undefined_seeds"] = sum(v is None for v in values)
+    else:
+        cell = {"status": "done", **_stats(values)}
+    cell.update(failed=len(group) - len(done), config=config)
     achieved = [r["sparsity"]["linear"] for r in done if r.get("sparsity")]
     if achieved:
         cell["achieved_sparsity"] = round(statistics.fmean(achieved), 4)
-    if dense_mean:
+        cell["target_sparsity"] = done[0]["spec"]["sparsity"]
+        tolerances = [r["sparsity"].get("granularity") for r in done if r.get("sparsity")]
+        if all(t is not None for t in tolerances):
+            cell["sparsity_granularity"] = max(tolerances)
+    if dense_mean and cell["mean"] is not None:
         cell["retention"] = round(cell["mean"] / dense_mean, 4)
-    for extra in ("probe_retention", "speedup"):
-        found = [r[extra] for r in done if extra in r]
-        if found:
-            cell[extra] = round(statistics.fmean(found), 4)
     return cell
 
 
@@ -157,6 +224,8 @@ def _fmt_metric(cell: dict | None) -> str:
         return "–"
     if cell["status"] != "done":
         return "failed"
+    if cell["mean"] is None:
+        return f"undefined: {cell['undefined']} (n={cell['n']})"
     spread = f" ± {100 * cell['std']:.{DIGITS - 1}f}" if cell["n"] > 1 else ""
     text = f"{100 * cell['mean']:.{DIGITS - 1}f}{spread} (n={cell['n']})"
     return text + (f", {cell['failed']} failed" if cell.get("failed") else "")
@@ -189,7 +258,8 @@ def render_markdown(
         f"- data: {', '.join(prov['data_sources'])}",
         f"- carved (non-official) splits: {', '.join(prov['carved_splits']) or 'none, all splits official'}",
         f"- preset: {', '.join(prov['presets'])}",
-        f"- records: {prov['records']} ({prov['failed']} failed)",
+        f"- records: {prov['records']} ({prov['failed']} failed"
+        + (f", {prov['bad_records']} unreadable or malformed skipped)" if prov.get("bad_records") else ")"),
         f"- capbench {', '.join(prov['capbench_versions'])}, git {', '.join(prov['git_commits'])}",
         f"- runs: {' to '.join(prov['date_range']) if prov['date_range'] else 'unknown'}",
         f"- machine: {'; '.join(prov['machines'])}",

@@ -42,17 +42,44 @@ def check_methods(names: list[str]) -> None:
 def method_spec(
     method: str, overrides: dict, kd: bool, cap_overrides: dict
 ) -> tuple[dict, dict | None, dict | None]:
-    """Resolved (method_options, kd, cap) for a method: documented defaults plus the user's overrides."""
-    from capbench.pruning.methods import method_defaults
+    """Resolved (method_options, kd, cap) for a method: documented defaults plus the user's overrides.
+
+    Raises CapbenchError, naming ``--method-option KEY=VALUE`` or ``--cap-option KEY=VALUE``, when an
+    override is unknown to the method or outside its domain (see OPTIONS in capbench.pruning.methods and
+    RULES in capbench.cap.config)."""
+    from capbench.pruning.methods import check_options, method_defaults
 
     criterion = criterion_of(method)
     options = {**method_defaults(criterion), **overrides}
+    check_options(criterion, options, overrides, flag="--method-option", label=method)
     if method in CAP_METHODS:
         from capbench.cap.config import CapConfig
 
-        cap = CapConfig.from_options({**cap_defaults(method), **cap_overrides}).to_dict()
+        base = CapConfig.from_options(cap_defaults(method))
+        cap = CapConfig.from_options(cap_overrides, base=base, flag="--cap-option").to_dict()
         return options, None, cap
     return options, (KDConfig().to_dict() if kd else None), None
+
+
+def grid_method_specs(
+    methods: list[str], overrides: dict, kd: bool, cap_overrides: dict, sparsities: list[float]
+) -> dict[str, tuple[dict, dict | None, dict | None]]:
+    """``method_spec`` of every method of a grid, every option checked before any cell runs."""
+    from capbench.pruning.methods import check_initial_sparsity
+
+    if cap_overrides and not any(method in CAP_METHODS for method in methods):
+        from capbench.cap.config import CapConfig
+
+        CapConfig.from_options(cap_overrides, flag="--cap-option")  # a bad option says what is wrong first
+        given = " ".join(f"{key}={value}" for key, value in cap_overrides.items())
+        raise CapbenchError(
+            f"--cap-option {given}: no CAP method in --methods, so it would be ignored; "
+            f"add one of {', '.join(CAP_METHODS)} or drop --cap-option"
+        )
+    specs = {method: method_spec(method, overrides, kd, cap_overrides) for method in methods}
+    for method, (options, _, _) in specs.items():
+        check_initial_sparsity(method, options, sparsities, overrides, flag="--method-option")
+    return specs
 
 
 def cap_defaults(method: str) -> dict:

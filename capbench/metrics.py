@@ -34,13 +34,51 @@ METRICS = {
     "pearson": pearson,
     "spearmanr": spearman,
 }
+# Correlations are undefined (0/0) when either side is constant; a collapsed model predicts a constant.
+CORRELATIONS = ("pearson", "spearmanr")
 
 
 def predictions_from_logits(logits: np.ndarray, regression: bool) -> np.ndarray:
     return logits[:, 0] if regression else logits.argmax(axis=-1)
 
 
-def compute_metrics(names, predictions, references) -> dict[str, float]:
+def undefined_reason(name: str, predictions: np.ndarray, references: np.ndarray) -> str | None:
+    """Why metric `name` has no value on these predictions, or None when it is defined."""
+    if len(predictions) == 0:
+        return "no evaluation rows"
+    if name in CORRELATIONS:
+        if np.ptp(predictions) == 0:
+            return "predictions are constant"
+        if np.ptp(references) == 0:
+            return "references are constant"
+    return None
+
+
+def undefined_metrics(names, predictions, references) -> dict[str, str]:
+    """{metric: why it is undefined} for the metrics of `names` that have no value on these predictions."""
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    reasons = {name: undefined_reason(name, predictions, references) for name in names}
+    return {name: reason for name, reason in reasons.items() if reason}
+
+
+def compute_metrics(names, predictions, references) -> dict[str, float | None]:
+    """Each metric's value; None where it is undefined (see `undefined_metrics` for why), never NaN.
+
+    Raises ValueError on non-finite predictions (a fault of the model, not an undefined metric), or when
+    a metric that should be defined comes out non-finite.
+    """
     predictions = np.asarray(predictions)
     references = np.asarray(references)
-    return {name: METRICS[name](predictions, references) for name in names}
+    if predictions.dtype.kind == "f" and not np.isfinite(predictions).all():
+        raise ValueError(f"{int((~np.isfinite(predictions)).sum())} predictions are not finite (nan or inf)")
+    undefined = undefined_metrics(names, predictions, references)
+    values = {}
+    for name in names:
+        if name in undefined:
+            values[name] = None
+            continue
+        value = METRICS[name](predictions, references)
+        if not np.isfinite(value):
+            raise ValueError(f"{name} is {value} on finite predictions")
+        values[name] = value
+    return values

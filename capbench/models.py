@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import torch
@@ -72,8 +73,13 @@ def load_tokenizer(path: str):
         ) from exc
 
 
-def load_classifier(path: str, num_labels: int, dropout: float | None = None):
-    """A sequence classifier on the encoder at `path`, never running remote code, safetensors preferred."""
+def load_classifier(path: str, num_labels: int, dropout: float | None = None, task: str | None = None):
+    """A sequence classifier on the encoder at `path`, never running remote code, safetensors preferred.
+
+    Any BERT checkpoint loads: a bare encoder gets a fresh head; a saved classifier head is kept when it has
+    `num_labels` outputs and is otherwise re-initialised, with one line on stderr saying so (`task` names the
+    task in that line).
+    """
     config = load_config(path)
     if getattr(config, "capbench_structure", None):  # a compacted structured model: per-layer head counts
         from capbench.pruning.compact import load_compacted
@@ -81,15 +87,53 @@ def load_classifier(path: str, num_labels: int, dropout: float | None = None):
         model = load_compacted(path)
         check_encoder_layout(model, path)
         return model
-    config.num_labels = num_labels
+    config.num_labels = num_labels  # a different count also resets the saved id2label/label2id
+    # The loss follows the label count (1: regression, stsb), not the problem type a saved head was trained for.
+    config.problem_type = None
     if dropout is not None:
         config.hidden_dropout_prob = dropout
         config.attention_probs_dropout_prob = dropout
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, trust_remote_code=False, use_safetensors=_has_safetensors(path)
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        config=config,
+        trust_remote_code=False,
+        use_safetensors=_has_safetensors(path),
+        ignore_mismatched_sizes=True,  # only the classifier head may differ; checked just below
+        output_loading_info=True,
     )
+    _check_mismatches(path, info.get("mismatched_keys") or (), num_labels, task)
     check_encoder_layout(model, path)
     return model
+
+
+_HEAD_NOTICES: set = set()
+
+
+def _check_mismatches(path: str, mismatched, num_labels: int, task: str | None) -> None:
+    """A saved head of another label count was re-initialised: say so once; any other mismatch is an error."""
+    saved = {}
+    for entry in mismatched:
+        key, shape = (entry, ()) if isinstance(entry, str) else (entry[0], tuple(entry[1]))
+        if not key.startswith("classifier."):
+            raise CapbenchError(
+                f"--model {path}: weight {key} has shape {list(shape)}, which its config.json does not give; "
+                "the checkpoint and its config do not match"
+            )
+        saved[key] = shape
+    if not saved:
+        return
+    shape = saved.get("classifier.weight") or saved.get("classifier.bias") or ()
+    labels = shape[0] if shape else "?"
+    notice = (path, labels, num_labels)
+    if notice in _HEAD_NOTICES:
+        return
+    _HEAD_NOTICES.add(notice)
+    print(
+        f"capbench: --model {path} has a {labels}-label classifier head; {task or 'the task'} needs "
+        f"{num_labels}, so the head is re-initialised",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def check_encoder_layout(model, name: str = "model") -> None:

@@ -32,7 +32,8 @@ def metric_vs_sparsity(summary: dict, task: str, base: Path) -> list[Path]:
     info = summary["tasks"][task]
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, cells in info["rows"].items():
-        done = [(float(k), c) for k, c in cells.items() if c["status"] == "done"]
+        # undefined cells (constant predictions) have no point to plot
+        done = [(float(k), c) for k, c in cells.items() if c["status"] == "done" and c["mean"] is not None]
         if label == DENSE:
             for _, cell in done:
                 ax.axhline(100 * cell["mean"], color="black", linestyle="--", label="dense")
@@ -77,7 +78,7 @@ def metric_vs_speedup(records: list[dict], task: str, base: Path) -> list[Path] 
         if record["spec"]["task"] != task or record.get("status") != "done":
             continue
         speed = 1.0 if record["spec"]["method"] == DENSE else measured_speedup(record)
-        if speed is not None:
+        if speed is not None and record["main_metric"]["value"] is not None:
             groups[row_label(record["spec"])].append((speed, 100 * record["main_metric"]["value"]))
     if len(groups) < 2:
         return None

@@ -25,6 +25,39 @@ class Preset:
         own = {k: v for k, v in values.items() if k not in train_fields and v is not None}
         return replace(self, train=replace(self.train, **train_values), **own)
 
+    def validate(self, max_positions: int | None = None) -> None:
+        """Raise CapbenchError, naming the flag and the fix, on a setting outside its domain (the resolved
+        value: preset plus flags). ``max_positions``: the model's max_position_embeddings, if known."""
+        self.train.validate()
+        for flag, value in (
+            ("--max-train-examples", self.max_train_examples),
+            ("--max-eval-examples", self.max_eval_examples),
+        ):
+            if value is not None and not (_whole(value) and value >= 1):
+                raise CapbenchError(
+                    f"{flag} {value}: must be a whole number of rows >= 1 (omit the flag for the preset's value)"
+                )
+        length = self.max_seq_length
+        if not (_whole(length) and length >= MIN_SEQ_LENGTH):
+            upper = (
+                f" and at most {max_positions} (the model's max_position_embeddings)" if max_positions else ""
+            )
+            raise CapbenchError(
+                f"--max-seq-length {length}: must be a whole number of tokens >= {MIN_SEQ_LENGTH}{upper}, e.g. 128"
+            )
+        if max_positions and length > max_positions:
+            raise CapbenchError(
+                f"--max-seq-length {length}: must be at most {max_positions}, the model's max_position_embeddings"
+                f" (longer inputs have no position embedding); e.g. --max-seq-length {min(128, max_positions)}"
+            )
+
+
+MIN_SEQ_LENGTH = 8  # [CLS], [SEP] and a few tokens
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 PRESETS = {
     "smoke": Preset(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from capbench.errors import CapbenchError
 from capbench.leaderboard import render_markdown, summarize
-from capbench.records import atomic_write_text, load_records
+from capbench.records import atomic_write_text, dumps_json, load_records
 
 
 def extra_sections(records: list[dict]) -> list[str]:
@@ -32,9 +31,12 @@ def extra_sections(records: list[dict]) -> list[str]:
 
 REPORTED_NOTE = (
     "Published numbers, labelled with their source; they are not capbench results and never enter the tables "
-    "above. Δ = capbench − reported, given only where these records ran the same model, task, method, "
-    "sparsity and distillation setting; otherwise there is no Δ, because a different model or budget is not a "
-    "reproduction."
+    "above. Δ = capbench − reported, given only where these records reproduce the paper's setting: the same "
+    "checkpoint (by its pinned hub id or weights digest, never by folder name), task, method, sparsity and "
+    "metric, the whole official train split, the official evaluation split, the paper's epochs and learning "
+    "rate (and batch size where the source gives one) and the same distillation setting. A setting the source "
+    "does not give rules out a Δ. Otherwise the published number stands alone, and where capbench ran that "
+    "cell the last column says why it is not a reproduction."
 )
 
 
@@ -50,15 +52,23 @@ def publish(
     command: str | None,
     plots: bool = False,
     reported: str = "builtin",
+    skip_bad_records: bool = False,
 ) -> str:
-    """`reported`: "builtin" (capbench/reported.yaml), a YAML path, or "none" to leave the papers' numbers out."""
+    """`reported`: "builtin" (capbench/reported.yaml), a YAML path, or "none" to leave the papers' numbers out.
+
+    Raises CapbenchError naming every unreadable or malformed record file, unless `skip_bad_records`
+    (then the header counts them).
+    """
     for run_dir in run_dirs:
         if not run_dir.is_dir():
             raise CapbenchError(f"--runs {run_dir}: no such directory; pass the --out of a capbench run")
-    records = load_records(*run_dirs)
+    bad: list[str] = []
+    records = load_records(*run_dirs, skip_bad=skip_bad_records, bad=bad)
     if not records:
         raise CapbenchError(f"no records under {', '.join(map(str, run_dirs))}; run `capbench run` first")
     summary = summarize(records)
+    if bad:
+        summary["provenance"]["bad_records"] = len(bad)
     sections = extra_sections(records)
     if reported != "none":
         from capbench.reported import compare_reported, load_reported
@@ -82,5 +92,5 @@ def publish(
     text = render_markdown(summary, command, sections)
     if out is not None:
         atomic_write_text(out, text)
-        atomic_write_text(out.with_suffix(".json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(out.with_suffix(".json"), dumps_json(summary, str(out.with_suffix(".json"))))
     return text

@@ -1,12 +1,18 @@
 """Numbers reported in papers, shown beside (never mixed into) capbench's own rows.
 
-Each entry of a reported file is one published number with its source. A leaderboard lists the entries of its
-tasks in a separate table, and gives the Δ of capbench's own reproduction where the records hold one: same
-model, task, method, sparsity, distillation on/off, metric and split.
+Each entry of a reported file is one published number with its source, and the setting it was obtained in.
+A leaderboard lists the entries of its tasks in a separate table. It gives the Δ of capbench's own number only
+where the records reproduce that setting: the same checkpoint (the record's `model_identity`: a pinned hub
+repo id the entry lists, or a local weights digest it lists; never the folder or name typed for --model),
+task, method, sparsity, metric, the whole official train split, the official evaluation split, the
+source's epochs and learning rate (and batch size where it gives one), and the same distillation setting.
+A setting the source does not give (`unknown` in the file) means no Δ can be claimed for that entry.
+Where records of the entry's cell exist but none is a reproduction, the row says why instead.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from importlib import resources
 from pathlib import Path
@@ -17,6 +23,42 @@ from capbench.errors import CapbenchError
 from capbench.leaderboard import markdown_table
 
 REQUIRED_KEYS = ("source", "model", "task", "split", "metric", "method", "sparsity", "kd", "value")
+# What decides a reproduction (see capbench/reported.yaml); a missing key counts as `unknown`.
+SETTING_KEYS = (
+    "checkpoint_repo_ids",
+    "checkpoint_weights_sha256",
+    "epochs",
+    "learning_rate",
+    "batch_size",
+    "kd_setting",
+    "setting_source",
+)
+UNKNOWN = "unknown"
+KD_KEYS = ("temperature", "w_ce", "w_kd")
+
+# Rows of the official GLUE splits (the counts of the Hugging Face `glue` dataset; those of ../shared/glue_raw
+# are checked against the same counts in its MANIFEST.md). A split of another size is a sample.
+GLUE_ROWS = {
+    ("cola", "train"): 8551,
+    ("cola", "validation"): 1043,
+    ("sst2", "train"): 67349,
+    ("sst2", "validation"): 872,
+    ("mrpc", "train"): 3668,
+    ("mrpc", "validation"): 408,
+    ("stsb", "train"): 5749,
+    ("stsb", "validation"): 1500,
+    ("qqp", "train"): 363846,
+    ("qqp", "validation"): 40430,
+    ("mnli", "train"): 392702,
+    ("mnli", "validation_matched"): 9815,
+    ("mnli", "validation_mismatched"): 9832,
+    ("qnli", "train"): 104743,
+    ("qnli", "validation"): 5463,
+    ("rte", "train"): 2490,
+    ("rte", "validation"): 277,
+    ("wnli", "train"): 635,
+    ("wnli", "validation"): 71,
+}
 
 
 def builtin_reported_path() -> Path:
@@ -34,12 +76,25 @@ def load_reported(path: Path | None = None) -> list[dict]:
         missing = [key for key in REQUIRED_KEYS if key not in entry]
         if missing:
             raise CapbenchError(f"{path} entry {index}: missing keys {missing}; see capbench/reported.yaml")
+        problem = _setting_problem(entry)
+        if problem:
+            raise CapbenchError(f"{path} entry {index}: {problem}; see capbench/reported.yaml")
     return entries
 
 
-def model_name(model: str) -> str:
-    """'google-bert/bert-base-uncased' and 'bert-base-uncased' name the same checkpoint."""
-    return model.rstrip("/").split("/")[-1].lower()
+def _setting_problem(entry: dict) -> str | None:
+    for key in ("checkpoint_repo_ids", "checkpoint_weights_sha256"):
+        value = entry.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"{key} must be a list of strings"
+    for key in ("epochs", "learning_rate", "batch_size"):
+        value = entry.get(key, UNKNOWN)
+        if value != UNKNOWN and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{key} must be a number or {UNKNOWN!r}, not {value!r} (write 3e-5 as 3.0e-5)"
+    kd = entry.get("kd_setting", UNKNOWN)
+    if kd != UNKNOWN and not (isinstance(kd, dict) and set(kd) == set(KD_KEYS)):
+        return f"kd_setting must be {UNKNOWN!r} or a mapping of exactly {', '.join(KD_KEYS)}"
+    return None
 
 
 def uses_kd(spec: dict) -> bool:
@@ -47,38 +102,170 @@ def uses_kd(spec: dict) -> bool:
     return bool(spec.get("kd")) or float(cap.get("w_kd", 0) or 0) > 0
 
 
-def _reproduction(entry: dict, records: list[dict]) -> list[float]:
-    values = []
+def kd_setting(spec: dict) -> dict | None:
+    """Temperature and loss weights of a cell's distillation (plain KD or CAP's), None without KD."""
+    if spec.get("kd"):
+        return {key: spec["kd"].get(key) for key in KD_KEYS}
+    cap = spec.get("cap") or {}
+    if float(cap.get("w_kd", 0) or 0) > 0:
+        return {"temperature": cap.get("kd_temperature"), "w_ce": cap.get("w_ce"), "w_kd": cap.get("w_kd")}
+    return None
+
+
+def unknown_settings(entry: dict) -> list[str]:
+    """The parts of an entry's setting its source does not give: with any of them, no Δ is claimed."""
+    unknown = []
+    if not entry.get("checkpoint_repo_ids") and not entry.get("checkpoint_weights_sha256"):
+        unknown.append("checkpoint")
+    for key, name in (("epochs", "epochs"), ("learning_rate", "learning rate")):
+        if entry.get(key, UNKNOWN) == UNKNOWN:
+            unknown.append(name)
+    if entry["kd"] and entry["method"] != "dense" and entry.get("kd_setting", UNKNOWN) == UNKNOWN:
+        unknown.append("KD setting")
+    return unknown
+
+
+def _same(ours, theirs) -> bool:
+    try:
+        return math.isclose(float(ours), float(theirs), rel_tol=1e-9, abs_tol=1e-12)
+    except (TypeError, ValueError):
+        return False
+
+
+def _checkpoint_mismatch(entry: dict, spec: dict) -> str | None:
+    identity = spec.get("model_identity") or {}
+    if identity.get("source") == "hub":
+        listed = {repo.lower() for repo in entry.get("checkpoint_repo_ids") or []}
+        if str(identity.get("repo_id", "")).lower() in listed:
+            return None
+        return f"checkpoint {identity.get('repo_id')} is not a listed {entry['model']}"
+    if identity.get("source") == "local":
+        if identity.get("weights_sha256") in (entry.get("checkpoint_weights_sha256") or []):
+            return None
+        return f"local weights {identity.get('weights_sha256')} are not a listed {entry['model']} checkpoint"
+    return "no model identity recorded"
+
+
+def _split_mismatch(record: dict, split: str, limit: int | None) -> str | None:
+    """None when `split` is the whole official split; else what it is instead."""
+    task = record["spec"]["task"]
+    info = (record.get("data") or {}).get("splits", {}).get(split)
+    if info is None:
+        return f"no provenance recorded for {split}"
+    rows, official_rows = info.get("rows"), GLUE_ROWS.get((task, split))
+    if not info.get("official", False):
+        counted = f"{rows:,}" if isinstance(rows, int) else "an unrecorded number of"
+        of = f" (official: {official_rows:,})" if official_rows else ""
+        return f"{counted} carved {split} rows{of}"
+    if official_rows is not None:
+        if rows == official_rows:
+            return None
+        return (
+            f"{rows:,} of {official_rows:,} {split} rows"
+            if isinstance(rows, int)
+            else f"{split} rows not recorded"
+        )
+    if limit is not None and (not isinstance(rows, int) or rows >= limit):
+        return f"a sample of at most {limit:,} {split} rows"
+    return None
+
+
+def _value_mismatch(name: str, ours, theirs) -> str | None:
+    if theirs == UNKNOWN or theirs is None:
+        return None  # reported once per entry, see unknown_settings
+    if ours is None:
+        return f"{name} not recorded"
+    return None if _same(ours, theirs) else f"{name} {ours:g} (source: {theirs:g})"
+
+
+def _kd_text(setting: dict) -> str:
+    return ", ".join(f"{key} {'?' if setting.get(key) is None else setting[key]}" for key in KD_KEYS)
+
+
+def _kd_mismatch(entry: dict, spec: dict) -> str | None:
+    if spec["method"] == "dense":
+        return None  # the dense reference is plain fine-tuning in both
+    ours = kd_setting(spec) if uses_kd(spec) else None
+    if (ours is not None) != bool(entry["kd"]):
+        return f"KD {'on' if ours is not None else 'off'} (source: {'on' if entry['kd'] else 'off'})"
+    theirs = entry.get("kd_setting", UNKNOWN)
+    if ours is None or theirs == UNKNOWN:
+        return None
+    if all(_same(ours.get(key), theirs[key]) for key in KD_KEYS):
+        return None
+    return f"KD {_kd_text(ours)} (source: {_kd_text(theirs)})"
+
+
+def reproduction_mismatches(entry: dict, record: dict) -> list[str]:
+    """Why `record` does not reproduce `entry`'s setting (empty: it does, up to the source's unknowns).
+
+    The record must already be of the entry's task, method and sparsity.
+    """
+    spec = record["spec"]
+    train = spec.get("train") or {}
+    reasons = [
+        _checkpoint_mismatch(entry, spec),
+        _split_mismatch(record, "train", spec.get("max_train_examples")),
+        _split_mismatch(record, entry["split"], spec.get("max_eval_examples")),
+        _value_mismatch("epochs", train.get("epochs"), entry.get("epochs", UNKNOWN)),
+        _value_mismatch("learning rate", train.get("learning_rate"), entry.get("learning_rate", UNKNOWN)),
+        _value_mismatch("batch size", train.get("batch_size"), entry.get("batch_size", UNKNOWN)),
+        _kd_mismatch(entry, spec),
+    ]
+    return [reason for reason in reasons if reason]
+
+
+def _candidates(entry: dict, records: list[dict]) -> list[tuple[dict, float]]:
+    """Finished records of the entry's cell (task, method, sparsity) with its metric on its split."""
+    found = []
     for record in records:
         spec = record["spec"]
-        if record.get("status") != "done" or spec["task"] != entry["task"]:
-            continue
-        if model_name(spec["model"]) != model_name(entry["model"]) or spec["method"] != entry["method"]:
+        if (
+            record.get("status") != "done"
+            or spec["task"] != entry["task"]
+            or spec["method"] != entry["method"]
+        ):
             continue
         if abs(spec["sparsity"] - entry["sparsity"]) > 1e-9:
             continue
-        if spec["method"] != "dense" and uses_kd(spec) != bool(entry["kd"]):
-            continue
         value = record.get("metrics", {}).get(entry["split"], {}).get(entry["metric"])
         if value is not None:
-            values.append(100 * value)
-    return values
+            found.append((record, 100 * value))
+    return found
 
 
 def compare_reported(entries: list[dict], records: list[dict]) -> list[dict]:
-    """Entries of the tasks these records cover, each with capbench's own mean and Δ where one exists."""
+    """Entries of the tasks these records cover: with capbench's mean and Δ where the records reproduce the
+    entry's setting, else (where the entry's cell has records) the reasons there is no Δ."""
     tasks = {r["spec"]["task"] for r in records}
     rows = []
     for entry in entries:
         if entry["task"] not in tasks:
             continue
-        ours = _reproduction(entry, records)
         row = {key: entry[key] for key in (*REQUIRED_KEYS, "method_label") if key in entry}
-        if ours:
+        unknown = unknown_settings(entry)
+        if unknown:
+            row["unknown_settings"] = unknown
+        candidates = _candidates(entry, records)
+        checked = sorted(
+            (
+                (reproduction_mismatches(entry, record), record.get("cell_id", ""), value)
+                for record, value in candidates
+            ),
+            key=lambda item: (len(item[0]), item[1]),
+        )
+        ours = [value for reasons, _, value in checked if not reasons]
+        if ours and not unknown:
             mean = statistics.fmean(ours)
             row.update(capbench=round(mean, 2), capbench_n=len(ours), delta=round(mean - entry["value"], 2))
+        elif checked:
+            row["not_a_reproduction"] = checked[0][0] or [f"the source gives no {_join(unknown)}"]
         rows.append(row)
     return sorted(rows, key=_order)
+
+
+def _join(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def _order(row: dict) -> tuple:
@@ -94,7 +281,8 @@ def _order(row: dict) -> tuple:
 
 
 def render_reported_table(rows: list[dict]) -> str:
-    """Per task, one line per published row (source, method, sparsity, KD); a column per split and metric."""
+    """Per task, one line per published row (source, method, sparsity, KD); a column per split and metric,
+    and a note column saying why there is no Δ where capbench has records of that cell."""
     sources = sorted({row["source"] for row in rows})
     lines = []
     for task in sorted({row["task"] for row in rows}):
@@ -111,6 +299,8 @@ def render_reported_table(rows: list[dict]) -> str:
                 row["model"],
             )
             grouped.setdefault(key, {})[(row["split"], row["metric"])] = row
+        notes = {key: _note(list(cells.values())) for key, cells in grouped.items()}
+        with_notes = any(notes.values())
         header = [
             "method",
             "model",
@@ -118,6 +308,7 @@ def render_reported_table(rows: list[dict]) -> str:
             "KD",
             *[f"{split} {metric}" for split, metric in columns],
             "source",
+            *(["not a reproduction because"] if with_notes else []),
         ]
         table = [
             [
@@ -127,12 +318,34 @@ def render_reported_table(rows: list[dict]) -> str:
                 "yes" if kd else "no",
                 *[_fmt_reported(cells.get(column)) for column in columns],
                 f"[{source}]",
+                *([notes[(source, sparsity, kd, method, label, model)] or "–"] if with_notes else []),
             ]
             for (source, sparsity, kd, method, label, model), cells in grouped.items()
         ]
         lines += ["", f"### {task}", "", *markdown_table(header, table)]
-    lines += [""] + [f"[{number}] {source}  " for number, source in enumerate(sources, 1)]
+    lines += [""] + [_footnote(number, source, rows) for number, source in enumerate(sources, 1)]
     return "\n".join(lines).lstrip("\n").rstrip() + "\n"
+
+
+def _note(cells: list[dict]) -> str:
+    """The reasons of a table row's cells, merged position by position (they differ in the eval split)."""
+    lists = [row.get("not_a_reproduction", []) for row in cells]
+    reasons: list[str] = []
+    for index in range(max(map(len, lists), default=0)):
+        for reason in (r[index] for r in lists if index < len(r)):
+            if reason not in reasons:
+                reasons.append(reason)
+    return "; ".join(reasons)
+
+
+def _footnote(number: int, source: str, rows: list[dict]) -> str:
+    unknown: list[str] = []
+    for row in rows:
+        if row["source"] == source:
+            unknown += [name for name in row.get("unknown_settings", []) if name not in unknown]
+    if not unknown:
+        return f"[{number}] {source}  "
+    return f"[{number}] {source}; it gives no {_join(unknown)}, so no Δ is claimed against it  "
 
 
 def _fmt_reported(row: dict | None) -> str:

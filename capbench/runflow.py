@@ -7,10 +7,12 @@ from pathlib import Path
 from capbench import distributed, records
 from capbench.cli import _key_values
 from capbench.data.identity import data_identity
-from capbench.data.sources import detect_source, load_split
+from capbench.data.preflight import check_task_data, report_overlap
+from capbench.data.sources import detect_source
 from capbench.errors import CapbenchError
-from capbench.grid import expand_grid, parse_seeds, parse_sparsities, shard
-from capbench.methods import check_methods, method_spec
+from capbench.grid import check_probe_sizes, expand_grid, parse_seeds, parse_shard, parse_sparsities, shard
+from capbench.methods import check_methods, grid_method_specs
+from capbench.model_identity import model_identity
 from capbench.models import load_config, resolve_model_path
 from capbench.presets import get_preset
 from capbench.runner import RunContext, is_finished, run_grid
@@ -25,10 +27,12 @@ def cells_from_args(args):
 
         datasets.disable_progress_bars()  # "Generating train split" bars while splits are checked
     tasks = parse_task_list(args.tasks)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))  # each once
     check_methods(methods)
     sparsities = parse_sparsities(args.sparsity)
     seeds = parse_seeds(args.seeds)
+    shard_slice = parse_shard(args.shard)
+    check_probe_sizes(args.probe_sizes)
     preset = get_preset(args.preset).override(
         model=args.model,
         max_train_examples=args.max_train_examples,
@@ -38,15 +42,20 @@ def cells_from_args(args):
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
     )
-    load_config(resolve_model_path(preset.model))  # fail fast on a model that is not a BERT-family encoder
-    source = detect_source(args.data_dir)
-    for task in tasks:  # fail fast, before hours of training, on a missing split or bad rows
-        for split in (task.train_split, *task.eval_splits):
-            load_split(source, task, split, limit=0)
+    preset.validate()  # --epochs, --batch-size, ...: every setting in its domain before anything loads
     method_options = _key_values(args.method_option, "--method-option")
     cap_options = _key_values(args.cap_option, "--cap-option")
-    specs = {m: method_spec(m, method_options, args.kd == "on", cap_options) for m in methods}
-    probes = tuple(p.strip() for p in args.probes.split(",") if p.strip())
+    specs = grid_method_specs(methods, method_options, args.kd == "on", cap_options, sparsities)
+    model_config = load_config(resolve_model_path(preset.model))  # fail fast on a non-BERT model
+    if args.max_seq_length is not None:  # an explicit length must fit the model's position embeddings
+        preset.validate(max_positions=getattr(model_config, "max_position_embeddings", None))
+    identity = model_identity(preset.model)  # the weights, config and tokenizer the cells' digests name
+    source = detect_source(args.data_dir)
+    overlaps = []
+    for task in tasks:  # fail fast, before hours of training, on a missing, empty or broken split
+        overlaps += check_task_data(source, task, preset.max_train_examples, preset.max_eval_examples)
+    report_overlap(overlaps, strict=getattr(args, "strict_data", False))  # eval rows seen in training
+    probes = tuple(dict.fromkeys(p.strip() for p in args.probes.split(",") if p.strip()))
     if probes:
         from capbench.probing.report import split_probe_names
 
@@ -66,28 +75,38 @@ def cells_from_args(args):
         probes=probes,
         probe_sizes=args.probe_sizes,
         speed=bool(args.speed),
+        model_identity=identity,
     )
     data = {task.name: data_identity(source, task) for task in tasks}
     cells = expand_grid(base, data, methods, sparsities, seeds, specs)
-    if args.shard:
-        index, _, count = args.shard.partition("/")
-        try:
-            cells = shard(cells, int(index), int(count))
-        except ValueError:
-            raise CapbenchError(f"--shard {args.shard!r}: expected I/N such as 0/4") from None
+    if shard_slice is not None:
+        cells = shard(cells, *shard_slice)
     return cells, source
 
 
 def print_plan(cells: list, out_dir: Path) -> int:
-    """What a run would do: each cell id, finished or to run, without loading a model."""
+    """What a run would do, without loading a model: each cell id, and whether it trains ("to run"), is
+    finished but lacks a requested --probes/--speed result, which a run adds without retraining
+    ("measure", as measure_after_cell does), or is finished."""
+    from capbench.measure import missing_measurements
+
     records.require_current_schema(out_dir)
-    finished = 0
+    finished = measure = 0
     for spec in cells:
-        done = is_finished(spec, out_dir)
-        finished += done
-        print(f"{'finished' if done else 'to run':8s}  {spec.cell_id}")
+        if not is_finished(spec, out_dir):
+            print(f"{'to run':8s}  {spec.cell_id}")
+            continue
+        missing = missing_measurements(spec, records.read_record(records.record_path(out_dir, spec.cell_id)))
+        if missing:
+            measure += 1
+            print(f"{'measure':8s}  {spec.cell_id}  (finished; missing: {', '.join(missing)})")
+        else:
+            finished += 1
+            print(f"{'finished':8s}  {spec.cell_id}")
+    to_measure = f"{measure} to measure (finished; missing --probes/--speed results), " if measure else ""
     print(
-        f"capbench: {len(cells)} cells: {len(cells) - finished} to run, {finished} already finished (dry run)"
+        f"capbench: {len(cells)} cells: {len(cells) - finished - measure} to run, {to_measure}"
+        f"{finished} already finished (dry run)"
     )
     return 0
 
@@ -121,7 +140,8 @@ def run_from_args(args, default_cache: Path) -> int:
     if distributed.is_main():
         print(
             f"capbench: {len(cells)} cells: {counts['done']} run, {counts['skipped']} already finished, "
-            f"{counts['failed']} failed; records in {out_dir / 'records'}"
+            + (f"{counts['held']} held by another worker, " if counts.get("held") else "")
+            + f"{counts['failed']} failed; records in {out_dir / 'records'}"
         )
         print(f"capbench: render with: capbench leaderboard --runs {out_dir}")
     distributed.shutdown()

@@ -9,21 +9,33 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from capbench import distributed, records
-from capbench.data.sources import DataSource, load_split, split_provenance
+from capbench import distributed, leases, records
+from capbench.data.overlap import eval_train_overlap
+from capbench.data.sources import DataSource, check_sample_size, load_split, split_provenance
 from capbench.data.tokenize import tokenize_split
 from capbench.errors import CapbenchError
 from capbench.methods import build_loss, build_pruner
-from capbench.metrics import compute_metrics, predictions_from_logits
-from capbench.models import load_classifier, load_tokenizer, resolve_model_path, weights_digest
+from capbench.metrics import compute_metrics, predictions_from_logits, undefined_metrics
+from capbench.model_identity import model_identity
+from capbench.models import load_classifier, load_tokenizer, resolve_model_path
+from capbench.predictions import write_predictions
 from capbench.provenance import git_commit, machine, package_versions
 from capbench.pruning.accounting import sparsity_report
 from capbench.spec import DENSE, CellSpec, teacher_key
 from capbench.tasks import TaskSpec, get_task
-from capbench.training import TrainConfig, make_loader, predict, set_seed, total_steps, train
+from capbench.training import (
+    TrainConfig,
+    TrainingDiverged,
+    make_loader,
+    predict,
+    set_seed,
+    total_steps,
+    train,
+)
 
 
 @dataclass
@@ -34,7 +46,6 @@ class RunContext:
     save_models: bool = True
     show_progress: bool = True
     _data: dict = field(default_factory=dict)
-    _pretrained_digest: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -60,8 +71,11 @@ def _prepare_data(spec: CellSpec, ctx: RunContext) -> TaskData:
     task = get_task(spec.task)
     tokenizer = load_tokenizer(resolve_model_path(spec.model))
 
+    full = {}  # whole splits, for the eval/train overlap in the provenance
+
     def prepared(split: str, limit: int | None):
-        rows = load_split(ctx.source, task, split)
+        rows = full[split] = load_split(ctx.source, task, split)
+        check_sample_size(ctx.source, task, split, limit)
         if limit is not None and limit < len(rows):
             rows = rows.shuffle(seed=spec.data_sample_seed).select(range(limit))
             # idx is the row position in the split actually used: CAP banks are indexed by it.
@@ -70,8 +84,13 @@ def _prepare_data(spec: CellSpec, ctx: RunContext) -> TaskData:
 
     train_rows = prepared(task.train_split, spec.max_train_examples)
     evals = {split: prepared(split, spec.max_eval_examples) for split in task.eval_splits}
+    overlap = eval_train_overlap(ctx.source, task, full)
     provenance = {
-        split: {**split_provenance(ctx.source, task, split), "rows": len(rows)}
+        split: {
+            **split_provenance(ctx.source, task, split),
+            "rows": len(rows),
+            **({"overlap_with_train": overlap[split][0]} if split in overlap else {}),
+        }
         for split, rows in [(task.train_split, train_rows), *evals.items()]
     }
     return TaskData(task, tokenizer, train_rows, evals, provenance)
@@ -79,18 +98,35 @@ def _prepare_data(spec: CellSpec, ctx: RunContext) -> TaskData:
 
 def load_pretrained(spec: CellSpec, task: TaskSpec):
     set_seed(spec.seed)  # the classifier head's initialisation follows the seed
-    return load_classifier(resolve_model_path(spec.model), task.num_labels)
+    return load_classifier(resolve_model_path(spec.model), task.num_labels, task=task.name)
 
 
-def evaluate(model, data: TaskData, spec: CellSpec) -> dict:
-    results = {}
+@dataclass
+class Evaluation:
+    metrics: dict  # {split: {metric: value or None}}
+    undefined: dict  # {split: {metric: why it has no value}}, only splits with undefined metrics
+    examples: dict  # {split: {"idx", "label", "prediction", "logits"}}: per-example arrays
+
+
+def evaluate(model, data: TaskData, spec: CellSpec) -> Evaluation:
+    """Metrics on every evaluation split, with the per-example predictions they were computed from."""
+    metrics, undefined, examples = {}, {}, {}
     for split, rows in data.evals.items():
         logits, labels = predict(
             model, make_loader(rows, data.tokenizer, TrainConfig(**spec.train).eval_batch_size, False)
         )
         predictions = predictions_from_logits(logits, data.task.regression)
-        results[split] = compute_metrics(data.task.metrics, predictions, labels)
-    return results
+        metrics[split] = compute_metrics(data.task.metrics, predictions, labels)
+        reasons = undefined_metrics(data.task.metrics, predictions, labels)
+        if reasons:
+            undefined[split] = reasons
+        examples[split] = {
+            "idx": np.asarray(rows["idx"]),
+            "label": labels,
+            "prediction": predictions,
+            "logits": logits,
+        }
+    return Evaluation(metrics, undefined, examples)
 
 
 def _train_loader(spec: CellSpec, data: TaskData):
@@ -104,10 +140,8 @@ def _progress(ctx: RunContext, total: int, desc: str):
 
 def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torch.nn.Module, dict]:
     """The dense fine-tuned model of (model, task, data, seed, training), trained once and cached on disk."""
-    path_key = resolve_model_path(spec.model)
-    if path_key not in ctx._pretrained_digest:
-        ctx._pretrained_digest[path_key] = weights_digest(load_classifier(path_key, 1).bert)
-    key = teacher_key(spec, ctx._pretrained_digest[path_key])
+    check_model_identity(spec)
+    key = teacher_key(spec)
     target = ctx.cache_dir / "dense" / key
     # Trained once even when several processes (Ray workers, shards) reach it at the same time.
     with distributed.group_cache_lock(ctx.cache_dir, f"dense-{key}"):
@@ -122,6 +156,17 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
             save_model(model, data.tokenizer, target)
         distributed.barrier()
     return model, {"cached": False, "path": str(target), "key": key, "train_seconds": stats["seconds"]}
+
+
+def check_model_identity(spec: CellSpec) -> None:
+    """The model on disk must still be the one the cell's digest names (files can change mid-grid)."""
+    now = model_identity(spec.model)
+    if now != spec.model_identity:
+        raise CapbenchError(
+            f"--model {spec.model}: its files changed since this grid was planned "
+            f"({', '.join(k for k in now if now.get(k) != spec.model_identity.get(k))} differ); "
+            "rerun the command so the cells name the new weights"
+        )
 
 
 def save_model(model, tokenizer, target: Path) -> None:
@@ -140,6 +185,7 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
     loaded = time.perf_counter()
     teacher, teacher_info = dense_teacher(spec, ctx, data)
     extra: dict = {"teacher": teacher_info}
+    pruner = None
     if spec.method == DENSE:
         model, train_stats = teacher, {"steps": 0, "seconds": teacher_info["train_seconds"]}
     else:
@@ -159,12 +205,25 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
             extra["cap"] = {"config": spec.cap, **loss_fn.cost_report()}
             loss_fn.close()
     trained = time.perf_counter()
-    metrics = evaluate(model, data, spec)
+    evaluation = evaluate(model, data, spec)
+    metrics = evaluation.metrics
     evaluated = time.perf_counter()
-    extra["sparsity"] = sparsity_report(model, None, spec.sparsity)
+    extra["sparsity"] = sparsity_report(
+        model, None, spec.sparsity, structured=bool(getattr(pruner, "structured", False))
+    )
     model_dir = ctx.out_dir / "models" / spec.cell_id
     if ctx.save_models and spec.method != DENSE and distributed.is_main():
         save_model(model, data.tokenizer, model_dir)
+    if distributed.is_main():
+        extra["predictions"] = write_predictions(
+            ctx.out_dir / records.RECORDS_DIR, spec.cell_id, evaluation.examples
+        )
+    main_split, main_name = data.task.main_eval_split, data.task.main_metric
+    main_metric = {"name": main_name, "split": main_split, "value": metrics[main_split][main_name]}
+    if main_metric["value"] is None:
+        main_metric["undefined"] = evaluation.undefined[main_split][main_name]
+    if evaluation.undefined:
+        extra["undefined_metrics"] = evaluation.undefined
     record = {
         "schema_version": records.SCHEMA_VERSION,
         "cell_id": spec.cell_id,
@@ -172,11 +231,7 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
         "spec_hash": spec.digest,
         "status": "done",
         "metrics": metrics,
-        "main_metric": {
-            "name": data.task.main_metric,
-            "split": data.task.main_eval_split,
-            "value": metrics[data.task.main_eval_split][data.task.main_metric],
-        },
+        "main_metric": main_metric,
         "data": {"source": ctx.source.to_dict(), "splits": data.provenance},
         "model_dir": str(model_dir) if spec.method != DENSE else teacher_info["path"],
         "dense_model_dir": teacher_info["path"],
@@ -215,7 +270,8 @@ def failed_record(spec: CellSpec, error: BaseException) -> dict:
         "spec": spec.to_dict(),
         "spec_hash": spec.digest,
         "status": "failed",
-        "error": f"{type(error).__name__}: {error}",
+        # A diverged run explains itself in one line; other errors keep their type for debugging.
+        "error": str(error) if isinstance(error, TrainingDiverged) else f"{type(error).__name__}: {error}",
         "traceback": traceback.format_exc(limit=8),
     }
 
@@ -225,40 +281,77 @@ def is_finished(spec: CellSpec, out_dir: Path) -> bool:
     return bool(record) and record.get("status") == "done" and record.get("spec_hash") == spec.digest
 
 
+def finished_elsewhere(spec: CellSpec, path: Path, before: dict | None) -> dict | None:
+    """The "done" record of `spec` that appeared at `path` since this worker read `before` there, or None.
+
+    A worker that took over a lease it judged stale may run a cell while the old holder still finishes
+    it; whoever writes second keeps the first one's record rather than overwrite it.
+    """
+    now = records.read_record(path)
+    if now is None or now == before or now.get("status") != "done" or now.get("spec_hash") != spec.digest:
+        return None
+    return now
+
+
 def run_grid(cells: list[CellSpec], ctx: RunContext, overwrite: bool = False, after_cell=None) -> dict:
-    """Run every unfinished cell; a finished cell is skipped unless `overwrite`. Returns counts."""
+    """Run every unfinished cell; a finished cell is skipped unless `overwrite`. Returns counts.
+
+    Each cell is run under its lease (`capbench.leases`): a cell another worker holds is left to it
+    and counted as "held". `after_cell(spec, path, ctx, fresh)` runs under the lease too.
+    """
     main = distributed.is_main()  # with WORLD_SIZE > 1 every rank runs each cell; rank 0 writes
     if main:
         records.prepare_run_dir(ctx.out_dir)
-    counts = {"done": 0, "skipped": 0, "failed": 0}
+    counts = {"done": 0, "skipped": 0, "held": 0, "failed": 0}
     common = provenance_fields()
     with tqdm(total=len(cells), desc="cells", disable=not ctx.show_progress, position=0) as bar:
         for spec in cells:
-            path = records.record_path(ctx.out_dir, spec.cell_id)
-            if not overwrite and distributed.agree(is_finished(spec, ctx.out_dir)):
-                counts["skipped"] += 1
-                if after_cell is not None and main:
-                    after_cell(spec, path, ctx, fresh=False)
-                bar.update(1)
-                continue
             bar.set_postfix_str(spec.cell_id)
-            try:
-                record = {**run_cell(spec, ctx), **common}
-                counts["done"] += 1
-            except CapbenchError:
-                raise
-            except Exception as error:  # one broken cell must not lose the rest of the grid
-                record = {**failed_record(spec, error), **common}
-                counts["failed"] += 1
-                tqdm.write(f"cell {spec.cell_id} failed: {record['error']}")
-            record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            if not main:
-                bar.update(1)
-                continue
-            if distributed.enabled():
-                record["distributed"] = distributed.describe()
-            records.write_json(path, record)
-            if after_cell is not None and record["status"] == "done":
-                after_cell(spec, path, ctx, fresh=True)
+            counts[_grid_cell(spec, ctx, overwrite, after_cell, common, main)] += 1
             bar.update(1)
     return counts
+
+
+def _grid_cell(spec: CellSpec, ctx: RunContext, overwrite: bool, after_cell, common: dict, main: bool) -> str:
+    """One cell of `run_grid`: "done", "failed", "skipped" (finished) or "held" (another worker has it).
+
+    Rank 0 claims the lease and decides; every rank takes the same branch (`distributed.agree`).
+    """
+    path = records.record_path(ctx.out_dir, spec.cell_id)
+    finished = not overwrite and distributed.agree(is_finished(spec, ctx.out_dir))
+    if finished and after_cell is None:
+        return "skipped"
+    lease = leases.claim_cell(ctx.out_dir, spec.cell_id) if main else None
+    if not distributed.agree(lease is not None):
+        return "skipped" if finished else "held"
+    try:
+        before = records.read_record(path) if main else None
+        if finished or (not overwrite and distributed.agree(is_finished(spec, ctx.out_dir))):
+            if after_cell is not None and main:  # finished before, or by the worker that held the lease
+                after_cell(spec, path, ctx, fresh=False)
+            return "skipped"
+        try:
+            record = {**run_cell(spec, ctx), **common}
+        except CapbenchError:
+            raise
+        except Exception as error:  # one broken cell must not lose the rest of the grid
+            record = {**failed_record(spec, error), **common}
+            tqdm.write(f"cell {spec.cell_id} failed: {record['error']}")
+        outcome = record["status"]
+        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if not main:
+            return outcome
+        if distributed.enabled():
+            record["distributed"] = distributed.describe()
+        if finished_elsewhere(spec, path, before) is not None:
+            tqdm.write(f"cell {spec.cell_id}: another worker finished it meanwhile; its record is kept")
+            return "skipped"
+        if not records.write_record(path, record):
+            tqdm.write(f"cell {spec.cell_id}: its finished record is kept, not replaced by this failure")
+            return outcome
+        if after_cell is not None and outcome == "done":
+            after_cell(spec, path, ctx, fresh=True)
+        return outcome
+    finally:
+        if lease is not None:
+            lease.release()

@@ -9,6 +9,10 @@ from dataclasses import asdict, dataclass, field
 DENSE = "dense"
 # Measurements taken on a finished model; asking for them later does not retrain the cell.
 MEASUREMENT_FIELDS = ("probes", "probe_sizes", "speed")
+# The name the user typed for --model (a hub id or a folder path): `model_identity` names the model in the
+# digest, so the same weights in another folder resume the same cells and new weights in the same folder
+# do not.
+NAME_FIELDS = ("model",)
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,7 @@ class CellSpec:
     method: str  # "dense" for the dense fine-tuned reference
     sparsity: float  # fraction of prunable weights removed; 0.0 for dense
     seed: int
-    model: str
+    model: str  # as given on the command line; provenance only, see model_identity
     preset: str
     data: dict
     max_train_examples: int | None
@@ -31,6 +35,8 @@ class CellSpec:
     probes: tuple[str, ...] = ()
     probe_sizes: str = "1200,300,600"  # train,dev,test examples per generated probe
     speed: bool = False
+    # capbench.model_identity: file digests of a local directory, or a hub repo pinned to its commit.
+    model_identity: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -60,18 +66,22 @@ class CellSpec:
         )
 
 
+def digest_fields(spec: dict) -> dict:
+    """The part of a spec its digest covers: everything but measurements and the model's display name."""
+    return {k: v for k, v in spec.items() if k not in MEASUREMENT_FIELDS + NAME_FIELDS}
+
+
 def spec_digest(spec: dict) -> str:
-    core = {k: v for k, v in spec.items() if k not in MEASUREMENT_FIELDS}
+    core = digest_fields(spec)
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def teacher_key(spec: CellSpec, model_digest: str) -> str:
+def teacher_key(spec: CellSpec) -> str:
     """What determines the dense fine-tuned model: shared by every method and sparsity of a (task, seed)."""
     parts = {
         "task": spec.task,
         "seed": spec.seed,
-        "model": spec.model,
-        "model_weights": model_digest,
+        "model_identity": spec.model_identity,
         "data": spec.data,
         "max_train_examples": spec.max_train_examples,
         "max_seq_length": spec.max_seq_length,

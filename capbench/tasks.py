@@ -92,4 +92,4 @@ def parse_task_list(text: str) -> list[TaskSpec]:
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise CapbenchError("--tasks is empty; give a comma-separated list such as rte,sst2")
-    return [get_task(name) for name in names]
+    return [get_task(name) for name in dict.fromkeys(names)]  # each task once, in first-seen order

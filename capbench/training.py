@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from capbench import distributed
+from capbench.errors import CapbenchError
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -33,6 +34,47 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self) -> None:
+        """Raise CapbenchError, naming the command-line flag (or the preset field) and the fix, on a value
+        outside its domain; checked on the resolved settings before any cell runs."""
+        for name, (where, what, check) in TRAIN_RULES.items():
+            value = getattr(self, name)
+            if not check(value):
+                shown = f"{value:g}" if isinstance(value, float) else value
+                raise CapbenchError(f"{where} {shown}: must be {what}")
+
+
+def _finite(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# TrainConfig field -> (its command-line flag, or the preset field it comes from; what it must be; check).
+TRAIN_RULES = {
+    "epochs": (
+        "--epochs",
+        "a finite number > 0, e.g. 2 (or 0.5 for half an epoch)",
+        lambda v: _finite(v) and v > 0,
+    ),
+    "batch_size": ("--batch-size", "a whole number >= 1, e.g. 32", lambda v: _whole(v) and v >= 1),
+    "learning_rate": ("--learning-rate", "a finite number > 0, e.g. 3e-4", lambda v: _finite(v) and v > 0),
+    "weight_decay": ("preset train.weight_decay", "a finite number >= 0", lambda v: _finite(v) and v >= 0),
+    "warmup_ratio": (
+        "preset train.warmup_ratio",
+        "a fraction in [0, 1]",
+        lambda v: _finite(v) and 0 <= v <= 1,
+    ),
+    "max_grad_norm": ("preset train.max_grad_norm", "a finite number > 0", lambda v: _finite(v) and v > 0),
+    "eval_batch_size": (
+        "preset train.eval_batch_size",
+        "a whole number >= 1",
+        lambda v: _whole(v) and v >= 1,
+    ),
+}
 
 
 def set_seed(seed: int) -> None:
@@ -66,6 +108,43 @@ class CrossEntropyLoss:
         return {"ce": outputs.loss}
 
 
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite loss, gradient or weight; the cell fails at that step."""
+
+    def __init__(self, step: int, what: str):
+        self.step, self.what = step, what
+        super().__init__(f"training diverged at step {step}: {what}; lower --learning-rate")
+
+
+def _non_finite(value: torch.Tensor) -> str | None:
+    value = float(value)
+    return None if math.isfinite(value) else str(value)
+
+
+def first_non_finite_parameter(model) -> str | None:
+    """The name of the first parameter holding a nan or inf, or None (one device sync for all of them)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    if not named:
+        return None
+    finite = torch.stack([p.detach().isfinite().all() for _, p in named])
+    if bool(finite.all()):
+        return None
+    return named[int((~finite).nonzero()[0])][0]
+
+
+def check_finite_step(step: int, model, loss: torch.Tensor | None, grad_norm: torch.Tensor | None) -> None:
+    """Raise TrainingDiverged (1-based `step`) on a non-finite loss; or, given the step's gradient norm,
+    on a non-finite gradient norm or weight (checked after the optimizer step)."""
+    if loss is not None:
+        if bad := _non_finite(loss.detach()):
+            raise TrainingDiverged(step, f"loss is {bad}")
+        return
+    if grad_norm is not None and (bad := _non_finite(grad_norm)):
+        raise TrainingDiverged(step, f"gradient norm is {bad}")
+    if name := first_non_finite_parameter(model):
+        raise TrainingDiverged(step, f"weight {name} is not finite")
+
+
 def _optimizer(model, cfg: TrainConfig, pruner) -> torch.optim.Optimizer:
     score_ids = {id(p) for p in (pruner.score_parameters() if pruner else [])}
     decay, no_decay = [], []
@@ -91,7 +170,10 @@ def _linear_schedule(optimizer, warmup: int, steps: int):
 
 
 def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=None, progress=None) -> dict:
-    """Train in place; returns step count, final loss terms and wall time."""
+    """Train in place; returns step count, final loss terms and wall time.
+
+    Raises TrainingDiverged at the first step whose loss, gradient norm or weights are not finite.
+    """
     loss_fn = loss_fn or CrossEntropyLoss()
     steps = total_steps(loader, cfg.epochs)
     if pruner is not None:
@@ -116,15 +198,18 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
             if pruner is not None:
                 terms.update(pruner.loss_terms(step))
             loss = sum(terms.values())
+            if dp is None:  # under data parallel each rank sees its own loss: check the all-reduced grads
+                check_finite_step(step + 1, model, loss, None)
             optimizer.zero_grad(set_to_none=True)
             (loss * weight if dp is not None else loss).backward()
             if dp is not None:
                 dp.all_reduce_grads(optimizer, pruner)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             if pruner is not None:
                 pruner.after_step(step)
+            check_finite_step(step + 1, model, None, grad_norm)
             step += 1
             if progress is not None:
                 progress.update(1)

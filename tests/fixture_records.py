@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from capbench.records import write_json
+from capbench.records import SCHEMA_VERSION, write_json
+
+MODEL_IDENTITY = {
+    "source": "local",
+    "weights_sha256": "fixture-weights",
+    "config_sha256": "fixture-config",
+    "tokenizer_sha256": "fixture-tokenizer",
+}
 
 
 def _spec(task, method, sparsity, seed, kd=True):
@@ -27,12 +34,14 @@ def _spec(task, method, sparsity, seed, kd=True):
         "cap": None,
         "probes": [],
         "speed": False,
+        "model_identity": dict(MODEL_IDENTITY),
     }
 
 
 def _record(task, method, sparsity, seed, value, achieved=None, status="done", official=True, day=1):
     split = "validation_matched" if task == "mnli" else "validation"
     record = {
+        "schema_version": SCHEMA_VERSION,
         "cell_id": f"{task}-{method}-{sparsity:g}-seed{seed}",
         "spec": _spec(task, method, sparsity, seed),
         "spec_hash": f"hash-{task}-{method}-{sparsity}-{seed}",
@@ -62,7 +71,7 @@ def fixture_records() -> list[dict]:
         _record("rte", "magnitude", 0.9, 0, 0.55, 0.9),
         _record("rte", "magnitude", 0.9, 1, 0.0, status="failed"),
         _record("rte", "movement", 0.9, 0, 0.0, status="failed"),
-        _record("rte", "soft_movement", 0.9, 0, 0.57, 0.893),
+        _record("rte", "soft_movement", 0.9, 0, 0.57, 0.897),
         _record("mnli", "dense", 0.0, 0, 0.7712, official=False, day=3),
         _record("mnli", "magnitude", 0.5, 0, 0.7431, 0.5, official=False),
     ]

@@ -80,7 +80,7 @@ def test_label_outside_task_labels_names_the_row(tmp_path):
     (tmp_path / "rte").mkdir()
     rows = [{"sentence1": "a", "sentence2": "b", "label": label} for label in (0, 1, 5)]
     (tmp_path / "rte" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(CapbenchError, match=r"train.jsonl row 2: label 5 is outside the labels of rte"):
+    with pytest.raises(CapbenchError, match=r"train.jsonl line 3: label 5 is outside the labels of rte"):
         load_split(detect_source(tmp_path), get_task("rte"), "train")
 
 

@@ -10,7 +10,7 @@ from capbench.cli import main
 from capbench.data.identity import data_identity
 from capbench.data.sources import detect_source
 from capbench.errors import CapbenchError
-from capbench.records import RECORDS_DIR, load_records
+from capbench.records import RECORDS_DIR, SCHEMA_VERSION, load_records
 from capbench.tasks import get_task
 from tests.test_runner import run_args
 
@@ -36,6 +36,7 @@ def _run_then_make_legacy(tiny_model_dir, tiny_glue, tmp_path):
         record = json.loads(path.read_text())
         record["schema_version"] = 1
         record["spec"]["data"] = {"kind": "local", "root": str(tiny_glue)}
+        del record["spec"]["model_identity"]
         record["cell_id"] = record["cell_id"].rsplit("-", 1)[0] + "-legacy0000"
         path.unlink()
         (path.parent / f"{record['cell_id']}.json").write_text(json.dumps(record))
@@ -52,7 +53,7 @@ def test_run_refuses_old_records_then_resumes_after_migration(
     assert main(["migrate-records", str(out)]) == 0
     assert "2 records migrated, 0 already current" in capsys.readouterr().out
     migrated = load_records(out)
-    assert {r["schema_version"] for r in migrated} == {2}
+    assert {r["schema_version"] for r in migrated} == {SCHEMA_VERSION}
     assert all("root" not in r["spec"]["data"] and r["data"]["source"]["root"] for r in migrated)
 
     monkeypatch.setattr(runner, "run_cell", lambda spec, ctx: pytest.fail(f"reran {spec.cell_id}"))

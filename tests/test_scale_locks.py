@@ -1,6 +1,5 @@
 """File locks between processes: shared work and cells reached by two workers at once are done once."""
 
-import json
 import multiprocessing
 import time
 
@@ -63,5 +62,4 @@ def test_workers_racing_on_a_cell_and_its_teacher_do_each_once(tiny_model_dir, t
     assert all(r["status"] == "done" and r["executor"]["attempt"] == 1 for r in records)
     assert sorted(r["teacher"]["cached"] for r in records) == [False, True]  # trained once, then loaded
     assert len(list((tmp_path / "cache" / "dense").iterdir())) == 1  # no partial copies left
-    note = json.loads((tmp_path / "run" / ".locks" / f"{first.cell_id}.lock").read_text())
-    assert note["state"] == "finished"
+    assert not (tmp_path / "run" / ".locks" / f"{first.cell_id}.lock").exists()  # the lease was released

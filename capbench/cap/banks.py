@@ -163,7 +163,9 @@ class MemoryBank:
             build_forward_examples=self.forward_examples or info.get("build_forward_examples", 0),
             build_seconds=self.build_seconds or info.get("build_seconds", 0.0),
         )
-        (directory / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        from capbench.records import atomic_write_text, dumps_json
+
+        atomic_write_text(directory / "meta.json", dumps_json(info, str(directory / "meta.json")))
         self.meta = info
         return directory
 

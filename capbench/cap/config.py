@@ -20,6 +20,7 @@ capbench's one deviation: pruning-step snapshots at most once per epoch of train
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,24 +98,13 @@ class CapConfig:
             raise CapbenchError(f"unknown CAP module(s) {unknown}: choose a subset of {list(MODULES)}")
         # Keep the canonical order so that equal subsets give equal configs and labels.
         object.__setattr__(self, "modules", tuple(m for m in MODULES if m in modules))
-        _choice("representation", self.representation, REPRESENTATIONS)
-        _choice("normalization", self.normalization, NORMALIZATIONS)
-        _choice("snapshot_on", self.snapshot_on, SNAPSHOT_TRIGGERS)
-        _choice("snapshot_gap", self.snapshot_gap, SNAPSHOT_GAPS)
-        _choice("bank_dtype", self.bank_dtype, BANK_DTYPES)
-        if not self.temperature > 0:
-            raise CapbenchError(f"CAP temperature must be > 0, got {self.temperature}")
-        if not self.kd_temperature > 0:
-            raise CapbenchError(f"CAP kd_temperature must be > 0, got {self.kd_temperature}")
-        for name in ("w_unsup", "w_sup", "w_ce", "w_kd"):
-            if getattr(self, name) < 0:
-                raise CapbenchError(f"CAP weight {name} must be >= 0, got {getattr(self, name)}")
-        if self.extra_examples < 0:
-            raise CapbenchError(f"CAP extra_examples must be >= 0, got {self.extra_examples}")
-        if self.max_snapshots < 1:
-            raise CapbenchError(f"CAP max_snapshots must be >= 1, got {self.max_snapshots}")
-        if self.snapshot_on == "steps" and not (self.snapshot_interval and self.snapshot_interval > 0):
-            raise CapbenchError("CAP snapshot_on=steps needs snapshot_interval > 0")
+        for name in RULES:
+            _check_field(name, getattr(self, name))
+        if self.snapshot_on == "steps" and self.snapshot_interval is None:
+            raise CapbenchError(
+                "CAP snapshot_on=steps needs snapshot_interval, a whole number of steps >= 1 "
+                "(e.g. snapshot_interval=100)"
+            )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -132,23 +122,38 @@ class CapConfig:
         return cls.from_options(values)
 
     @classmethod
-    def from_options(cls, options: dict[str, Any] | None, base: CapConfig | None = None) -> CapConfig:
+    def from_options(
+        cls, options: dict[str, Any] | None, base: CapConfig | None = None, flag: str | None = None
+    ) -> CapConfig:
         """Build a config from a dict of option strings or values (e.g. parsed from the CLI).
 
         Keys may use ``-`` or ``_``; values may be strings ("0.3", "true", "prc,fic"). Unknown keys
-        raise a CapbenchError that lists the valid ones.
+        raise a CapbenchError that lists the valid ones. ``flag`` (e.g. ``--cap-option``): errors about
+        a key of ``options`` begin with ``flag KEY=VALUE``.
         """
         base = base or cls()
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values = {name: getattr(base, name) for name in fields}
         for raw_key, raw_value in (options or {}).items():
             key = str(raw_key).strip().replace("-", "_")
-            if key not in fields:
-                raise CapbenchError(
-                    f"unknown CAP option {raw_key!r}: valid options are {', '.join(sorted(fields))}"
-                )
-            values[key] = _coerce(key, raw_value, values[key])
-        return cls(**values)
+            try:
+                if key not in fields:
+                    raise CapbenchError(
+                        f"unknown CAP option {raw_key!r}: valid options are {', '.join(sorted(fields))}"
+                    )
+                values[key] = _coerce(key, raw_value, values[key])
+                _check_field(key, values[key])
+            except CapbenchError as error:
+                if flag is None:
+                    raise
+                raise CapbenchError(f"{flag} {raw_key}={_shown(raw_value)}: {error}") from None
+        try:
+            return cls(**values)
+        except CapbenchError as error:
+            if flag is None or not options:
+                raise
+            given = " ".join(f"{key}={_shown(value)}" for key, value in options.items())
+            raise CapbenchError(f"{flag} {given}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -164,14 +169,78 @@ class CapConfig:
         return f"{'+'.join(self.modules) or 'none'}/{losses}/{self.representation}"
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise CapbenchError(f"CAP {name} must be one of {list(choices)}, got {value!r}")
+def _real(low: float, strict: bool):
+    def check(value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return False
+        return value > low if strict else value >= low
+
+    return check
+
+
+def _whole(low: int):
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _flag(value) -> bool:
+    return isinstance(value, bool)
+
+
+def _one_of(choices: tuple[str, ...]):
+    return lambda value: value in choices
+
+
+# The schema of every CAP option: name -> (what the value must be, its check). ``modules`` is checked (and
+# canonicalised) in CapConfig.__post_init__, which names the unknown modules.
+RULES: dict[str, tuple[str, Any]] = {
+    "unsup": ("true or false", _flag),
+    "sup": ("true or false", _flag),
+    "representation": (f"one of {', '.join(REPRESENTATIONS)}", _one_of(REPRESENTATIONS)),
+    "temperature": ("a finite number > 0, e.g. 0.1", _real(0, strict=True)),
+    "w_unsup": ("a finite number >= 0", _real(0, strict=False)),
+    "w_sup": ("a finite number >= 0", _real(0, strict=False)),
+    "w_ce": ("a finite number >= 0", _real(0, strict=False)),
+    "w_kd": ("a finite number >= 0", _real(0, strict=False)),
+    "kd_temperature": ("a finite number > 0, e.g. 2", _real(0, strict=True)),
+    "extra_examples": ("a whole number >= 0, e.g. 4096", _whole(0)),
+    "max_snapshots": ("a whole number >= 1", _whole(1)),
+    "snapshot_on": (f"one of {', '.join(SNAPSHOT_TRIGGERS)}", _one_of(SNAPSHOT_TRIGGERS)),
+    "snapshot_interval": ("none or a whole number of steps >= 1", lambda v: v is None or _whole(1)(v)),
+    "snapshot_gap": (f"one of {', '.join(SNAPSHOT_GAPS)}", _one_of(SNAPSHOT_GAPS)),
+    "bank_dtype": (f"one of {', '.join(BANK_DTYPES)}", _one_of(BANK_DTYPES)),
+    "bank_on_disk": ("true or false", _flag),
+    "normalization": (f"one of {', '.join(NORMALIZATIONS)}", _one_of(NORMALIZATIONS)),
+}
+
+
+def _check_field(name: str, value: Any) -> None:
+    if name == "modules":
+        modules = value.replace("+", ",").split(",") if isinstance(value, str) else value
+        unknown = [m for m in modules if str(m).strip().lower() not in MODULES]
+        if unknown:
+            raise CapbenchError(f"unknown CAP module(s) {unknown}: choose a subset of {', '.join(MODULES)}")
+        return
+    what, check = RULES[name]
+    if not check(value):
+        raise CapbenchError(f"CAP {name} must be {what}; got {value!r}")
+
+
+def _shown(value: Any) -> str:
+    """A value as it is written after KEY= on the command line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def _coerce(key: str, value: Any, current: Any) -> Any:
     """Convert a CLI-style value to the type of the field's current value."""
     if key == "modules":
+        if value is None:
+            return ()
         if isinstance(value, str):
             return tuple(m for m in value.replace("+", ",").split(",") if m.strip())
         return tuple(value)
@@ -195,9 +264,13 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
 
 def _number(key: str, value: Any, kind: type) -> Any:
     try:
+        if isinstance(value, bool):
+            raise TypeError(value)
         number = float(value)
     except (TypeError, ValueError):
         raise CapbenchError(f"CAP option {key} expects a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise CapbenchError(f"CAP option {key} expects a finite number, got {value!r}")
     if kind is int:
         if number != int(number):
             raise CapbenchError(f"CAP option {key} expects an integer, got {value!r}")

@@ -135,9 +135,15 @@ def _looks_like_header(fields: list[str], layout: TsvLayout) -> bool:
 
 def read_glue_tsv(path: Path, task: TaskSpec) -> dict[str, list]:
     """Parse one GLUE TSV file into hub-schema columns; a malformed row raises a one-line CapbenchError."""
+    return read_glue_tsv_lines(path, task)[0]
+
+
+def read_glue_tsv_lines(path: Path, task: TaskSpec) -> tuple[dict[str, list], list[int]]:
+    """`read_glue_tsv`, and the file line number (1-based) of every row it kept, for later messages."""
     layout = GLUE_TSV_LAYOUTS[task.config]
     columns: dict[str, list] = {name: [] for name in layout.columns}
     columns["label"] = []
+    lines: list[int] = []
     csv.field_size_limit(sys.maxsize)
     with open(path, encoding="utf-8", newline="") as handle:
         rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -154,5 +160,6 @@ def read_glue_tsv(path: Path, task: TaskSpec) -> dict[str, list]:
             for name, position in layout.columns.items():
                 columns[name].append(fields[position])
             columns["label"].append(_parse_label(fields[layout.label_column], task, where))
+            lines.append(line_number)
     columns["idx"] = list(range(len(columns["label"])))
-    return columns
+    return columns, lines

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 
-from capbench.data.glue_tsv import GLUE_TSV_LAYOUTS, read_glue_tsv, tsv_split_path
+from capbench.data.glue_tsv import GLUE_TSV_LAYOUTS, read_glue_tsv_lines, tsv_split_path
 from capbench.data.validate import validate_split
 from capbench.errors import CapbenchError
 from capbench.tasks import TaskSpec
@@ -67,38 +68,131 @@ def split_file(source: DataSource, task: TaskSpec, split: str) -> Path:
     return tsv_split_path(root, task, split)
 
 
-def _load_raw(source: DataSource, task: TaskSpec, split: str) -> tuple[datasets.Dataset, str]:
+def _where(source: DataSource, task: TaskSpec) -> str:
+    return source.root if source.kind != "hub" else f"{task.dataset}/{task.config} on the hub"
+
+
+def empty_split_error(source: DataSource, task: TaskSpec, split: str, detail: str = "") -> CapbenchError:
+    """The one-line error for a split with no rows; `detail` says why when sampling emptied it."""
+    return CapbenchError(f"{split} split of {task.name} in {_where(source, task)} is empty{detail}")
+
+
+def check_sample_size(
+    source: DataSource, task: TaskSpec, split: str, limit: int | None, flag: str = "limit"
+) -> None:
+    """Refuse a sample that would leave no rows (`limit` <= 0); None means the whole split."""
+    if limit is not None and limit <= 0:
+        raise empty_split_error(
+            source,
+            task,
+            split,
+            f" after sampling: {flag} {limit} keeps no rows; it must be a positive integer "
+            "(omit it to use the whole split)",
+        )
+
+
+def _jsonl_problem(path: Path, source: DataSource, task: TaskSpec, split: str) -> CapbenchError | None:
+    """Why a JSONL file did not load: no rows, or the first line that is not a JSON object."""
+    any_row = False
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            any_row = True
+            try:
+                value = json.loads(line)
+            except UnicodeDecodeError:
+                return CapbenchError(f"{path} line {number}: invalid JSON (not UTF-8 text)")
+            except json.JSONDecodeError as exc:
+                return CapbenchError(
+                    f"{path} line {number}: invalid JSON ({exc.msg} at column {exc.colno}); "
+                    "fix or delete that line"
+                )
+            if not isinstance(value, dict):
+                return CapbenchError(
+                    f"{path} line {number}: invalid JSON row, expected an object {{...}}, "
+                    f"found {type(value).__name__}"
+                )
+    return None if any_row else empty_split_error(source, task, split)
+
+
+def _parquet_problem(path: Path, source: DataSource, task: TaskSpec, split: str) -> CapbenchError | None:
+    """A parquet file that did not load because it has no rows."""
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # not parquet at all: the caller's "could not be parsed" says so
+        return None
+    return empty_split_error(source, task, split) if rows == 0 else None
+
+
+def _jsonl_locator(path: Path):
+    """Row -> "FILE line N": the row-th non-blank line (the JSON reader skips blank lines)."""
+
+    def locate(row: int) -> str:
+        seen = -1
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                seen += bool(line.strip())
+                if seen == row:
+                    return f"{path} line {number}"
+        return f"{path} row {row + 1}"
+
+    return locate
+
+
+def _load_raw(source: DataSource, task: TaskSpec, split: str) -> tuple[datasets.Dataset, str, Callable]:
+    """The split's rows, where they come from, and `locate(row)` naming a row for messages."""
     if source.kind == "hub":
         try:
-            return datasets.load_dataset(
-                task.dataset, task.config, split=split
-            ), f"{task.dataset}/{task.config}"
+            dataset = datasets.load_dataset(task.dataset, task.config, split=split)
         except Exception as exc:  # network, missing split, hub errors: one line, with the fix
             raise CapbenchError(
                 f"could not load {task.dataset}/{task.config} split {split!r} from the hub "
                 f"({type(exc).__name__}); offline, pass --data-dir with a local GLUE copy"
             ) from exc
+        origin = f"{task.dataset}/{task.config} {split}"
+        return dataset, origin, lambda row: f"{origin} row {row + 1}"
     path = split_file(source, task, split)
     if source.kind == "local":
         builder = "json" if path.suffix == ".jsonl" else "parquet"
         try:
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as exc:
+            if builder == "json":
+                problem = _jsonl_problem(path, source, task, split)
+            else:
+                problem = _parquet_problem(path, source, task, split)
+            if problem is not None:
+                raise problem from exc
             raise CapbenchError(
                 f"{path}: could not be parsed as {builder} ({type(exc).__name__}: {exc})"
             ) from exc
-        return dataset, str(path)
-    return datasets.Dataset.from_dict(read_glue_tsv(path, task)), str(path)
+        if builder == "json":
+            return dataset, str(path), _jsonl_locator(path)
+        return dataset, str(path), lambda row: f"{path} row {row + 1}"
+    columns, lines = read_glue_tsv_lines(path, task)
+    return datasets.Dataset.from_dict(columns), str(path), lambda row: f"{path} row {lines[row]}"
 
 
-def load_split(source: DataSource, task: TaskSpec, split: str, limit: int | None = None) -> datasets.Dataset:
-    """Load and validate one split; `limit` keeps the first rows (presets sample deterministically before)."""
-    dataset, origin = _load_raw(source, task, split)
+def load_split(
+    source: DataSource, task: TaskSpec, split: str, limit: int | None = None, limit_flag: str = "limit"
+) -> datasets.Dataset:
+    """Load and validate one split; `limit` keeps the first rows (presets sample deterministically before).
+
+    An empty split, or a `limit` that keeps no rows, is refused with a one-line CapbenchError; rows are
+    named by file line (JSONL, TSV) or 1-based row number (parquet, hub) in messages.
+    """
+    dataset, origin, locate = _load_raw(source, task, split)
+    if len(dataset) == 0:
+        raise empty_split_error(source, task, split)
     if "idx" not in dataset.column_names:
         dataset = dataset.add_column("idx", list(range(len(dataset))))
-    validate_split(dataset, task, origin)
+    validate_split(dataset, task, origin, locate)
     keep = [*task.text_fields, "label", "idx"]
     dataset = dataset.remove_columns([c for c in dataset.column_names if c not in keep])
+    check_sample_size(source, task, split, limit, limit_flag)
     if limit is not None and limit < len(dataset):
         dataset = dataset.select(range(limit))
     return dataset

@@ -4,9 +4,11 @@ The driver (the `capbench run` process) plans the grid (`capbench.executors.plan
 job with its resource needs and Ray's retries, and waits. A worker runs the cell with the same
 `capbench.runner.run_cell` as a local run and writes the record itself, atomically, into `<out>/records`,
 which must be a directory every node sees at the same path (as must `--cache-dir`, `--data-dir` and
-`--model`). A per-cell file lock (`<out>/.locks/<cell_id>.lock`) makes two workers that reach the same cell
-(a Ray retry, a second driver, a shard run on the same store) run it once: the second one finds the
-finished record and skips. The lock file also notes who runs the cell and which attempt it is.
+`--model`). A worker runs a cell under its lease (`capbench.leases`, `<out>/.locks/<cell_id>.lock`, the same
+lease a local `capbench run` takes), so two workers that reach the same cell (a Ray retry, a second driver,
+a local run or a shard on the same store) run it once: the second one waits for the lease, then finds the
+finished record and skips. The lease notes who runs the cell and which attempt it is; a retry takes over
+the lease of an attempt that died (at once on the same host, after `leases.STALE_SECONDS` from another).
 
 Tuning by environment (read by the driver):
     CAPBENCH_RAY_CPUS_PER_CELL  CPUs per task, and torch threads in it (default 1)
@@ -24,12 +26,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from capbench import distributed, records
+from capbench import distributed, leases, records
 from capbench.errors import CapbenchError
 from capbench.executors.plan import BANKS, CELL, plan_jobs
 from capbench.runner import RunContext, is_finished
 
-CELL_LOCKS = ".locks"
+CELL_LOCKS = leases.LEASES_DIR
 
 
 def _import_ray():
@@ -107,58 +109,56 @@ def _node() -> str:
 
 
 def run_cell_claimed(
-    spec, ctx: RunContext, overwrite: bool, after_cell, executor: str = "ray", adjust=None
+    spec, ctx: RunContext, overwrite: bool, after_cell, executor: str = "ray", adjust=None, wait: bool = True
 ) -> dict:
-    """Run one cell under its lock and write its record; skip it if a finished record is already there.
+    """Run one cell under its lease and write its record; skip it if a finished record is already there.
 
-    ``adjust(record)`` may amend a fresh record before it is written.
+    With `wait`, a cell whose lease another worker holds is waited for (its record is then usually found
+    finished); without, the result's outcome is "held". ``adjust(record)`` may amend a fresh record before
+    it is written.
     """
     from capbench import runner
 
     path = records.record_path(ctx.out_dir, spec.cell_id)
-    with distributed.file_lock(Path(ctx.out_dir) / CELL_LOCKS / f"{spec.cell_id}.lock") as handle:
-        try:
-            previous = json.loads(distributed.read_note(handle) or "{}")
-        except json.JSONDecodeError:
-            previous = {}
-        # A note still saying "running" means its holder died mid-cell: this is a retry.
-        attempt = int(previous.get("attempt", 0)) + 1 if previous.get("state") == "running" else 1
-        note = {
-            "state": "running",
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "attempt": attempt,
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        distributed.write_note(handle, json.dumps(note))
-        result = {"cell_id": spec.cell_id, "attempt": attempt, "record": None}
-        try:
-            if not overwrite and is_finished(spec, ctx.out_dir):
-                result["outcome"] = "skipped"
-                if after_cell is not None:
-                    after_cell(spec, path, ctx, fresh=False)
-                return result
-            try:
-                record = {**runner.run_cell(spec, ctx), **_provenance()}
-                result["outcome"] = "done"
-            except CapbenchError as error:
-                result.update(outcome="error", error=str(error))
-                return result
-            except Exception as error:  # one broken cell must not lose the rest of the grid
-                record = {**runner.failed_record(spec, error), **_provenance()}
-                result["outcome"] = "failed"
-            if adjust is not None and record["status"] == "done":
-                adjust(record)
-            record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            record["executor"] = {"name": executor, "node": _node(), "attempt": attempt}
-            records.write_json(path, record)
-            if after_cell is not None and record["status"] == "done":
-                after_cell(spec, path, ctx, fresh=True)
-                record = records.read_record(path) or record
-            result["record"] = record
+    lease = leases.claim_cell(ctx.out_dir, spec.cell_id, wait=wait)
+    if lease is None:
+        return {"cell_id": spec.cell_id, "attempt": None, "record": None, "outcome": "held"}
+    # Attempt 2 and up: this worker took over the lease of an attempt that died mid-cell (a Ray retry).
+    result = {"cell_id": spec.cell_id, "attempt": lease.attempt, "record": None}
+    try:
+        before = records.read_record(path)
+        if not overwrite and is_finished(spec, ctx.out_dir):
+            result["outcome"] = "skipped"
+            if after_cell is not None:
+                after_cell(spec, path, ctx, fresh=False)
             return result
-        finally:
-            distributed.write_note(handle, json.dumps({**note, "state": "finished"}))
+        try:
+            record = {**runner.run_cell(spec, ctx), **_provenance()}
+            result["outcome"] = "done"
+        except CapbenchError as error:
+            result.update(outcome="error", error=str(error))
+            return result
+        except Exception as error:  # one broken cell must not lose the rest of the grid
+            record = {**runner.failed_record(spec, error), **_provenance()}
+            result["outcome"] = "failed"
+        if adjust is not None and record["status"] == "done":
+            adjust(record)
+        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record["executor"] = {"name": executor, "node": _node(), "attempt": lease.attempt}
+        kept = runner.finished_elsewhere(spec, path, before)
+        if kept is not None:  # another worker finished it meanwhile (after a stale takeover): keep that
+            result.update(outcome="skipped", record=kept)
+            return result
+        if not records.write_record(path, record):  # a failure never replaces a finished record
+            result["record"] = records.read_record(path)
+            return result
+        if after_cell is not None and record["status"] == "done":
+            after_cell(spec, path, ctx, fresh=True)
+            record = records.read_record(path) or record
+        result["record"] = record
+        return result
+    finally:
+        lease.release()
 
 
 BANK_COSTS = (
@@ -243,7 +243,7 @@ def run_grid_ray(cells, ctx: RunContext, *, overwrite: bool = False, after_cell=
     started_here = not ray.is_initialized()
     if started_here:
         connect(ray, address, log_to_driver=ctx.show_progress)
-    counts = {"done": 0, "skipped": 0, "failed": 0}
+    counts = {"done": 0, "skipped": 0, "held": 0, "failed": 0}
     try:
         options = task_options(ray)
         remote = ray.remote(execute_job).options(**options)
@@ -312,7 +312,7 @@ def _lost(spec, out_dir: Path, error: Exception) -> dict:
         record = {**failed_record(spec, raised), **provenance_fields()}
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record["executor"] = {"name": "ray", "node": None, "attempt": None}
-    records.write_json(records.record_path(out_dir, spec.cell_id), record)
+    records.write_record(records.record_path(out_dir, spec.cell_id), record)
     return {"cell_id": spec.cell_id, "outcome": "lost", "record": None, "error": record["error"]}
 
 
@@ -323,4 +323,4 @@ def _ensure_visible(spec, out_dir: Path, result: dict) -> None:
         return
     path = records.record_path(out_dir, spec.cell_id)
     if records.read_record(path) != json.loads(json.dumps(record, sort_keys=True)):
-        records.write_json(path, record)
+        records.write_record(path, record)

@@ -221,8 +221,9 @@ def cmd_probe(args) -> int:
     sys.stdout.write(format_layer_table(result, ret))
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        from capbench.records import atomic_write_text, dumps_json
+
+        atomic_write_text(out, dumps_json(result, str(out)))
     if args.plot:
         # the reference curve comes from result["retention"] (dashed black)
         plot_layer_curves({args.model: result}, args.plot)

@@ -19,6 +19,9 @@ pruned linear weight (zeros elsewhere, such as zero-initialised biases, are not 
   (``AV``) matmuls per token, counted dense but only for kept heads (a head is kept if its columns of the
   attention output projection are not all zero).  Embeddings, pooler, classifier, biases, softmax, LayerNorm
   and activations are not counted.  ``seq_len`` defaults to 128, the usual GLUE maximum.
+* ``granularity``: how far below ``target`` the achieved ``linear`` sparsity may fall and still count as on
+  target: 0.005 for unstructured masks, one attention head's share of the pruned linear weights for
+  structured pruning (``structured=True``);
 * ``heads_per_layer`` / ``ffn_per_layer``: heads and FFN neurons still contributing (their columns of the
   attention / FFN output projection not all zero); physical widths for a compacted model.
 """
@@ -39,6 +42,13 @@ from capbench.pruning.layers import (
 )
 
 DEFAULT_SEQ_LEN = 128
+# How far below its target an unstructured mask's achieved sparsity may fall (thresholds tie, rounding of
+# per-matrix counts); structured pruning's tolerance is one head's share of the pruned linear weights.
+UNSTRUCTURED_GRANULARITY = 0.005
+
+
+class NonFiniteWeights(ValueError):
+    """A pruned linear weight holds nan or inf: accounting refuses to count it as kept or pruned."""
 
 
 def _unique_params(module: nn.Module) -> list[torch.Tensor]:
@@ -105,15 +115,27 @@ def sparsity_report(
     target: float,
     *,
     seq_len: int = DEFAULT_SEQ_LEN,
+    structured: bool = False,
 ) -> dict:
-    """Achieved sparsities of ``model`` against its dense reference (see module docstring)."""
+    """Achieved sparsities of ``model`` against its dense reference (see module docstring).
+
+    Raises NonFiniteWeights when a pruned linear weight holds nan or inf.
+    """
     if dense_reference is None:
         dense = dense_counts(model)
     elif isinstance(dense_reference, nn.Module):
         dense = dense_counts(dense_reference)
     else:
         dense = dense_reference
-    linears = [m for _, m in prunable_linears(model)]
+    named = prunable_linears(model)
+    linears = [m for _, m in named]
+    with torch.no_grad():
+        for name, module in named:
+            if not bool(_effective(module).isfinite().all()):
+                # nan != 0, so a diverged weight would count as kept and hide the fault as low sparsity
+                raise NonFiniteWeights(
+                    f"{name}.weight holds nan or inf; sparsity is undefined for a diverged model"
+                )
     # Movement scores are training state, not model weights: leave them out of the present counts.
     skip = {id(m.scores) for m in linears if getattr(m, "scores", None) is not None}
     with torch.no_grad():
@@ -136,8 +158,13 @@ def sparsity_report(
             kept_macs += sum(int(_effective(m).count_nonzero()) for m in linears[6 * i : 6 * i + 6])
             kept_macs += 2 * seq_len * kept * int(get_submodule(layer, "attention.self").attention_head_size)
 
+    if structured:  # the smallest step a structured pruner can take that matters most: one head
+        granularity = max(4 * r["hidden"] * r["head_size"] for r in dense["layers"]) / dense["linear_weights"]
+    else:
+        granularity = UNSTRUCTURED_GRANULARITY
     return {
         "target": float(target),
+        "granularity": granularity,
         "linear": 1.0 - nonzero_linear / dense["linear_weights"],
         "encoder": 1.0 - encoder_kept / dense["encoder_params"],
         "model": 1.0 - model_kept / dense["model_params"],

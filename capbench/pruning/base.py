@@ -37,6 +37,7 @@ class Pruner:
     """Base class: a dense no-op pruner. Subclasses implement a method."""
 
     name = "pruner"
+    structured = False  # True for pruners that remove whole heads / neurons (sets accounting's granularity)
 
     def __init__(self, sparsity: float, options: dict):
         self.target = float(sparsity)

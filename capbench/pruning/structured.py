@@ -133,6 +133,7 @@ def _largest_remainder(
 
 class FirstOrderPruner(Pruner):
     name = "first_order"
+    structured = True  # removes whole heads and FFN neurons
 
     def attach(self, model: nn.Module, total_steps: int) -> None:
         super().attach(model, total_steps)
