@@ -7,20 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 from capbench import __version__
 from capbench.errors import CapbenchError
-
-
-def _key_values(pairs: list[str] | None, flag: str) -> dict:
-    values = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise CapbenchError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} scope=global")
-        values[key.strip()] = yaml.safe_load(raw)
-    return values
 
 
 def default_cache_dir() -> Path:

@@ -170,24 +170,92 @@ def _pct(value) -> str:
     return value if isinstance(value, str) else f"{100 * value:.2f}"
 
 
-def render_diff(rows: list[dict]) -> str:
-    counts = {status: sum(r["status"] == status for r in rows) for status in STATUS_ORDER}
-    lines = [
-        "### capbench compare: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]),
-        "",
-        "| status | task | method | sparsity | baseline | new | Δ | allowed drop | note |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    ordered = sorted(
-        rows, key=lambda r: (STATUS_ORDER.index(r["status"]), r["task"], r["method"], float(r["sparsity"]))
-    )
-    for r in ordered:
-        delta = "–" if r["delta"] is None else f"{100 * r['delta']:+.2f}"
-        lines.append(
-            f"| {r['status']} | {r['task']} | {r['method']} | {r['sparsity']} | {_pct(r['base'])} | "
-            f"{_pct(r['new'])} | {delta} | {_pct(r['allowed'])} | {r.get('note', '')} |"
+def _order(sparsity) -> float:
+    try:
+        return float(sparsity)
+    except (TypeError, ValueError):
+        return math.inf
+
+
+def _number(value) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _gate_row(gate: str, keys: list[str], base: dict, new: dict | None, tol: float, lower: bool) -> dict:
+    label = ", ".join(str(base.get(k)) for k in keys if k not in ("task", "sparsity", "sparsity_key"))
+    field = gate.split(":")[0].split(".", 1)[1]
+    before, after = _number(base.get(field)), _number((new or {}).get(field))
+    row = {
+        "task": str(base.get("task", "")),
+        "method": f"{gate.split(':')[0]} {label}".strip(),
+        "sparsity": str(base.get("sparsity_key", base.get("sparsity", ""))),
+        "base": "–" if before is None else f"{before:.4g}",
+        "new": "–" if after is None else f"{after:.4g}",
+        "delta": None,
+        "allowed": f"{tol:g}",
+        "note": "",
+    }
+    if new is None:
+        return {**row, "status": "missing"}
+    if after is None or before is None:
+        status = (
+            "unchanged" if after is None and before is None else "regressed" if after is None else "improved"
         )
-    return "\n".join(lines) + "\n"
+        return {**row, "status": status}
+    change = (before - after) if lower else (after - before)  # > 0: better
+    status = "regressed" if change < -tol else "improved" if change > tol else "unchanged"
+    return {
+        **row,
+        "status": status,
+        "note": f"Δ {after - before:+.4g}" + (" (lower is better)" if lower else ""),
+    }
+
+
+def compare_table_field(baseline: dict, current: dict, gate: str, tol: float) -> list[dict]:
+    """Rows of a `--gate TABLE.FIELD[:lower]` check: every baseline row of the table, matched to the current
+    row of the same keys; the field regresses when it falls (rises, with `:lower`) by more than `tol`."""
+    spec, _, direction = gate.partition(":")
+    name, _, field = spec.partition(".")
+    tables = baseline.get("tables") or {}
+    if name not in tables or not field or direction not in ("", "lower", "higher"):
+        known = ", ".join(sorted(tables)) or "none (written by an older capbench; regenerate it)"
+        raise CapbenchError(f"--gate {gate}: give TABLE.FIELD[:lower] of a baseline table; tables: {known}")
+    keys = tables[name]["keys"]
+    current_rows = (current.get("tables") or {}).get(name, {}).get("rows", [])
+    index = {json.dumps([row.get(k) for k in keys]): row for row in current_rows}
+    return [
+        _gate_row(
+            gate, keys, row, index.get(json.dumps([row.get(k) for k in keys])), tol, direction == "lower"
+        )
+        for row in tables[name]["rows"]
+    ]
+
+
+def render_diff(rows: list[dict]) -> str:
+    from capbench.report.markdown import markdown_table
+
+    counts = {status: sum(r["status"] == status for r in rows) for status in STATUS_ORDER}
+    ordered = sorted(
+        rows, key=lambda r: (STATUS_ORDER.index(r["status"]), r["task"], r["method"], _order(r["sparsity"]))
+    )
+    header = ["status", "task", "method", "sparsity", "baseline", "new", "Δ", "allowed drop", "note"]
+    table = [
+        [
+            r["status"],
+            r["task"],
+            r["method"],
+            r["sparsity"],
+            _pct(r["base"]),
+            _pct(r["new"]),
+            "–" if r["delta"] is None else f"{100 * r['delta']:+.2f}",
+            _pct(r["allowed"]),
+            r.get("note", ""),
+        ]
+        for r in ordered
+    ]
+    title = "### capbench compare: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s])
+    return f"{title}\n\n{markdown_table(header, table)}\n"
 
 
 def register(subparsers) -> None:
@@ -212,6 +280,17 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--skip-bad-records", action="store_true", help="leave out unreadable or malformed record files"
+    )
+    p.add_argument(
+        "--gate",
+        action="append",
+        default=[],
+        metavar="TABLE.FIELD[:lower]",
+        help="also gate on a field of a leaderboard JSON table (e.g. probes.retention, speed.measured_speedup); "
+        "a row regresses when the field drops by more than --gate-tol (rises, with :lower); repeatable",
+    )
+    p.add_argument(
+        "--gate-tol", type=float, default=0.01, help="allowed change for --gate fields (default 0.01)"
     )
     p.add_argument("--out", type=Path, help="also write the markdown diff here (for a PR comment)")
     p.set_defaults(handler=cmd_compare)
@@ -252,6 +331,8 @@ def cmd_compare(args) -> int:
             f"{', '.join(fields)} ({shown}); compare runs of one configuration, or pass --allow-spec-change"
         )
     rows = compare_summaries(baseline, current, args.k, args.abs_tol, changes)
+    for gate in args.gate:
+        rows += compare_table_field(baseline, current, gate, args.gate_tol)
     text = render_diff(rows)
     environment = environment_changes(baseline, current)
     if environment:

@@ -45,7 +45,7 @@ class DistillationLoss:
 
     def teacher_logits(self, batch) -> torch.Tensor:
         with torch.no_grad():
-            return self.teacher(**model_inputs(batch)).logits
+            return self.teacher(**model_inputs(batch, self.teacher)).logits
 
     def __call__(self, outputs, batch, step) -> dict:
         teacher = self.teacher_logits(batch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from capbench import records
+from capbench.record import Record, RecordError
 from capbench.spec import DENSE
 
 
@@ -33,19 +33,20 @@ def measure_after_cell(spec, path: Path, ctx, fresh: bool) -> None:
     """Add the probe and speed results the spec asks for and the record lacks; finished work is not redone."""
     if spec.method == DENSE and not spec.probes:
         return
-    record = records.read_record(path)
-    if record is None or record.get("status") != "done":
+    try:
+        record = Record.from_disk(path)
+    except RecordError:
         return
-    changed = False
-    if needs_probes(spec, record):
+    if not record.is_done:
+        return
+    data = record.to_dict()
+    if needs_probes(spec, data):
         from capbench.probing.runner_hook import probe_record
 
-        record["probes"] = probe_record(record, spec, ctx)
-        changed = True
-    if needs_speed(spec, record):
+        record.probes = probe_record(data, spec, ctx)
+    if needs_speed(spec, data):
         from capbench.speed.runner_hook import speed_record
 
-        record["speed"] = speed_record(record, spec, ctx)
-        changed = True
-    if changed:
-        records.write_record(path, record)
+        record.speed = speed_record(data, spec, ctx)
+    if record.to_dict() != data:
+        record.to_disk(path)

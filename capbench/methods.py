@@ -1,42 +1,90 @@
-"""Method names in the grid -> (pruning criterion, loss composer). CAP wraps a criterion with its losses."""
+"""Method names in the grid -> (pruner, loss composer, kd, cap): the one place a grid method is resolved.
+
+A grid method is a registered pruning method (``capbench.pruning.pruners``: magnitude, movement, ...) or
+``cap_<method>``: CAP (Xu et al. 2022) composed with any registered method, its losses wrapped around that
+method's pruner. ``cap_soft`` is the published name of CAP over ``soft_movement`` (kept so that records keep
+their row labels); ``cap_soft_movement`` is read as ``cap_soft``.
+"""
 
 from __future__ import annotations
 
 from capbench.distill import DistillationLoss, KDConfig
 from capbench.errors import CapbenchError
+from capbench.registry import unknown_error
 from capbench.spec import DENSE, CellSpec
 from capbench.training import CrossEntropyLoss
 
-# CAP over each criterion (Xu et al. 2022): the name in the grid -> the pruning criterion it wraps.
-CAP_METHODS = {
-    "cap_magnitude": "magnitude",
-    "cap_movement": "movement",
-    "cap_soft": "soft_movement",
-    "cap_first_order": "first_order",
-}
+CAP_PREFIX = "cap_"
+# Published CAP names that are not cap_<method>: name -> the method it wraps.
+CAP_ALIASES = {"cap_soft": "soft_movement"}
 
 
-def pruning_methods() -> dict[str, str]:
-    from capbench.pruning.methods import METHODS
+def _pruners():
+    from capbench.pruning import pruners
 
-    return dict(METHODS)
+    return pruners
 
 
-def all_methods() -> dict[str, str]:
-    methods = pruning_methods()
-    cap = {name: f"CAP (contrastive pruning) over {criterion}" for name, criterion in CAP_METHODS.items()}
-    return {**methods, **cap}
+def cap_name(criterion: str) -> str:
+    """The grid name of CAP over ``criterion``: its alias if it has one, else cap_<criterion>."""
+    aliases = {wrapped: name for name, wrapped in CAP_ALIASES.items()}
+    return aliases.get(criterion, CAP_PREFIX + criterion)
+
+
+def resolve(method: str) -> tuple[str, bool] | None:
+    """(the pruning method, whether CAP wraps it) for a grid name; None when it names no registered method."""
+    registered = _pruners().PRUNING_METHODS
+    if method in registered:
+        return method, False
+    criterion = CAP_ALIASES.get(method) or (
+        method[len(CAP_PREFIX) :] if method.startswith(CAP_PREFIX) else ""
+    )
+    return (criterion, True) if criterion in registered else None
+
+
+def is_cap(method: str) -> bool:
+    resolved = resolve(method)
+    return bool(resolved and resolved[1])
 
 
 def criterion_of(method: str) -> str:
-    return CAP_METHODS.get(method, method)
+    """The pruning method a grid method prunes with (itself, or the one CAP wraps)."""
+    resolved = resolve(method)
+    return resolved[0] if resolved else method
 
 
-def check_methods(names: list[str]) -> None:
-    known = all_methods()
+def canonical(method: str) -> str:
+    """The grid name a method is recorded under (``cap_soft_movement`` -> ``cap_soft``)."""
+    criterion, cap = resolve(method) or (method, False)
+    return cap_name(criterion) if cap else method
+
+
+def pruning_methods() -> dict[str, str]:
+    return _pruners().descriptions()
+
+
+def all_methods() -> dict[str, str]:
+    """Every grid method -> its description: each registered method and CAP over each."""
+    methods = pruning_methods()
+    cap = {cap_name(name): f"CAP (contrastive pruning) over {name}" for name in methods}
+    return {**methods, **cap}
+
+
+def check_methods(names: list[str]) -> list[str]:
+    """The canonical grid names of ``names`` (each once); an unknown name fails in one line."""
     for name in names:
-        if name not in known:
-            raise CapbenchError(f"unknown method {name!r}; known methods: {', '.join(sorted(known))}")
+        if resolve(name) is None:
+            raise unknown_error("method", name, sorted(all_methods()))
+    return list(dict.fromkeys(canonical(name) for name in names))
+
+
+def cap_defaults(method: str) -> dict:
+    """CAP's default settings for a grid method: the structured ones when its pruner is structured."""
+    from capbench.cap.config import CapConfig
+
+    resolved = resolve(method)
+    structured = bool(resolved) and _pruners().get_method(resolved[0]).structured
+    return CapConfig.defaults(structured).to_dict()
 
 
 def method_spec(
@@ -45,14 +93,14 @@ def method_spec(
     """Resolved (method_options, kd, cap) for a method: documented defaults plus the user's overrides.
 
     Raises CapbenchError, naming ``--method-option KEY=VALUE`` or ``--cap-option KEY=VALUE``, when an
-    override is unknown to the method or outside its domain (see OPTIONS in capbench.pruning.methods and
-    RULES in capbench.cap.config)."""
-    from capbench.pruning.methods import check_options, method_defaults
-
+    override is unknown to the method or outside its domain (the rules of its module in
+    capbench.pruning.pruners, and RULES in capbench.cap.config)."""
+    pruners = _pruners()
     criterion = criterion_of(method)
-    options = {**method_defaults(criterion), **overrides}
-    check_options(criterion, options, overrides, flag="--method-option", label=method)
-    if method in CAP_METHODS:
+    overrides = pruners.coerce_options(criterion, overrides)
+    options = {**pruners.method_defaults(criterion), **overrides}
+    pruners.check_options(criterion, options, overrides, flag="--method-option", label=method)
+    if is_cap(method):
         from capbench.cap.config import CapConfig
 
         base = CapConfig.from_options(cap_defaults(method))
@@ -65,29 +113,20 @@ def grid_method_specs(
     methods: list[str], overrides: dict, kd: bool, cap_overrides: dict, sparsities: list[float]
 ) -> dict[str, tuple[dict, dict | None, dict | None]]:
     """``method_spec`` of every method of a grid, every option checked before any cell runs."""
-    from capbench.pruning.methods import check_initial_sparsity
-
-    if cap_overrides and not any(method in CAP_METHODS for method in methods):
+    pruners = _pruners()
+    if cap_overrides and not any(is_cap(method) for method in methods):
         from capbench.cap.config import CapConfig
 
         CapConfig.from_options(cap_overrides, flag="--cap-option")  # a bad option says what is wrong first
         given = " ".join(f"{key}={value}" for key, value in cap_overrides.items())
         raise CapbenchError(
             f"--cap-option {given}: no CAP method in --methods, so it would be ignored; "
-            f"add one of {', '.join(CAP_METHODS)} or drop --cap-option"
+            f"add one of {', '.join(cap_name(name) for name in pruners.method_names())} or drop --cap-option"
         )
     specs = {method: method_spec(method, overrides, kd, cap_overrides) for method in methods}
     for method, (options, _, _) in specs.items():
-        check_initial_sparsity(method, options, sparsities, overrides, flag="--method-option")
+        pruners.check_initial_sparsity(method, options, sparsities, overrides, flag="--method-option")
     return specs
-
-
-def cap_defaults(method: str) -> dict:
-    from capbench.cap.config import CapConfig
-
-    return (
-        CapConfig.structured_defaults() if criterion_of(method) == "first_order" else CapConfig()
-    ).to_dict()
 
 
 def cap_variant(spec: dict) -> str:
@@ -108,9 +147,7 @@ def cap_variant(spec: dict) -> str:
 
 
 def build_pruner(spec: CellSpec):
-    from capbench.pruning.methods import make_pruner
-
-    return make_pruner(criterion_of(spec.method), spec.sparsity, dict(spec.method_options))
+    return _pruners().make_pruner(criterion_of(spec.method), spec.sparsity, dict(spec.method_options))
 
 
 def build_loss(spec: CellSpec, model, teacher, data, ctx):

@@ -6,6 +6,8 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from capbench.registry import Registry
+
 
 def accuracy(predictions, references) -> float:
     return float(accuracy_score(references, predictions))
@@ -27,13 +29,15 @@ def spearman(predictions, references) -> float:
     return float(spearmanr(predictions, references)[0])
 
 
-METRICS = {
-    "accuracy": accuracy,
-    "f1": f1,
-    "matthews_correlation": matthews_correlation,
-    "pearson": pearson,
-    "spearmanr": spearman,
-}
+METRICS: Registry = Registry("metric")  # name -> fn(predictions, references) -> float; a task YAML names them
+for _name, _fn in (
+    ("accuracy", accuracy),
+    ("f1", f1),
+    ("matthews_correlation", matthews_correlation),
+    ("pearson", pearson),
+    ("spearmanr", spearman),
+):
+    METRICS.register(_name, _fn)
 # Correlations are undefined (0/0) when either side is constant; a collapsed model predicts a constant.
 CORRELATIONS = ("pearson", "spearmanr")
 

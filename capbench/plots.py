@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -10,7 +11,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from capbench.leaderboard import row_label  # noqa: E402
 from capbench.spec import DENSE  # noqa: E402
 
 
@@ -58,10 +58,6 @@ def metric_vs_sparsity(summary: dict, task: str, base: Path) -> list[Path]:
     return _save(fig, base)
 
 
-def measured_speedup(record: dict) -> float | None:
-    return (record.get("speed") or {}).get("summary", {}).get("measured_speedup")
-
-
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Points no other point beats on both speedup and metric, by increasing speedup."""
     front, best = [], float("-inf")
@@ -72,14 +68,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(front)
 
 
-def metric_vs_speedup(records: list[dict], task: str, base: Path) -> list[Path] | None:
+def metric_vs_speedup(frame, task: str, base: Path) -> list[Path] | None:
+    """Main metric vs measured speedup of a task's finished records (`frame`: capbench.report's)."""
     groups = defaultdict(list)
-    for record in records:
-        if record["spec"]["task"] != task or record.get("status") != "done":
-            continue
-        speed = 1.0 if record["spec"]["method"] == DENSE else measured_speedup(record)
-        if speed is not None and record["main_metric"]["value"] is not None:
-            groups[row_label(record["spec"])].append((speed, 100 * record["main_metric"]["value"]))
+    for _, row in frame[(frame["task"] == task) & (frame["status"] == "done")].iterrows():
+        speed = 1.0 if row["method"] == DENSE else row["speed_measured"]
+        if not math.isnan(speed) and not math.isnan(row["value"]):
+            groups[row["row"]].append((speed, 100 * row["value"]))
     if len(groups) < 2:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -95,14 +90,20 @@ def metric_vs_speedup(records: list[dict], task: str, base: Path) -> list[Path] 
     return _save(fig, base)
 
 
-def write_plots(summary: dict, records: list[dict], folder: Path, stem: str) -> list[tuple[str, str]]:
-    """Write every plot beside the markdown; returns (title, relative path of the PNG) for linking."""
+def write_plots(
+    summary: dict, records: list[dict], folder: Path, stem: str, frame=None
+) -> list[tuple[str, str]]:
+    """Write every plot beside the markdown; returns (title, relative path of the PNG) for linking.
+    `frame`: the records' frame (capbench.report.records_frame), when the caller has it."""
+    from capbench.report import records_frame
+
+    frame = records_frame(records) if frame is None else frame
     folder.mkdir(parents=True, exist_ok=True)
     links = []
     for task in summary["tasks"]:
         png = metric_vs_sparsity(summary, task, folder / f"{stem}-{task}-sparsity")[0]
         links.append((f"{task}: metric vs sparsity", png.name))
-        pareto = metric_vs_speedup(records, task, folder / f"{stem}-{task}-pareto")
+        pareto = metric_vs_speedup(frame, task, folder / f"{stem}-{task}-pareto")
         if pareto:
             links.append((f"{task}: metric vs measured speedup", pareto[0].name))
     return links

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from capbench import leases
 from capbench.errors import CapbenchError
+from capbench.record import SCHEMA_VERSION, Record, RecordError, record_problem  # noqa: F401 (re-exported)
 
-SCHEMA_VERSION = 3  # 2: spec.data is the data's content hash, not its path; 3: spec.model_identity
 RECORDS_DIR = "records"
 
 
@@ -181,44 +181,11 @@ def prepare_run_dir(out_dir: Path, now: float | None = None, stale_after: float 
     require_current_schema(out_dir)
 
 
-REQUIRED_FIELDS = ("schema_version", "cell_id", "spec", "status")
-REQUIRED_SPEC_FIELDS = ("task", "method", "sparsity", "seed", "model", "preset")
-
-
-def record_problem(record) -> str | None:
-    """Why a parsed record cannot be summarised (missing or mistyped fields), or None when it can."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    missing = [k for k in REQUIRED_FIELDS if k not in record]
-    if not missing and isinstance(record["spec"], dict):
-        missing = [f"spec.{k}" for k in REQUIRED_SPEC_FIELDS if k not in record["spec"]]
-    elif not missing:
-        return "spec is not an object"
-    if not missing and record["status"] == "done":
-        main = record.get("main_metric")
-        if not isinstance(main, dict):
-            missing = ["main_metric"]
-        else:
-            missing = [f"main_metric.{k}" for k in ("name", "split", "value") if k not in main]
-        missing += [] if isinstance(record.get("metrics"), dict) else ["metrics"]
-    if missing:
-        return f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
-    if record["status"] not in ("done", "failed"):
-        return f"unknown status {record['status']!r}"
-    return None
-
-
 def _read_checked(path: Path) -> tuple[dict | None, str | None]:
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        return None, f"unreadable ({exc.strerror})"
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, f"not valid JSON ({exc.msg} at line {exc.lineno}; truncated?)"
-    problem = record_problem(record)
-    return (None, problem) if problem else (record, None)
+        return Record.from_disk(path).to_dict(), None
+    except RecordError as exc:
+        return None, str(exc)
 
 
 def load_records(*run_dirs: Path, skip_bad: bool = False, bad: list | None = None) -> list[dict]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from capbench.errors import CapbenchError
-from capbench.leaderboard import markdown_table
+from capbench.tasks import official_rows_of
 
 REQUIRED_KEYS = ("source", "model", "task", "split", "metric", "method", "sparsity", "kd", "value")
 # What decides a reproduction (see capbench/reported.yaml); a missing key counts as `unknown`.
@@ -35,30 +35,6 @@ SETTING_KEYS = (
 )
 UNKNOWN = "unknown"
 KD_KEYS = ("temperature", "w_ce", "w_kd")
-
-# Rows of the official GLUE splits (the counts of the Hugging Face `glue` dataset; those of ../shared/glue_raw
-# are checked against the same counts in its MANIFEST.md). A split of another size is a sample.
-GLUE_ROWS = {
-    ("cola", "train"): 8551,
-    ("cola", "validation"): 1043,
-    ("sst2", "train"): 67349,
-    ("sst2", "validation"): 872,
-    ("mrpc", "train"): 3668,
-    ("mrpc", "validation"): 408,
-    ("stsb", "train"): 5749,
-    ("stsb", "validation"): 1500,
-    ("qqp", "train"): 363846,
-    ("qqp", "validation"): 40430,
-    ("mnli", "train"): 392702,
-    ("mnli", "validation_matched"): 9815,
-    ("mnli", "validation_mismatched"): 9832,
-    ("qnli", "train"): 104743,
-    ("qnli", "validation"): 5463,
-    ("rte", "train"): 2490,
-    ("rte", "validation"): 277,
-    ("wnli", "train"): 635,
-    ("wnli", "validation"): 71,
-}
 
 
 def builtin_reported_path() -> Path:
@@ -152,7 +128,7 @@ def _split_mismatch(record: dict, split: str, limit: int | None) -> str | None:
     info = (record.get("data") or {}).get("splits", {}).get(split)
     if info is None:
         return f"no provenance recorded for {split}"
-    rows, official_rows = info.get("rows"), GLUE_ROWS.get((task, split))
+    rows, official_rows = info.get("rows"), official_rows_of(task, split)
     if not info.get("official", False):
         counted = f"{rows:,}" if isinstance(rows, int) else "an unrecorded number of"
         of = f" (official: {official_rows:,})" if official_rows else ""
@@ -282,75 +258,11 @@ def _order(row: dict) -> tuple:
 
 def render_reported_table(rows: list[dict]) -> str:
     """Per task, one line per published row (source, method, sparsity, KD); a column per split and metric,
-    and a note column saying why there is no Δ where capbench has records of that cell."""
-    sources = sorted({row["source"] for row in rows})
-    lines = []
-    for task in sorted({row["task"] for row in rows}):
-        task_rows = [row for row in rows if row["task"] == task]
-        columns = sorted({(row["split"], row["metric"]) for row in task_rows})
-        grouped: dict = {}
-        for row in task_rows:
-            key = (
-                sources.index(row["source"]) + 1,
-                row["sparsity"],
-                row["kd"],
-                row["method"],
-                row.get("method_label"),
-                row["model"],
-            )
-            grouped.setdefault(key, {})[(row["split"], row["metric"])] = row
-        notes = {key: _note(list(cells.values())) for key, cells in grouped.items()}
-        with_notes = any(notes.values())
-        header = [
-            "method",
-            "model",
-            "sparsity",
-            "KD",
-            *[f"{split} {metric}" for split, metric in columns],
-            "source",
-            *(["not a reproduction because"] if with_notes else []),
-        ]
-        table = [
-            [
-                method + (f" ({label})" if label else ""),
-                model,
-                f"{sparsity:g}",
-                "yes" if kd else "no",
-                *[_fmt_reported(cells.get(column)) for column in columns],
-                f"[{source}]",
-                *([notes[(source, sparsity, kd, method, label, model)] or "–"] if with_notes else []),
-            ]
-            for (source, sparsity, kd, method, label, model), cells in grouped.items()
-        ]
-        lines += ["", f"### {task}", "", *markdown_table(header, table)]
-    lines += [""] + [_footnote(number, source, rows) for number, source in enumerate(sources, 1)]
-    return "\n".join(lines).lstrip("\n").rstrip() + "\n"
+    and a note column saying why there is no Δ where capbench has records of that cell. The `reported`
+    table of capbench.report.papers, without its section note."""
+    from capbench.report.papers import REPORTED, reported_frame
+    from capbench.report.tables import body, table_rows
 
-
-def _note(cells: list[dict]) -> str:
-    """The reasons of a table row's cells, merged position by position (they differ in the eval split)."""
-    lists = [row.get("not_a_reproduction", []) for row in cells]
-    reasons: list[str] = []
-    for index in range(max(map(len, lists), default=0)):
-        for reason in (r[index] for r in lists if index < len(r)):
-            if reason not in reasons:
-                reasons.append(reason)
-    return "; ".join(reasons)
-
-
-def _footnote(number: int, source: str, rows: list[dict]) -> str:
-    unknown: list[str] = []
-    for row in rows:
-        if row["source"] == source:
-            unknown += [name for name in row.get("unknown_settings", []) if name not in unknown]
-    if not unknown:
-        return f"[{number}] {source}  "
-    return f"[{number}] {source}; it gives no {_join(unknown)}, so no Δ is claimed against it  "
-
-
-def _fmt_reported(row: dict | None) -> str:
-    if row is None:
-        return "–"
-    if "delta" not in row:
-        return f"{row['value']:.1f}"
-    return f"{row['value']:.1f} (capbench Δ {row['delta']:+.1f}, n={row['capbench_n']})"
+    frame = reported_frame(rows)
+    text = body(REPORTED, frame, table_rows(REPORTED, frame))
+    return text.removeprefix(REPORTED.intro(frame, frame)).lstrip("\n").rstrip() + "\n"

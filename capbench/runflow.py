@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from capbench import distributed, records
-from capbench.cli import _key_values
 from capbench.data.identity import data_identity
 from capbench.data.preflight import check_task_data, report_overlap
 from capbench.data.sources import detect_source
 from capbench.errors import CapbenchError
 from capbench.grid import check_probe_sizes, expand_grid, parse_seeds, parse_shard, parse_sparsities, shard
+from capbench.layout import max_positions
 from capbench.methods import check_methods, grid_method_specs
 from capbench.model_identity import model_identity
 from capbench.models import load_config, resolve_model_path
+from capbench.options import parse_key_values
 from capbench.presets import get_preset
 from capbench.runner import RunContext, is_finished, run_grid
 from capbench.tasks import parse_task_list
@@ -28,7 +29,7 @@ def cells_from_args(args):
         datasets.disable_progress_bars()  # "Generating train split" bars while splits are checked
     tasks = parse_task_list(args.tasks)
     methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))  # each once
-    check_methods(methods)
+    methods = check_methods(methods)  # canonical names: cap_soft_movement is cap_soft
     sparsities = parse_sparsities(args.sparsity)
     seeds = parse_seeds(args.seeds)
     shard_slice = parse_shard(args.shard)
@@ -43,12 +44,12 @@ def cells_from_args(args):
         learning_rate=args.learning_rate,
     )
     preset.validate()  # --epochs, --batch-size, ...: every setting in its domain before anything loads
-    method_options = _key_values(args.method_option, "--method-option")
-    cap_options = _key_values(args.cap_option, "--cap-option")
+    method_options = parse_key_values(args.method_option, "--method-option")
+    cap_options = parse_key_values(args.cap_option, "--cap-option")
     specs = grid_method_specs(methods, method_options, args.kd == "on", cap_options, sparsities)
-    model_config = load_config(resolve_model_path(preset.model))  # fail fast on a non-BERT model
+    model_config = load_config(resolve_model_path(preset.model))  # fail fast on an unsupported model type
     if args.max_seq_length is not None:  # an explicit length must fit the model's position embeddings
-        preset.validate(max_positions=getattr(model_config, "max_position_embeddings", None))
+        preset.validate(max_positions=max_positions(model_config))  # RoBERTa's start after pad_token_id
     identity = model_identity(preset.model)  # the weights, config and tokenizer the cells' digests name
     source = detect_source(args.data_dir)
     overlaps = []

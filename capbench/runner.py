@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import shutil
 import time
-import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from capbench import distributed, leases, records
+from capbench import distributed, records
+from capbench.cell_protocol import execute_cell, finished_elsewhere, is_finished  # noqa: F401 (re-exported)
 from capbench.data.overlap import eval_train_overlap
 from capbench.data.sources import DataSource, check_sample_size, load_split, split_provenance
 from capbench.data.tokenize import tokenize_split
@@ -25,6 +24,7 @@ from capbench.models import load_classifier, load_tokenizer, resolve_model_path
 from capbench.predictions import write_predictions
 from capbench.provenance import git_commit, machine, package_versions
 from capbench.pruning.accounting import sparsity_report
+from capbench.record import DONE, Record
 from capbench.spec import DENSE, CellSpec, teacher_key
 from capbench.tasks import TaskSpec, get_task
 from capbench.training import (
@@ -179,7 +179,7 @@ def save_model(model, tokenizer, target: Path) -> None:
     partial.replace(target)
 
 
-def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
+def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
     started = time.perf_counter()
     data = prepare_data(spec, ctx)
     loaded = time.perf_counter()
@@ -224,31 +224,27 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> dict:
         main_metric["undefined"] = evaluation.undefined[main_split][main_name]
     if evaluation.undefined:
         extra["undefined_metrics"] = evaluation.undefined
-    record = {
-        "schema_version": records.SCHEMA_VERSION,
-        "cell_id": spec.cell_id,
-        "spec": spec.to_dict(),
-        "spec_hash": spec.digest,
-        "status": "done",
-        "metrics": metrics,
-        "main_metric": main_metric,
-        "data": {"source": ctx.source.to_dict(), "splits": data.provenance},
-        "model_dir": str(model_dir) if spec.method != DENSE else teacher_info["path"],
-        "dense_model_dir": teacher_info["path"],
-        "train": {
+    return Record.for_spec(
+        spec,
+        DONE,
+        metrics=metrics,
+        main_metric=main_metric,
+        data={"source": ctx.source.to_dict(), "splits": data.provenance},
+        model_dir=str(model_dir) if spec.method != DENSE else teacher_info["path"],
+        dense_model_dir=teacher_info["path"],
+        train={
             "steps": train_stats["steps"],
             "final_loss_terms": train_stats.get("final_loss_terms", {}),
             **({"data_parallel": train_stats["data_parallel"]} if "data_parallel" in train_stats else {}),
         },
-        "timings": {
+        timings={
             "load_seconds": loaded - started,
             "train_seconds": train_stats["seconds"],
             "eval_seconds": evaluated - trained,
             "total_seconds": time.perf_counter() - started,
         },
         **extra,
-    }
-    return record
+    )
 
 
 def build_loss_locked(spec: CellSpec, model, teacher, data: TaskData, ctx: RunContext):
@@ -263,95 +259,31 @@ def provenance_fields() -> dict:
     return {"versions": package_versions(), "git_commit": git_commit(), "machine": machine()}
 
 
+def failed_cell(spec: CellSpec, error: BaseException) -> Record:
+    """The failed Record of a cell that raised `error`; a diverged run explains itself in one line."""
+    return Record.failure(spec, error, one_line=str(error) if isinstance(error, TrainingDiverged) else None)
+
+
 def failed_record(spec: CellSpec, error: BaseException) -> dict:
-    return {
-        "schema_version": records.SCHEMA_VERSION,
-        "cell_id": spec.cell_id,
-        "spec": spec.to_dict(),
-        "spec_hash": spec.digest,
-        "status": "failed",
-        # A diverged run explains itself in one line; other errors keep their type for debugging.
-        "error": str(error) if isinstance(error, TrainingDiverged) else f"{type(error).__name__}: {error}",
-        "traceback": traceback.format_exc(limit=8),
-    }
-
-
-def is_finished(spec: CellSpec, out_dir: Path) -> bool:
-    record = records.read_record(records.record_path(out_dir, spec.cell_id))
-    return bool(record) and record.get("status") == "done" and record.get("spec_hash") == spec.digest
-
-
-def finished_elsewhere(spec: CellSpec, path: Path, before: dict | None) -> dict | None:
-    """The "done" record of `spec` that appeared at `path` since this worker read `before` there, or None.
-
-    A worker that took over a lease it judged stale may run a cell while the old holder still finishes
-    it; whoever writes second keeps the first one's record rather than overwrite it.
-    """
-    now = records.read_record(path)
-    if now is None or now == before or now.get("status") != "done" or now.get("spec_hash") != spec.digest:
-        return None
-    return now
+    return failed_cell(spec, error).to_dict()
 
 
 def run_grid(cells: list[CellSpec], ctx: RunContext, overwrite: bool = False, after_cell=None) -> dict:
-    """Run every unfinished cell; a finished cell is skipped unless `overwrite`. Returns counts.
+    """Run every unfinished cell through the cell protocol (capbench.cell_protocol); returns counts.
 
-    Each cell is run under its lease (`capbench.leases`): a cell another worker holds is left to it
-    and counted as "held". `after_cell(spec, path, ctx, fresh)` runs under the lease too.
+    A finished cell is skipped unless `overwrite`; a cell another worker holds is left to it and counted
+    as "held". `after_cell(spec, path, ctx, fresh)` runs under the cell's lease.
     """
-    main = distributed.is_main()  # with WORLD_SIZE > 1 every rank runs each cell; rank 0 writes
-    if main:
+    if distributed.is_main():  # with WORLD_SIZE > 1 every rank runs each cell; rank 0 writes
         records.prepare_run_dir(ctx.out_dir)
     counts = {"done": 0, "skipped": 0, "held": 0, "failed": 0}
-    common = provenance_fields()
+    provenance = provenance_fields()
     with tqdm(total=len(cells), desc="cells", disable=not ctx.show_progress, position=0) as bar:
         for spec in cells:
             bar.set_postfix_str(spec.cell_id)
-            counts[_grid_cell(spec, ctx, overwrite, after_cell, common, main)] += 1
+            result = execute_cell(
+                spec, ctx, provenance=provenance, overwrite=overwrite, after_cell=after_cell
+            )
+            counts[result.outcome] += 1
             bar.update(1)
     return counts
-
-
-def _grid_cell(spec: CellSpec, ctx: RunContext, overwrite: bool, after_cell, common: dict, main: bool) -> str:
-    """One cell of `run_grid`: "done", "failed", "skipped" (finished) or "held" (another worker has it).
-
-    Rank 0 claims the lease and decides; every rank takes the same branch (`distributed.agree`).
-    """
-    path = records.record_path(ctx.out_dir, spec.cell_id)
-    finished = not overwrite and distributed.agree(is_finished(spec, ctx.out_dir))
-    if finished and after_cell is None:
-        return "skipped"
-    lease = leases.claim_cell(ctx.out_dir, spec.cell_id) if main else None
-    if not distributed.agree(lease is not None):
-        return "skipped" if finished else "held"
-    try:
-        before = records.read_record(path) if main else None
-        if finished or (not overwrite and distributed.agree(is_finished(spec, ctx.out_dir))):
-            if after_cell is not None and main:  # finished before, or by the worker that held the lease
-                after_cell(spec, path, ctx, fresh=False)
-            return "skipped"
-        try:
-            record = {**run_cell(spec, ctx), **common}
-        except CapbenchError:
-            raise
-        except Exception as error:  # one broken cell must not lose the rest of the grid
-            record = {**failed_record(spec, error), **common}
-            tqdm.write(f"cell {spec.cell_id} failed: {record['error']}")
-        outcome = record["status"]
-        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        if not main:
-            return outcome
-        if distributed.enabled():
-            record["distributed"] = distributed.describe()
-        if finished_elsewhere(spec, path, before) is not None:
-            tqdm.write(f"cell {spec.cell_id}: another worker finished it meanwhile; its record is kept")
-            return "skipped"
-        if not records.write_record(path, record):
-            tqdm.write(f"cell {spec.cell_id}: its finished record is kept, not replaced by this failure")
-            return outcome
-        if after_cell is not None and outcome == "done":
-            after_cell(spec, path, ctx, fresh=True)
-        return outcome
-    finally:
-        if lease is not None:
-            lease.release()

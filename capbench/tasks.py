@@ -1,15 +1,19 @@
-"""Task specs: one small flat YAML file per task in `tasks/` (packaged as `capbench/_tasks`)."""
+"""Task specs: one small flat YAML file per task in `tasks/` (packaged as `capbench/_tasks`).
+
+A task's YAML is the only table of its fields: hub dataset and config, text fields, labels, splits, metrics,
+and (``tsv:``) where its columns sit in the classic ``glue_data/`` TSV files. Adding a task is adding a file.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from pathlib import Path
 
 import yaml
 
 from capbench.errors import CapbenchError
 from capbench.metrics import METRICS
+from capbench.registry import Registry
 
 REQUIRED_KEYS = (
     "name",
@@ -38,6 +42,11 @@ class TaskSpec:
     regression: bool = False
     train_split: str = "train"
     main_split: str = ""
+    # The glue_data/ TSV layout: directory, header, n_fields (allowed field counts per row), columns (text
+    # field -> position), label_column, split_files (split -> file names to try). See capbench.data.glue_tsv.
+    tsv: dict = field(default_factory=dict)
+    # Rows of each official split (split -> count); a split of another size is a sample.
+    official_rows: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -62,10 +71,15 @@ def _parse(path: Path) -> TaskSpec:
         raise CapbenchError(f"{path}: missing keys {missing}; see tasks/rte.yaml for the format")
     unknown_metrics = [m for m in data["metrics"] if m not in METRICS]
     if unknown_metrics:
-        raise CapbenchError(f"{path}: unknown metrics {unknown_metrics}; known: {sorted(METRICS)}")
+        raise CapbenchError(f"{path}: {METRICS.unknown(unknown_metrics[0])}")
     if data["main_metric"] not in data["metrics"]:
         raise CapbenchError(
             f"{path}: main_metric {data['main_metric']!r} is not among metrics {data['metrics']}"
+        )
+    columns = (data.get("tsv") or {}).get("columns", {})
+    if columns and set(columns) != set(data["text_fields"]):
+        raise CapbenchError(
+            f"{path}: tsv.columns {sorted(columns)} must name the text_fields {data['text_fields']}"
         )
     for key in ("text_fields", "eval_splits", "metrics", "label_names"):
         if key in data:
@@ -75,17 +89,26 @@ def _parse(path: Path) -> TaskSpec:
     return TaskSpec(**{k: v for k, v in data.items() if k in known}, extra=extra)
 
 
-@cache
+def _load(registry: Registry) -> None:
+    for path in sorted(tasks_dir().glob("*.yaml")):
+        spec = _parse(path)
+        registry.register(spec.name, spec)
+
+
+TASKS: Registry[TaskSpec] = Registry("task", loader=_load)
+
+
 def all_tasks() -> dict[str, TaskSpec]:
-    specs = [_parse(path) for path in sorted(tasks_dir().glob("*.yaml"))]
-    return {spec.name: spec for spec in specs}
+    return dict(TASKS.items())
 
 
 def get_task(name: str) -> TaskSpec:
-    tasks = all_tasks()
-    if name not in tasks:
-        raise CapbenchError(f"unknown task {name!r}; known tasks: {', '.join(sorted(tasks))}")
-    return tasks[name]
+    return TASKS.get(name)
+
+
+def task_by_config(config: str) -> TaskSpec | None:
+    """The task whose hub config (a GLUE data directory's name) is ``config``, if one is registered."""
+    return next((task for _, task in TASKS.items() if task.config == config), None)
 
 
 def parse_task_list(text: str) -> list[TaskSpec]:
@@ -93,3 +116,8 @@ def parse_task_list(text: str) -> list[TaskSpec]:
     if not names:
         raise CapbenchError("--tasks is empty; give a comma-separated list such as rte,sst2")
     return [get_task(name) for name in dict.fromkeys(names)]  # each task once, in first-seen order
+
+
+def official_rows_of(task: str, split: str) -> int | None:
+    """The official row count of a task's split (its YAML's ``official_rows``), if the task declares it."""
+    return TASKS.get(task).official_rows.get(split) if task in TASKS else None

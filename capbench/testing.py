@@ -1,11 +1,21 @@
-"""Tiny random models built in code, for fast tests (no download)."""
+"""Tiny random models built in code, for fast tests (no download): BERT, and RoBERTa, ELECTRA and DistilBERT
+(every family of `capbench.layout`) of the same size, all with the tiny WordPiece tokenizer."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizerFast,
+    DistilBertConfig,
+    ElectraConfig,
+    PretrainedConfig,
+    RobertaConfig,
+)
 
 TINY_WORDS = (
     "the a an is was are not no yes good bad great terrible movie film book man woman dog cat "
@@ -44,11 +54,72 @@ def tiny_tokenizer(directory: Path) -> BertTokenizerFast:
     return BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)}, do_lower_case=True)
 
 
-def save_tiny_model_dir(directory: Path, num_labels: int = 2, seed: int = 0) -> Path:
-    """A saved tiny BERT encoder (with tokenizer) that `--model DIR` can load."""
+def tiny_config(model_type: str = "bert", num_labels: int = 2, **overrides) -> PretrainedConfig:
+    """A tiny config of one family: 2 layers, 4 heads of size 8, FFN width 64, no dropout, pad id 0 (the tiny
+    tokenizer's [PAD]). RoBERTa: one token type, and 130 position embeddings (its positions start at
+    pad_token_id + 1, so that covers the smoke preset's 128 tokens). ELECTRA: a 16-wide embedding projected to
+    the 32-wide encoder, as in ELECTRA-small."""
+    if model_type == "bert":
+        return tiny_bert_config(num_labels, **overrides)
+    vocab = 5 + len(TINY_WORDS)
+    bert_like = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=0,
+        num_labels=num_labels,
+    )
+    if model_type == "roberta":
+        values = dict(
+            bert_like, max_position_embeddings=130, type_vocab_size=1, bos_token_id=2, eos_token_id=3
+        )
+        cls = RobertaConfig
+    elif model_type == "electra":
+        values = dict(bert_like, max_position_embeddings=64, embedding_size=16)
+        cls = ElectraConfig
+    elif model_type == "distilbert":
+        values = dict(
+            vocab_size=vocab,
+            dim=32,
+            n_layers=2,
+            n_heads=4,
+            hidden_dim=64,
+            max_position_embeddings=64,
+            dropout=0.0,
+            attention_dropout=0.0,
+            seq_classif_dropout=0.0,
+            pad_token_id=0,
+            num_labels=num_labels,
+        )
+        cls = DistilBertConfig
+    else:
+        raise ValueError(f"no tiny config for model type {model_type!r}")
+    values.update(overrides)
+    return cls(**values)
+
+
+def tiny_classifier(model_type: str = "bert", num_labels: int = 2, seed: int = 0, **overrides):
+    """A tiny random ``*ForSequenceClassification`` of one family (eval mode)."""
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(model_type, num_labels, **overrides))
+    model.eval()
+    return model
+
+
+def save_tiny_model_dir(
+    directory: Path, num_labels: int = 2, seed: int = 0, model_type: str = "bert"
+) -> Path:
+    """A saved tiny encoder (the bare base model, with tokenizer) that `--model DIR` can load."""
     directory = Path(directory)
-    model = tiny_bert(num_labels=num_labels, seed=seed)
-    model.bert.save_pretrained(directory)
+    if model_type == "bert":
+        model = tiny_bert(num_labels=num_labels, seed=seed)
+    else:
+        model = tiny_classifier(model_type, num_labels=num_labels, seed=seed)
+    model.base_model.save_pretrained(directory)
     tiny_tokenizer(directory).save_pretrained(directory)
     return directory
 

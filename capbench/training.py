@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
-from capbench import distributed
+from capbench import distributed, layout
 from capbench.errors import CapbenchError
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -91,8 +91,11 @@ def make_loader(dataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 
     )
 
 
-def model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+def model_inputs(batch: dict, model=None) -> dict:
+    """The model inputs of a batch; given the ``model``, only those it takes (``capbench.layout.input_names``:
+    RoBERTa and DistilBERT get no token_type_ids)."""
+    keys = MODEL_INPUTS if model is None else layout.input_names(model)
+    return {k: v for k, v in batch.items() if k in keys}
 
 
 def total_steps(loader: DataLoader, epochs: float) -> int:
@@ -190,7 +193,7 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
             if dp is not None:  # this rank's slice of the global batch, weighted n_rank / n
                 batch, weight = dp.local_batch(batch)
             outputs = model(
-                **model_inputs(batch),
+                **model_inputs(batch, model),
                 labels=batch["labels"],
                 output_hidden_states=loss_fn.needs_hidden_states,
             )
@@ -237,6 +240,6 @@ def predict(model, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     logits, labels = [], []
     for batch in loader:
-        logits.append(model(**model_inputs(batch)).logits.float().cpu())
+        logits.append(model(**model_inputs(batch, model)).logits.float().cpu())
         labels.append(batch["labels"].cpu())
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()

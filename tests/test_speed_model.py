@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from capbench.speed.compact import compact_bert
+from capbench.pruning.compact import compact_zeroed
 from capbench.speed.kernels import iter_encoder_linears
 from capbench.speed.model import FormatLinear, format_counts, realise, time_breakdown, time_models
 from capbench.speed.report import bench_model, render_layer_table, render_model_table, render_speed_table
@@ -40,7 +40,7 @@ def _logits(model, batch):
 def test_compacted_model_gives_same_logits_as_masked():
     model = _prune_structured(tiny_bert())
     batch = random_batch(model)
-    compacted, report = compact_bert(model)
+    compacted, report = compact_zeroed(model)
     assert report["changed"]
     assert report["layers"][0] == {"heads": [4, 3], "ffn": [64, 44]}
     assert report["layers"][1] == {"heads": [4, 3], "ffn": [64, 34]}
@@ -56,11 +56,11 @@ def test_compaction_rounds_width_and_survives_all_heads_dead():
         model.bert.encoder.layer[1].attention.self.value.weight.zero_()
         model.bert.encoder.layer[0].intermediate.dense.weight[:21] = 0
     batch = random_batch(model)
-    compacted, report = compact_bert(model, multiple=16)
+    compacted, report = compact_zeroed(model, multiple=16)
     assert report["layers"][0]["ffn"] == [64, 48]  # 43 kept, rounded up to 48
     assert report["layers"][1]["heads"] == [4, 1]
     torch.testing.assert_close(_logits(compacted, batch), _logits(model, batch), atol=1e-5, rtol=1e-4)
-    unchanged, report = compact_bert(tiny_bert())
+    unchanged, report = compact_zeroed(tiny_bert())
     assert not report["changed"]
 
 

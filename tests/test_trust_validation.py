@@ -8,7 +8,7 @@ from capbench import records, runner
 from capbench.cli import build_parser, main
 from capbench.grid import expand_grid
 from capbench.presets import get_preset
-from capbench.pruning.methods import _DEFAULTS, OPTIONS, check_options, method_defaults
+from capbench.pruning.pruners import check_options, method_defaults, method_names, option_rules
 
 
 def _error(capsys, argv):
@@ -165,8 +165,8 @@ def test_a_bad_preset_value_is_caught(capsys, monkeypatch, tiny_model_dir, tiny_
 
 
 def test_every_default_and_preset_is_valid():
-    for name in _DEFAULTS:
-        assert set(method_defaults(name)) <= set(OPTIONS)
+    for name in method_names():
+        assert set(method_defaults(name)) <= set(option_rules())
         check_options(name, method_defaults(name))
     for name in ("smoke", "default", "paper"):
         get_preset(name).validate(max_positions=512)

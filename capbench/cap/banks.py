@@ -244,7 +244,7 @@ def build_bank(
                     raise CapbenchError(
                         "CAP banks need batch['idx'] (the train-split row index) in every batch"
                     )
-                inputs = model_inputs(batch, device)
+                inputs = model_inputs(batch, device, model)
                 outputs = model(**inputs, output_hidden_states=True)
                 reps = represent(model, outputs, inputs.get("attention_mask"), kind)
                 if bank is None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from capbench.errors import CapbenchError
+from capbench.options import coerce, shown
 
 MODULES = ("prc", "snc", "fic")
 REPRESENTATIONS = ("pooler", "mean")
@@ -32,9 +33,6 @@ NORMALIZATIONS = ("paper_code", "supcon")
 SNAPSHOT_GAPS = ("epoch", "none")
 SNAPSHOT_TRIGGERS = ("epoch", "pruning_step", "steps")
 BANK_DTYPES = ("float16", "float32")
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +106,12 @@ class CapConfig:
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    def defaults(cls, structured: bool = False) -> CapConfig:
+        """The one place CAP's defaults are chosen: the structured scripts' for a pruner that removes whole
+        heads / neurons (``Pruner.structured``), else the unstructured scripts' (see the module docstring)."""
+        return cls.structured_defaults() if structured else cls()
+
+    @classmethod
     def structured_defaults(cls, **overrides: Any) -> CapConfig:
         """The structured-pruning defaults (StructuredPruning/run_glue.sh), with optional overrides."""
         values: dict[str, Any] = dict(
@@ -141,18 +145,18 @@ class CapConfig:
                     raise CapbenchError(
                         f"unknown CAP option {raw_key!r}: valid options are {', '.join(sorted(fields))}"
                     )
-                values[key] = _coerce(key, raw_value, values[key])
+                values[key] = _typed(key, coerce(raw_value, _kind(key, values[key])), values[key])
                 _check_field(key, values[key])
             except CapbenchError as error:
                 if flag is None:
                     raise
-                raise CapbenchError(f"{flag} {raw_key}={_shown(raw_value)}: {error}") from None
+                raise CapbenchError(f"{flag} {raw_key}={shown(raw_value)}: {error}") from None
         try:
             return cls(**values)
         except CapbenchError as error:
             if flag is None or not options:
                 raise
-            given = " ".join(f"{key}={_shown(value)}" for key, value in options.items())
+            given = " ".join(f"{key}={shown(value)}" for key, value in options.items())
             raise CapbenchError(f"{flag} {given}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
@@ -193,8 +197,8 @@ def _one_of(choices: tuple[str, ...]):
 # The schema of every CAP option: name -> (what the value must be, its check). ``modules`` is checked (and
 # canonicalised) in CapConfig.__post_init__, which names the unknown modules.
 RULES: dict[str, tuple[str, Any]] = {
-    "unsup": ("true or false", _flag),
-    "sup": ("true or false", _flag),
+    "unsup": ("true/false", _flag),
+    "sup": ("true/false", _flag),
     "representation": (f"one of {', '.join(REPRESENTATIONS)}", _one_of(REPRESENTATIONS)),
     "temperature": ("a finite number > 0, e.g. 0.1", _real(0, strict=True)),
     "w_unsup": ("a finite number >= 0", _real(0, strict=False)),
@@ -202,13 +206,13 @@ RULES: dict[str, tuple[str, Any]] = {
     "w_ce": ("a finite number >= 0", _real(0, strict=False)),
     "w_kd": ("a finite number >= 0", _real(0, strict=False)),
     "kd_temperature": ("a finite number > 0, e.g. 2", _real(0, strict=True)),
-    "extra_examples": ("a whole number >= 0, e.g. 4096", _whole(0)),
-    "max_snapshots": ("a whole number >= 1", _whole(1)),
+    "extra_examples": ("an integer >= 0, e.g. 4096", _whole(0)),
+    "max_snapshots": ("an integer >= 1", _whole(1)),
     "snapshot_on": (f"one of {', '.join(SNAPSHOT_TRIGGERS)}", _one_of(SNAPSHOT_TRIGGERS)),
-    "snapshot_interval": ("none or a whole number of steps >= 1", lambda v: v is None or _whole(1)(v)),
+    "snapshot_interval": ("none or an integer number of steps >= 1", lambda v: v is None or _whole(1)(v)),
     "snapshot_gap": (f"one of {', '.join(SNAPSHOT_GAPS)}", _one_of(SNAPSHOT_GAPS)),
     "bank_dtype": (f"one of {', '.join(BANK_DTYPES)}", _one_of(BANK_DTYPES)),
-    "bank_on_disk": ("true or false", _flag),
+    "bank_on_disk": ("true/false", _flag),
     "normalization": (f"one of {', '.join(NORMALIZATIONS)}", _one_of(NORMALIZATIONS)),
 }
 
@@ -225,54 +229,23 @@ def _check_field(name: str, value: Any) -> None:
         raise CapbenchError(f"CAP {name} must be {what}; got {value!r}")
 
 
-def _shown(value: Any) -> str:
-    """A value as it is written after KEY= on the command line."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple):
-        return ",".join(map(str, value))
-    return str(value)
-
-
-def _coerce(key: str, value: Any, current: Any) -> Any:
-    """Convert a CLI-style value to the type of the field's current value."""
+def _kind(key: str, current: Any) -> str:
+    """The coercer's kind of a CAP field, from its default's type."""
     if key == "modules":
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            return tuple(m for m in value.replace("+", ",").split(",") if m.strip())
-        return tuple(value)
+        return "list"
     if key == "snapshot_interval":
-        return None if value in (None, "", "none", "None") else _number(key, value, int)
+        return "optional_int"
     if isinstance(current, bool):
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise CapbenchError(f"CAP option {key} expects true/false, got {value!r}")
-    if isinstance(current, int):
-        return _number(key, value, int)
-    if isinstance(current, float):
-        return _number(key, value, float)
-    return str(value)
+        return "bool"
+    return "int" if isinstance(current, int) else "float" if isinstance(current, float) else "choice"
 
 
-def _number(key: str, value: Any, kind: type) -> Any:
-    try:
-        if isinstance(value, bool):
-            raise TypeError(value)
-        number = float(value)
-    except (TypeError, ValueError):
-        raise CapbenchError(f"CAP option {key} expects a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise CapbenchError(f"CAP option {key} expects a finite number, got {value!r}")
-    if kind is int:
-        if number != int(number):
-            raise CapbenchError(f"CAP option {key} expects an integer, got {value!r}")
-        return int(number)
-    return number
+def _typed(key: str, value: Any, current: Any) -> Any:
+    """A coerced value as the field's type: 3 -> 3.0 for a float field, 4096.0 -> 4096 for an int field."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and isinstance(current, float) and not isinstance(current, bool):
+        return float(value)
+    whole_field = key == "snapshot_interval" or (isinstance(current, int) and not isinstance(current, bool))
+    if number and whole_field and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return value

@@ -255,7 +255,7 @@ class CapLoss:
                 self.teacher.eval()
             device = next(self.teacher.parameters()).device
             with torch.no_grad():
-                teacher_logits = self.teacher(**model_inputs(batch, device)).logits
+                teacher_logits = self.teacher(**model_inputs(batch, device, self.teacher)).logits
             self.teacher_forward_examples += teacher_logits.shape[0]
             student_logits = outputs.logits
             terms["kd"] = cfg.w_kd * kd_loss(

@@ -1,9 +1,14 @@
-"""Sentence representations for CAP: pooler output or masked mean of the last layer, L2-normalised.
+"""Sentence representations for CAP: what the classifier's final projection reads, or a masked mean of the
+last layer, L2-normalised.
 
 As in the authors' ``encode_example`` / ``calculate_contrastive_loss``: ``alignrep == 'cls'`` takes the
 BERT pooler output ([CLS] -> dense -> tanh, before the classifier's dropout) and ``'mean-pooling'``
 takes ``sum(h * mask) / sum(mask)`` over the last layer; both are normalised with
 ``F.normalize(p=2, dim=-1)``. There is no projection head.
+
+``kind="pooler"`` generalises the first to every family in ``capbench.layout``: the vector the final
+classifier projection reads, before dropout (BERT's pooler output; RoBERTa's and ELECTRA's classification
+head after its dense layer and activation; DistilBERT's after ``pre_classifier`` and ReLU).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from capbench import layout
 from capbench.errors import CapbenchError
 
 KINDS = ("pooler", "mean", "cls")
@@ -22,11 +28,17 @@ MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_i
 
 def base_encoder(model: torch.nn.Module) -> torch.nn.Module:
     """The bare encoder of a HF model with a head (``model.bert`` for BERT), or the model itself."""
-    return getattr(model, "base_model", model)
+    return layout.base_model(model)
+
+
+def _sentence_head(model: torch.nn.Module, hidden: Tensor) -> Tensor | None:
+    """The input of the final classifier projection computed from ``hidden`` (None: the model has no head)."""
+    return layout.Layout(model).sentence_representation(hidden)
 
 
 def has_pooler(model: torch.nn.Module) -> bool:
-    return getattr(base_encoder(model), "pooler", None) is not None
+    """True when the model has the module making the classifier's input (BERT's pooler, a head's dense)."""
+    return layout.Layout(model).has_sentence_head()
 
 
 def resolve_kind(model: torch.nn.Module, kind: str) -> str:
@@ -39,8 +51,8 @@ def resolve_kind(model: torch.nn.Module, kind: str) -> str:
         raise CapbenchError(f"CAP representation must be one of {list(KINDS)}, got {kind!r}")
     if kind == "pooler" and not has_pooler(model):
         warnings.warn(
-            f"{type(model).__name__} has no pooler: CAP uses the last-layer [CLS] state instead "
-            "(set representation=mean to avoid this)",
+            f"{type(model).__name__} has no pooler (or classification head): CAP uses the last-layer [CLS] "
+            "state instead (set representation=mean to avoid this)",
             stacklevel=2,
         )
         return "cls"
@@ -60,13 +72,14 @@ def last_hidden_state(outputs) -> Tensor:
 def represent(model: torch.nn.Module, outputs, attention_mask: Tensor | None, kind: str = "pooler") -> Tensor:
     """[B, H] L2-normalised representation of a batch from the model's forward ``outputs``.
 
-    ``kind="pooler"`` applies ``model.bert.pooler`` to ``outputs.hidden_states[-1]`` (so the pooler of
-    the model being pruned receives gradient), falling back to "cls" for a pooler-less model.
+    ``kind="pooler"`` applies the family's sentence head (``model.bert.pooler`` for BERT, see the module
+    doc) to ``outputs.hidden_states[-1]`` (so the head of the model being pruned receives gradient), falling
+    back to "cls" for a model without one.
     """
     hidden = last_hidden_state(outputs)
     if kind == "pooler":
-        pooler = getattr(base_encoder(model), "pooler", None)
-        rep = pooler(hidden) if pooler is not None else hidden[:, 0]
+        rep = _sentence_head(model, hidden)
+        rep = rep if rep is not None else hidden[:, 0]
     elif kind == "cls":
         rep = hidden[:, 0]
     elif kind == "mean":
@@ -80,9 +93,13 @@ def represent(model: torch.nn.Module, outputs, attention_mask: Tensor | None, ki
     return F.normalize(rep.float(), p=2, dim=-1)
 
 
-def model_inputs(batch: dict, device: torch.device | None = None) -> dict:
-    """The encoder inputs of a batch (drops ``idx``, ``labels`` and anything else)."""
-    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if batch.get(k) is not None}
+def model_inputs(
+    batch: dict, device: torch.device | None = None, model: torch.nn.Module | None = None
+) -> dict:
+    """The encoder inputs of a batch (drops ``idx``, ``labels`` and anything else); given the ``model``, only
+    those it takes (``capbench.layout.input_names``: no token_type_ids for RoBERTa or DistilBERT)."""
+    keys = MODEL_INPUT_KEYS if model is None else (*layout.input_names(model), "position_ids")
+    inputs = {k: batch[k] for k in keys if batch.get(k) is not None}
     if device is not None:
         inputs = {k: v.to(device) for k, v in inputs.items()}
     return inputs

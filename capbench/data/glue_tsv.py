@@ -21,78 +21,32 @@ class TsvLayout:
     split_files: dict  # hub split name -> file names to try, first found wins
 
 
-GLUE_TSV_LAYOUTS = {
-    "cola": TsvLayout(
-        "CoLA", False, (4,), {"sentence": 3}, 1, {"train": ["train.tsv"], "validation": ["dev.tsv"]}
-    ),
-    "sst2": TsvLayout(
-        "SST-2", True, (2,), {"sentence": 0}, 1, {"train": ["train.tsv"], "validation": ["dev.tsv"]}
-    ),
-    "mrpc": TsvLayout(
-        "MRPC",
-        True,
-        (5,),
-        {"sentence1": 3, "sentence2": 4},
-        0,
-        {"train": ["train.tsv"], "validation": ["dev.tsv"]},
-    ),
-    "qqp": TsvLayout(
-        "QQP",
-        True,
-        (6,),
-        {"question1": 3, "question2": 4},
-        5,
-        {"train": ["train.tsv"], "validation": ["dev.tsv"]},
-    ),
-    "stsb": TsvLayout(
-        "STS-B",
-        True,
-        (10,),
-        {"sentence1": 7, "sentence2": 8},
-        9,
-        {"train": ["train.tsv"], "validation": ["dev.tsv"]},
-    ),
-    "mnli": TsvLayout(
-        "MNLI",
-        True,
-        (12, 16),  # train has one annotator label, dev has five; gold_label is always last
-        {"premise": 8, "hypothesis": 9},
-        -1,
-        {
-            "train": ["train.tsv"],
-            "validation_matched": ["dev_matched.tsv"],
-            "validation_mismatched": ["dev_mismatched.tsv"],
-        },
-    ),
-    "qnli": TsvLayout(
-        "QNLI",
-        True,
-        (4,),
-        {"question": 1, "sentence": 2},
-        3,
-        {"train": ["train.tsv"], "validation": ["dev.tsv"]},
-    ),
-    "rte": TsvLayout(
-        "RTE",
-        True,
-        (4,),
-        {"sentence1": 1, "sentence2": 2},
-        3,
-        {"train": ["train.tsv"], "validation": ["dev.tsv"]},
-    ),
-    "wnli": TsvLayout(
-        "WNLI",
-        True,
-        (4,),
-        {"sentence1": 1, "sentence2": 2},
-        3,
-        {"train": ["train.tsv"], "validation": ["dev.tsv"]},
-    ),
-}
+def layout_of(task: TaskSpec) -> TsvLayout:
+    """A task's glue_data/ layout, from the ``tsv:`` block of its YAML (the only table of it)."""
+    tsv = task.tsv
+    if not tsv:
+        raise CapbenchError(
+            f"task {task.name} has no glue_data TSV layout; add a tsv: block to its YAML (see tasks/rte.yaml)"
+        )
+    return TsvLayout(
+        tsv["directory"],
+        bool(tsv.get("header", True)),
+        tuple(tsv["n_fields"]),
+        dict(tsv["columns"]),
+        int(tsv["label_column"]),
+        {split: list(names) for split, names in tsv["split_files"].items()},
+    )
+
+
+def tsv_layouts() -> dict[str, TsvLayout]:
+    """{hub config: layout} of every registered task that declares one."""
+    from capbench.tasks import all_tasks
+
+    return {task.config: layout_of(task) for task in all_tasks().values() if task.tsv}
 
 
 def tsv_split_path(root: Path, task: TaskSpec, split: str) -> Path:
-    layout = GLUE_TSV_LAYOUTS[task.config]
+    layout = layout_of(task)
     names = layout.split_files.get(split)
     if names is None:
         raise CapbenchError(f"task {task.name} has no split {split!r} in the glue_data layout")
@@ -140,7 +94,7 @@ def read_glue_tsv(path: Path, task: TaskSpec) -> dict[str, list]:
 
 def read_glue_tsv_lines(path: Path, task: TaskSpec) -> tuple[dict[str, list], list[int]]:
     """`read_glue_tsv`, and the file line number (1-based) of every row it kept, for later messages."""
-    layout = GLUE_TSV_LAYOUTS[task.config]
+    layout = layout_of(task)
     columns: dict[str, list] = {name: [] for name in layout.columns}
     columns["label"] = []
     lines: list[int] = []

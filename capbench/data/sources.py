@@ -10,7 +10,7 @@ from pathlib import Path
 
 import datasets
 
-from capbench.data.glue_tsv import GLUE_TSV_LAYOUTS, read_glue_tsv_lines, tsv_split_path
+from capbench.data.glue_tsv import read_glue_tsv_lines, tsv_layouts, tsv_split_path
 from capbench.data.validate import validate_split
 from capbench.errors import CapbenchError
 from capbench.tasks import TaskSpec
@@ -38,11 +38,12 @@ def detect_source(data_dir: str | os.PathLike | None) -> DataSource:
     root = Path(data_dir).expanduser().resolve()
     if not root.is_dir():
         raise CapbenchError(f"--data-dir {data_dir}: no such directory; point it at a GLUE data directory")
-    if any(p.suffix in LOCAL_SUFFIXES for config in GLUE_TSV_LAYOUTS for p in (root / config).glob("*")):
+    layouts = tsv_layouts()
+    if any(p.suffix in LOCAL_SUFFIXES for config in layouts for p in (root / config).glob("*")):
         return DataSource("local", str(root))
     if (root / "glue_data").is_dir():
         root = root / "glue_data"
-    if any((root / layout.directory).is_dir() for layout in GLUE_TSV_LAYOUTS.values()):
+    if any((root / layout.directory).is_dir() for layout in layouts.values()):
         return DataSource("tsv", str(root))
     raise CapbenchError(
         f"--data-dir {data_dir}: found neither <config>/<split>.jsonl|.parquet files (hub schema) "

@@ -21,15 +21,16 @@ from __future__ import annotations
 import json
 import os
 import socket
-from datetime import datetime, timezone
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from capbench import distributed, leases, records
+from capbench.cell_protocol import execute_cell, is_finished
 from capbench.errors import CapbenchError
 from capbench.executors.plan import BANKS, CELL, plan_jobs
-from capbench.runner import RunContext, is_finished
+from capbench.record import Record
+from capbench.runner import RunContext
 
 CELL_LOCKS = leases.LEASES_DIR
 
@@ -111,54 +112,37 @@ def _node() -> str:
 def run_cell_claimed(
     spec, ctx: RunContext, overwrite: bool, after_cell, executor: str = "ray", adjust=None, wait: bool = True
 ) -> dict:
-    """Run one cell under its lease and write its record; skip it if a finished record is already there.
+    """Run one cell through the cell protocol (capbench.cell_protocol) as a Ray worker.
 
     With `wait`, a cell whose lease another worker holds is waited for (its record is then usually found
-    finished); without, the result's outcome is "held". ``adjust(record)`` may amend a fresh record before
-    it is written.
+    finished); without, the result's outcome is "held". ``adjust(record)`` may amend a fresh Record before
+    it is written. A CapbenchError (bad input) comes back as outcome "error" for the driver to raise.
     """
-    from capbench import runner
-
-    path = records.record_path(ctx.out_dir, spec.cell_id)
-    lease = leases.claim_cell(ctx.out_dir, spec.cell_id, wait=wait)
-    if lease is None:
-        return {"cell_id": spec.cell_id, "attempt": None, "record": None, "outcome": "held"}
-    # Attempt 2 and up: this worker took over the lease of an attempt that died mid-cell (a Ray retry).
-    result = {"cell_id": spec.cell_id, "attempt": lease.attempt, "record": None}
     try:
-        before = records.read_record(path)
-        if not overwrite and is_finished(spec, ctx.out_dir):
-            result["outcome"] = "skipped"
-            if after_cell is not None:
-                after_cell(spec, path, ctx, fresh=False)
-            return result
-        try:
-            record = {**runner.run_cell(spec, ctx), **_provenance()}
-            result["outcome"] = "done"
-        except CapbenchError as error:
-            result.update(outcome="error", error=str(error))
-            return result
-        except Exception as error:  # one broken cell must not lose the rest of the grid
-            record = {**runner.failed_record(spec, error), **_provenance()}
-            result["outcome"] = "failed"
-        if adjust is not None and record["status"] == "done":
-            adjust(record)
-        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        record["executor"] = {"name": executor, "node": _node(), "attempt": lease.attempt}
-        kept = runner.finished_elsewhere(spec, path, before)
-        if kept is not None:  # another worker finished it meanwhile (after a stale takeover): keep that
-            result.update(outcome="skipped", record=kept)
-            return result
-        if not records.write_record(path, record):  # a failure never replaces a finished record
-            result["record"] = records.read_record(path)
-            return result
-        if after_cell is not None and record["status"] == "done":
-            after_cell(spec, path, ctx, fresh=True)
-            record = records.read_record(path) or record
-        result["record"] = record
-        return result
-    finally:
-        lease.release()
+        result = execute_cell(
+            spec,
+            ctx,
+            provenance=_provenance(),
+            overwrite=overwrite,
+            after_cell=after_cell,
+            wait=wait,
+            adjust=adjust,
+            executor={"name": executor, "node": _node()},
+        )
+    except CapbenchError as error:
+        return {
+            "cell_id": spec.cell_id,
+            "attempt": None,
+            "record": None,
+            "outcome": "error",
+            "error": str(error),
+        }
+    return {
+        "cell_id": spec.cell_id,
+        "attempt": result.attempt,
+        "record": result.record,
+        "outcome": result.outcome,
+    }
 
 
 BANK_COSTS = (
@@ -174,7 +158,7 @@ def credit_bank_build(record: dict, built: dict) -> None:
     In a local run the first CAP cell of a group builds the banks and its record shows that cost; here a
     banks job built them, and the same cell carries the cost, so the CAP table matches the local one.
     """
-    cap = record.get("cap")
+    cap = record.cap if isinstance(record, Record) else record.get("cap")
     if not cap:
         return
     for field, attribute in BANK_COSTS:
@@ -302,18 +286,17 @@ def _error_of(result: dict) -> str:
 
 def _lost(spec, out_dir: Path, error: Exception) -> dict:
     """A cell whose every attempt died: a failed record, unless some attempt finished it after all."""
-    from capbench.runner import failed_record, provenance_fields
+    from capbench.runner import failed_cell, provenance_fields
 
     if is_finished(spec, out_dir):
         return {"cell_id": spec.cell_id, "outcome": "done", "record": None}
     try:
         raise error
     except Exception as raised:
-        record = {**failed_record(spec, raised), **provenance_fields()}
-    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    record["executor"] = {"name": "ray", "node": None, "attempt": None}
-    records.write_record(records.record_path(out_dir, spec.cell_id), record)
-    return {"cell_id": spec.cell_id, "outcome": "lost", "record": None, "error": record["error"]}
+        record = failed_cell(spec, raised)
+    record.finish(provenance_fields(), executor={"name": "ray", "node": None, "attempt": None})
+    record.to_disk(records.record_path(out_dir, spec.cell_id))
+    return {"cell_id": spec.cell_id, "outcome": "lost", "record": None, "error": record.error}
 
 
 def _ensure_visible(spec, out_dir: Path, result: dict) -> None:

@@ -13,19 +13,6 @@ from pathlib import Path
 
 from capbench.errors import CapbenchError
 
-# Text columns of the Hugging Face `glue` configs (in the order they appear in a row).
-GLUE_TEXT_FIELDS: dict[str, tuple[str, ...]] = {
-    "cola": ("sentence",),
-    "sst2": ("sentence",),
-    "mrpc": ("sentence1", "sentence2"),
-    "qqp": ("question1", "question2"),
-    "stsb": ("sentence1", "sentence2"),
-    "mnli": ("premise", "hypothesis"),
-    "qnli": ("question", "sentence"),
-    "rte": ("sentence1", "sentence2"),
-    "wnli": ("sentence1", "sentence2"),
-    "ax": ("premise", "hypothesis"),
-}
 NON_TEXT_FIELDS = ("label", "idx")
 DEFAULT_SPLITS = ("train",)
 
@@ -61,9 +48,12 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def text_fields(config: str, row: dict) -> tuple[str, ...]:
-    """The text columns of a GLUE config (known schema), else every string column but label/idx."""
-    if config in GLUE_TEXT_FIELDS:
-        return GLUE_TEXT_FIELDS[config]
+    """The text columns of a GLUE config (its task's text_fields), else every string column but label/idx."""
+    from capbench.tasks import task_by_config
+
+    task = task_by_config(config)
+    if task is not None:
+        return task.text_fields
     return tuple(k for k, v in row.items() if isinstance(v, str) and k not in NON_TEXT_FIELDS)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from capbench import layout
 from capbench.data.tokenize import tokenizer_digest
 from capbench.errors import CapbenchError
 
@@ -35,8 +36,7 @@ CONFIG_KEYS = ("model_type", "hidden_act", "layer_norm_eps", "position_embedding
 
 def encoder_of(model: torch.nn.Module) -> torch.nn.Module:
     """The base encoder of a model with a task head (e.g. BertForSequenceClassification.bert), else the model."""
-    base = getattr(model, "base_model", None)
-    return base if isinstance(base, torch.nn.Module) else model
+    return layout.base_model(model)
 
 
 def weights_hash(model: torch.nn.Module) -> str:
@@ -109,6 +109,7 @@ def compute_features(
 ) -> dict[str, np.ndarray]:
     """Forward passes only (no cache): {pooling: float32 (n_layers + 1, n, hidden)}, batches sorted by length."""
     encoder = encoder_of(model)
+    accepted = layout.input_names(encoder)  # e.g. no token_type_ids for RoBERTa or DistilBERT
     device = next(encoder.parameters()).device
     lengths = np.array([len(ids) for ids in _encode(tokenizer, texts, max_length)["input_ids"]])
     order = np.argsort(-lengths, kind="stable")
@@ -122,11 +123,7 @@ def compute_features(
                 inputs = _encode(
                     tokenizer, [texts[i] for i in rows], max_length, padding=True, return_tensors="pt"
                 )
-                inputs = {
-                    k: v.to(device)
-                    for k, v in inputs.items()
-                    if k in ("input_ids", "attention_mask", "token_type_ids")
-                }
+                inputs = {k: v.to(device) for k, v in inputs.items() if k in accepted}
                 hidden = encoder(**inputs, output_hidden_states=True, return_dict=True).hidden_states
                 if hidden is None:
                     raise CapbenchError(

@@ -368,100 +368,22 @@ def format_layer_table(result: Mapping, retention_result: Mapping | None = None)
     return "\n".join(lines) + "\n"
 
 
-def _probe_names(records: Sequence[Mapping], probes: Sequence[str] | None) -> list[str]:
-    if probes is not None:
-        return list(probes)
-    names: list[str] = []
-    for record in records:
-        for task, summary in record["probes"]["summary"].items():
-            if "selectivity" in summary and task not in names:
-                names.append(task)
-    return names
-
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
-
-
-def _has_probes(record: Mapping) -> bool:
-    probes = record.get("probes")
-    return record.get("status") == "done" and isinstance(probes, Mapping) and "retention" in probes
-
-
 def _sparsity_label(value: float) -> str:
     return f"{100 * float(value):g}%"
 
 
-def render_probe_table(records: Sequence[Mapping], probes: Sequence[str] | None = None) -> str:
-    """Markdown: rows method (one table block per fine-tuning task), columns sparsity -> retention, selectivity.
+def render_probe_table(records: Sequence[Mapping]) -> str:
+    """Markdown: rows method (and task, when several), columns sparsity -> retention, selectivity.
 
-    Retention is the best-layer probe accuracy divided by the pre-trained model's, selectivity the
-    best-layer task - control accuracy, each averaged over `probes` (default: every generated probe in the
-    records) and over records of the same cell (seeds). The pre-trained reference is a row of its own.
-    Returns "" when no finished record has probe results.
+    The leaderboard's `probes` table (declared in capbench.report.builtin): retention is the best-layer
+    probe accuracy divided by the pre-trained model's, selectivity the best-layer task - control accuracy,
+    each averaged over a record's generated probes and over the records of a cell (seeds); the pre-trained
+    reference is a row of its own. Returns "" when no finished record has probe results.
     """
-    records = [r for r in records if _has_probes(r)]
-    if not records:
-        return ""
-    names = _probe_names(records, probes)
-    if not names:
-        names = sorted({t for r in records for t in r["probes"]["retention"]["summary"]})
-    tasks = sorted({str(r["spec"].get("task", "")) for r in records})
-    sparsities = sorted({float(r["spec"].get("sparsity", 0.0)) for r in records})
-    cells: dict = {}
-    for r in records:
-        key = (
-            str(r["spec"].get("task", "")),
-            _row_label(r["spec"]),
-            float(r["spec"].get("sparsity", 0.0)),
-        )
-        ret = _mean(r["probes"]["retention"]["summary"].get(n) for n in names)
-        sel = _mean(r["probes"]["summary"].get(n, {}).get("selectivity") for n in names)
-        cells.setdefault(key, []).append((ret, sel))
-    header = (["task"] if len(tasks) > 1 else []) + ["method"]
-    for s in sparsities:
-        header += [f"{_sparsity_label(s)} retention", f"{_sparsity_label(s)} selectivity"]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * (len(header) - 2 * len(sparsities))) + "|",
-    ]
-    lines[1] += "|".join(["---:"] * (2 * len(sparsities))) + "|"
-    for task in tasks:
-        of_task = [r for r in records if str(r["spec"].get("task", "")) == task]
-        reference = of_task[0]["probes"]["retention"]["reference"]
-        ref_sel = _mean(reference.get("summary", {}).get(n, {}).get("selectivity") for n in names)
-        rows = [("pre-trained", [(1.0, ref_sel)] * len(sparsities))]
-        methods = sorted({_row_label(r["spec"]) for r in of_task}, key=lambda m: (m != "dense", m))
-        for method in methods:
-            values = []
-            for s in sparsities:
-                pairs = cells.get((task, method, s), [])
-                values.append(
-                    (_mean(p[0] for p in pairs), _mean(p[1] for p in pairs)) if pairs else (None, None)
-                )
-            rows.append((method, values))
-        for method, values in rows:
-            row = ([task] if len(tasks) > 1 else []) + [method]
-            for ret, sel in values:
-                row += [_fmt(ret), _fmt(sel)]
-            lines.append("| " + " | ".join(row) + " |")
-    pooling = records[0]["probes"]["retention"].get("pooling", "mean")
-    lines.append("")
-    lines.append(
-        f"Retention = probe accuracy / pre-trained model's probe accuracy; selectivity = task - control accuracy; "
-        f"best layer (chosen on dev), {pooling} pooling, mean over {', '.join(names)}."
-    )
-    return "\n".join(lines) + "\n"
+    from capbench.report import tables
 
-
-def _row_label(spec: dict) -> str:
-    """The leaderboard's row label (method, +KD, CAP variant), so probe rows match the metric rows."""
-    if "method" not in spec:
-        return "?"
-    from capbench.leaderboard import row_label
-
-    return row_label(spec)
+    text = tables.render_records("probes", list(records))
+    return text + "\n" if text else ""
 
 
 # ---------------------------------------------------------------------------------------------- plots

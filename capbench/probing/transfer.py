@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from capbench.errors import CapbenchError
-from capbench.probing.corpus import GLUE_TEXT_FIELDS, read_jsonl
+from capbench.probing.corpus import read_jsonl
 from capbench.probing.tasks import SPLITS, ProbeTask, _rng, assign_splits
+from capbench.tasks import all_tasks, get_task
 
-TRANSFER_TASKS = ("cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "wnli")
-REGRESSION_TASKS = ("stsb",)
-VALIDATION_SPLIT = {"mnli": "validation_matched"}
+# From the task YAMLs: every classification task is a transfer probe; its test split is its main eval split.
+TRANSFER_TASKS = tuple(name for name, task in all_tasks().items() if not task.regression)
+REGRESSION_TASKS = tuple(name for name, task in all_tasks().items() if task.regression)
 DEFAULT_TRANSFER_SIZES = {"train": 1000, "dev": 300, "test": 600}
 
 
@@ -34,7 +35,7 @@ def _split_path(root: Path, config: str, split: str) -> Path:
 
 
 def _examples(path: Path, config: str) -> tuple[list, np.ndarray]:
-    fields = GLUE_TEXT_FIELDS[config]
+    fields = get_task(config).text_fields
     texts: list = []
     labels: list[int] = []
     for row in read_jsonl(path):
@@ -65,9 +66,7 @@ def make_transfer_task(
     root = Path(data_dir).expanduser()
     sizes = {**DEFAULT_TRANSFER_SIZES, **(sizes or {})}
     train_texts, train_labels = _examples(_split_path(root, config, "train"), config)
-    test_texts, test_labels = _examples(
-        _split_path(root, config, VALIDATION_SPLIT.get(config, "validation")), config
-    )
+    test_texts, test_labels = _examples(_split_path(root, config, get_task(config).main_eval_split), config)
     classes = sorted(set(train_labels.tolist()) | set(test_labels.tolist()))
     k = len(classes)
     if k < 2:
@@ -101,5 +100,5 @@ def make_transfer_task(
         split=split,
         seed=int(seed),
         fixed_test=True,
-        meta={"kind": "transfer", "pairs": len(GLUE_TEXT_FIELDS[config]) == 2},
+        meta={"kind": "transfer", "pairs": len(get_task(config).text_fields) == 2},
     )

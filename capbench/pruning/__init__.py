@@ -1,4 +1,5 @@
-"""Pruning library: masks, schedule, criteria, methods, structured compaction, sparsity accounting.
+"""Pruning library: masks, schedule, criteria, pruners (one module per method in ``pruners/``), structured
+compaction, sparsity accounting.
 
 Public entry points::
 
@@ -6,11 +7,12 @@ Public entry points::
     from capbench.pruning.compact import load_compacted
 """
 
+from capbench.layout import prunable_linears
 from capbench.pruning.accounting import dense_counts, sparsity_report
 from capbench.pruning.base import Pruner
 from capbench.pruning.compact import load_compacted
-from capbench.pruning.layers import prunable_linears
-from capbench.pruning.methods import METHODS, make_pruner, method_defaults
+from capbench.pruning.pruners import PRUNING_METHODS as METHODS
+from capbench.pruning.pruners import make_pruner, method_defaults, register_method
 from capbench.pruning.schedule import cubic_sparsity
 
 __all__ = [
@@ -22,5 +24,6 @@ __all__ = [
     "make_pruner",
     "method_defaults",
     "prunable_linears",
+    "register_method",
     "sparsity_report",
 ]

@@ -10,7 +10,8 @@ models alike).  A weight counts as pruned when it is physically removed, or when
 pruned linear weight (zeros elsewhere, such as zero-initialised biases, are not pruning):
 
 * ``linear``  = 1 - nonzero(pruned linear weights) / dense count of those weights (biases excluded);
-* ``encoder`` = 1 - kept(encoder params) / dense encoder params  (all of ``base_model.encoder``);
+* ``encoder`` = 1 - kept(encoder params) / dense encoder params  (all of the encoder layers' module:
+  ``base_model.encoder``, DistilBERT's ``base_model.transformer``; see ``capbench.layout``);
 * ``model``   = 1 - kept(all params) / dense params               (embeddings, pooler, classifier included);
   where kept = params present - zeros in the pruned linear weights;
 * ``flops_ratio`` = nonzero linear-layer MACs per token / dense ones, over the encoder:
@@ -31,15 +32,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from capbench.layout import Layout, prunable_linears
 from capbench.pruning.compact import STRUCTURE_KEY, layer_shapes
-from capbench.pruning.layers import (
-    ATTN_OUT,
-    FFN_OUT,
-    encoder,
-    encoder_layers,
-    get_submodule,
-    prunable_linears,
-)
 
 DEFAULT_SEQ_LEN = 128
 # How far below its target an unstructured mask's achieved sparsity may fall (thresholds tie, rounding of
@@ -65,7 +59,7 @@ def dense_counts(model: nn.Module) -> dict:
     shapes = layer_shapes(model)
     counts = {
         "linear_weights": sum(m.weight.numel() for m in linears),
-        "encoder_params": _present(encoder(model), set()),
+        "encoder_params": _present(Layout(model).encoder, set()),
         "model_params": _present(model, set()),
         "layers": [
             {"heads": s["heads"], "head_size": s["head_size"], "hidden": q.in_features, "ffn": s["ffn"]}
@@ -74,8 +68,7 @@ def dense_counts(model: nn.Module) -> dict:
     }
     structure = getattr(getattr(model, "config", None), STRUCTURE_KEY, None)
     if structure:  # a compacted model: add back what compaction removed
-        heads0 = int(model.config.num_attention_heads)
-        ffn0 = int(model.config.intermediate_size)
+        heads0, ffn0 = Layout(model).dense_shape()
         removed_linear = removed_params = 0
         for layer in counts["layers"]:
             h, d = layer["hidden"], layer["head_size"]
@@ -89,18 +82,17 @@ def dense_counts(model: nn.Module) -> dict:
     return counts
 
 
-def _kept_heads(layer: nn.Module) -> int:
-    heads = int(get_submodule(layer, "attention.self").num_attention_heads)
-    size = int(get_submodule(layer, "attention.self").attention_head_size)
-    out = get_submodule(layer, ATTN_OUT)
+def _kept_heads(lay: Layout, layer: nn.Module) -> int:
+    heads, size = lay.heads(layer)
+    out = lay.get(layer, "attn_out")
     weight = out.weight * out.mask if hasattr(out, "mask") else out.weight
     cols = weight.detach().reshape(weight.shape[0], heads, size)
     return int((cols != 0).any(dim=2).any(dim=0).sum())
 
 
-def _kept_ffn(layer: nn.Module) -> int:
+def _kept_ffn(lay: Layout, layer: nn.Module) -> int:
     """FFN neurons whose column of the FFN output projection is not all zero."""
-    return int((_effective(get_submodule(layer, FFN_OUT)) != 0).any(dim=0).sum())
+    return int((_effective(lay.get(layer, "ffn_out")) != 0).any(dim=0).sum())
 
 
 def _effective(module: nn.Module) -> torch.Tensor:
@@ -142,10 +134,11 @@ def sparsity_report(
         present_linear = sum(m.weight.numel() for m in linears)
         nonzero_linear = sum(int(_effective(m).count_nonzero()) for m in linears)
     zeros = present_linear - nonzero_linear
-    encoder_kept = _present(encoder(model), skip) - zeros
+    lay = Layout(model)
+    encoder_kept = _present(lay.encoder, skip) - zeros
     model_kept = _present(model, skip) - zeros
 
-    layers = encoder_layers(model)
+    layers = lay.layers
     dense_macs = kept_macs = 0
     heads_kept = []
     with torch.no_grad():
@@ -153,10 +146,10 @@ def sparsity_report(
             ref = dense["layers"][i]
             dense_macs += 4 * ref["hidden"] * ref["heads"] * ref["head_size"] + 2 * ref["hidden"] * ref["ffn"]
             dense_macs += 2 * seq_len * ref["heads"] * ref["head_size"]
-            kept = _kept_heads(layer)
+            kept = _kept_heads(lay, layer)
             heads_kept.append(kept)
             kept_macs += sum(int(_effective(m).count_nonzero()) for m in linears[6 * i : 6 * i + 6])
-            kept_macs += 2 * seq_len * kept * int(get_submodule(layer, "attention.self").attention_head_size)
+            kept_macs += 2 * seq_len * kept * lay.heads(layer)[1]
 
     if structured:  # the smallest step a structured pruner can take that matters most: one head
         granularity = max(4 * r["hidden"] * r["head_size"] for r in dense["layers"]) / dense["linear_weights"]
@@ -171,7 +164,7 @@ def sparsity_report(
         "flops_ratio": kept_macs / dense_macs,
         "flops_seq_len": int(seq_len),
         "heads_per_layer": heads_kept,
-        "ffn_per_layer": [_kept_ffn(layer) for layer in layers],
+        "ffn_per_layer": [_kept_ffn(lay, layer) for layer in layers],
         "counts": {
             "linear_dense": dense["linear_weights"],
             "linear_nonzero": nonzero_linear,

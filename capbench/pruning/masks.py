@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from capbench.pruning.layers import LINEAR_PATHS, encoder_layers, get_submodule, set_submodule
+from capbench.layout import ROLES, Layout
 
 
 class _MaskedWeight(torch.autograd.Function):
@@ -74,26 +74,28 @@ class MaskedLinear(nn.Linear):
 
 def wrap(model: nn.Module) -> list[tuple[str, MaskedLinear]]:
     """Replace every prunable linear by a MaskedLinear (idempotent); returns them in layer order."""
+    lay = Layout(model)
     names = {id(m): n for n, m in model.named_modules()}
     out = []
-    for layer in encoder_layers(model):
-        for path in LINEAR_PATHS:
-            module = get_submodule(layer, path)
-            name = names.get(id(module), path)
+    for layer in lay.layers:
+        for role in ROLES:
+            module = lay.get(layer, role)
+            name = names.get(id(module), lay.family.path(role))
             if not isinstance(module, MaskedLinear):
                 module = MaskedLinear(module)
-                set_submodule(layer, path, module)
+                lay.set(layer, role, module)
             out.append((name, module))
     return out
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """Bake masks into plain nn.Linear modules (drops scores); the model saves with save_pretrained."""
-    for layer in encoder_layers(model):
-        for path in LINEAR_PATHS:
-            module = get_submodule(layer, path)
+    lay = Layout(model)
+    for layer in lay.layers:
+        for role in ROLES:
+            module = lay.get(layer, role)
             if isinstance(module, MaskedLinear):
-                set_submodule(layer, path, module.to_linear())
+                lay.set(layer, role, module.to_linear())
     return model
 
 

@@ -26,42 +26,30 @@ import math
 import torch
 from torch import nn
 
+from capbench.layout import Layout
 from capbench.pruning.base import Pruner
 from capbench.pruning.compact import compact
-from capbench.pruning.layers import (
-    ATTN_OUT,
-    FFN_IN,
-    FFN_OUT,
-    KEY,
-    QUERY,
-    VALUE,
-    attention_shape,
-    encoder_layers,
-    get_submodule,
-)
 from capbench.pruning.masks import MaskedLinear, rezero, unwrap, wrap
 
 
 class TaylorUnitImportance:
     """Gates on heads and FFN neurons; accumulates |dL/dgate| after every backward."""
 
-    def __init__(self, layers: list[nn.Module]):
-        self.layers = layers
+    def __init__(self, lay: Layout):
+        self.layers = layers = lay.layers
         self.head_gates: list[torch.Tensor] = []
         self.ffn_gates: list[torch.Tensor] = []
         self.handles = []
         for layer in layers:
-            heads, size = attention_shape(layer)
-            width = get_submodule(layer, FFN_IN).out_features
-            dev = get_submodule(layer, QUERY).weight.device
+            heads, size = lay.heads(layer)
+            width = lay.get(layer, "ffn_in").out_features
+            dev = lay.get(layer, "query").weight.device
             hg = torch.ones(heads, device=dev, requires_grad=True)
             fg = torch.ones(width, device=dev, requires_grad=True)
             self.head_gates.append(hg)
             self.ffn_gates.append(fg)
-            self.handles.append(
-                get_submodule(layer, ATTN_OUT).register_forward_pre_hook(_gate_hook(hg, size))
-            )
-            self.handles.append(get_submodule(layer, FFN_OUT).register_forward_pre_hook(_gate_hook(fg, 1)))
+            self.handles.append(lay.get(layer, "attn_out").register_forward_pre_hook(_gate_hook(hg, size)))
+            self.handles.append(lay.get(layer, "ffn_out").register_forward_pre_hook(_gate_hook(fg, 1)))
         self.head_scores = [torch.zeros_like(g, requires_grad=False) for g in self.head_gates]
         self.ffn_scores = [torch.zeros_like(g, requires_grad=False) for g in self.ffn_gates]
         self.batches = 0
@@ -139,19 +127,20 @@ class FirstOrderPruner(Pruner):
         super().attach(model, total_steps)
         wrapped = wrap(model)
         self.modules: list[MaskedLinear] = [m for _, m in wrapped]
-        self.layers = encoder_layers(model)
-        shapes = [attention_shape(layer) for layer in self.layers]
+        self.layout = lay = Layout(model)
+        self.layers = lay.layers
+        shapes = [lay.heads(layer) for layer in self.layers]
         self.head_size = shapes[0][1]
-        self.hidden = get_submodule(self.layers[0], QUERY).in_features
+        self.hidden = lay.get(self.layers[0], "query").in_features
         if any(s != self.head_size for _, s in shapes):
             raise ValueError("first_order expects the same head size in every layer")
         self.head_alive = [torch.ones(h, dtype=torch.bool) for h, _ in shapes]
         self.ffn_alive = [
-            torch.ones(get_submodule(layer, FFN_IN).out_features, dtype=torch.bool) for layer in self.layers
+            torch.ones(lay.get(layer, "ffn_in").out_features, dtype=torch.bool) for layer in self.layers
         ]
         self.dense_heads = [int(a.numel()) for a in self.head_alive]
         self.dense_ffn = [int(a.numel()) for a in self.ffn_alive]
-        self.importance = TaylorUnitImportance(self.layers)
+        self.importance = TaylorUnitImportance(lay)
         self.events = self._event_steps()
         self.applied = 0.0
         self.event_log: list[dict] = []
@@ -289,7 +278,7 @@ class FirstOrderPruner(Pruner):
             self._select([alive], [s], alive.numel() - k, [k])
 
     def _apply(self) -> None:
-        size = self.head_size
+        size, lay = self.head_size, self.layout
         with torch.no_grad():
             for layer, heads, neurons, hg, fg in zip(
                 self.layers,
@@ -300,13 +289,13 @@ class FirstOrderPruner(Pruner):
                 strict=True,
             ):
                 rows = heads.repeat_interleave(size).to(hg.device)
-                for path in (QUERY, KEY, VALUE):
-                    mod = get_submodule(layer, path)
+                for role in ("query", "key", "value"):
+                    mod = lay.get(layer, role)
                     mod.mask.copy_(rows[:, None].expand_as(mod.mask))
-                out = get_submodule(layer, ATTN_OUT)
+                out = lay.get(layer, "attn_out")
                 out.mask.copy_(rows[None, :].expand_as(out.mask))
                 n = neurons.to(fg.device)
-                ffn_in, ffn_out = get_submodule(layer, FFN_IN), get_submodule(layer, FFN_OUT)
+                ffn_in, ffn_out = lay.get(layer, "ffn_in"), lay.get(layer, "ffn_out")
                 ffn_in.mask.copy_(n[:, None].expand_as(ffn_in.mask))
                 ffn_out.mask.copy_(n[None, :].expand_as(ffn_out.mask))
                 hg.copy_(heads.to(hg.dtype))

@@ -1,6 +1,6 @@
 """Kernel formats, timing harness and whole-model latency: what a pruned model's sparsity buys in time."""
 
-from capbench.speed.compact import compact_bert
+from capbench.pruning.compact import compact_zeroed
 from capbench.speed.formats import FORMAT_ORDER, KernelFormat, build_formats
 from capbench.speed.kernels import DEFAULT_TOKEN_COUNTS, bench_layer, bench_linears
 from capbench.speed.machine import describe_machine, machine_line
@@ -24,7 +24,7 @@ __all__ = [
     "bench_linears",
     "bench_model",
     "build_formats",
-    "compact_bert",
+    "compact_zeroed",
     "describe_machine",
     "machine_line",
     "realise",

@@ -12,7 +12,7 @@ Formats:
 - ``bsr{b}``: torch.sparse BSR with b x b blocks, same orientation; only block sizes dividing both sides.
 - ``compact``: the dense layer with all-zero output rows and all-zero input columns removed; the input is
   gathered and the output scattered back (rows removed give just their bias), so it is a drop-in. In a
-  physically compacted model the gather and scatter disappear (see `capbench.speed.compact`).
+  physically compacted model the gather and scatter disappear (see `capbench.pruning.compact.compact_zeroed`).
 - ``semi_structured_2to4``: NVIDIA 2:4 sparsity (`torch.sparse.to_sparse_semi_structured`), CUDA only.
 """
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from capbench.layout import FFN_IN_PATHS, Layout
 from capbench.speed.formats import KernelFormat, build_formats, sparsity_of
 from capbench.speed.timing import Clock, time_interleaved
 
@@ -48,22 +49,15 @@ def theoretical_speedup(nnz: int, numel: int) -> float | None:
 
 
 def iter_encoder_linears(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(qualified name, module) of every linear layer inside the model's encoder (not pooler/classifier)."""
-    base = getattr(model, "base_model", model)
-    encoder = getattr(base, "encoder", None)
-    if encoder is None:
-        raise ValueError(f"{type(model).__name__} has no .encoder (expected a BERT-style encoder model)")
-    inside = {id(m) for m in encoder.modules()}
-    for name, module in model.named_modules():
-        if id(module) in inside and (
-            isinstance(module, nn.Linear) or getattr(module, "is_format_linear", False)
-        ):
-            yield name, module
+    """(qualified name, module) of every encoder linear (the six per layer of ``capbench.layout``, in module
+    order; not embeddings, pooler or classifier), whether nn.Linear or a speed FormatLinear."""
+    yield from Layout(model).linears()
 
 
-# Encoder linears whose output goes through an elementwise activation into another linear only, so a
-# column-major output (no copy back from the sparse kernel's y^T) costs nothing downstream.
-LAYOUT_FREE_SUFFIXES = ("intermediate.dense",)
+# Encoder linears whose output goes through an elementwise activation into another linear only (the FFN
+# input of every family), so a column-major output (no copy back from the sparse kernel's y^T) costs
+# nothing downstream.
+LAYOUT_FREE_SUFFIXES = FFN_IN_PATHS
 
 
 def layout_free_output(name: str) -> bool:

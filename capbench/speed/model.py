@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from capbench.layout import Layout, input_names, max_positions
 from capbench.speed.formats import KernelFormat, build_formats
 from capbench.speed.kernels import (
     iter_encoder_linears,
@@ -86,21 +87,21 @@ def format_counts(model: nn.Module) -> dict[str, int]:
 
 
 def model_inputs(model: nn.Module, batch: int, seq: int, seed: int = 0) -> dict:
-    """Random token ids (no padding) of shape batch x seq for a BERT-style model."""
+    """Random token ids (no padding) of shape batch x seq, with the inputs the model's family takes."""
     config = model.config
     g = torch.Generator().manual_seed(seed)
     low = min(5, config.vocab_size - 1)
     input_ids = torch.randint(low, config.vocab_size, (batch, seq), generator=g)
     device = next(model.parameters()).device
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-    if getattr(config, "type_vocab_size", 0):
+    if "token_type_ids" in input_names(model):
         inputs["token_type_ids"] = torch.zeros_like(input_ids)
     return {k: v.to(device) for k, v in inputs.items()}
 
 
 def check_shape(model: nn.Module, spec) -> tuple[int, int]:
     batch, seq = parse_token_count(spec)
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = max_positions(model.config)
     if limit is not None and seq > limit:
         raise ValueError(f"sequence length {seq} exceeds the model's max_position_embeddings {limit}")
     return batch, seq
@@ -155,12 +156,6 @@ def time_models(
     return out
 
 
-def _is_self_attention(module: nn.Module) -> bool:
-    return all(hasattr(module, a) for a in ("query", "key", "value")) and hasattr(
-        module, "attention_head_size"
-    )
-
-
 def time_breakdown(
     model: nn.Module,
     token_count="32x128",
@@ -180,7 +175,7 @@ def time_breakdown(
     """
     batch, seq = check_shape(model, token_count)
     inputs = model_inputs(model, batch, seq, seed)
-    base = getattr(model, "base_model", model)
+    lay = Layout(model)
     linear_ids = {id(m) for _, m in iter_encoder_linears(model)}
     acc = {"embeddings": 0.0, "encoder_linears": 0.0, "self_attention": 0.0, "qkv": 0.0}
     starts: dict[int, float] = {}
@@ -199,16 +194,13 @@ def time_breakdown(
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post))
 
-    embeddings = getattr(base, "embeddings", None)
-    if embeddings is not None:
-        add(embeddings, "embeddings")
-    for module in model.modules():
-        if _is_self_attention(module):
-            add(module, "self_attention")
-            for proj in (module.query, module.key, module.value):
-                if id(proj) in linear_ids:
-                    add(proj, "encoder_linears", "qkv")
-                    linear_ids.discard(id(proj))
+    add(lay.embeddings, "embeddings")
+    for layer in lay.layers:
+        add(lay.attention(layer), "self_attention")
+        for proj in (lay.get(layer, role) for role in ("query", "key", "value")):
+            if id(proj) in linear_ids:
+                add(proj, "encoder_linears", "qkv")
+                linear_ids.discard(id(proj))
     for _, module in iter_encoder_linears(model):
         if id(module) in linear_ids:
             add(module, "encoder_linears")
@@ -254,7 +246,7 @@ def encoder_flops_per_token(model: nn.Module, seq: int) -> dict:
         w = module.weight
         linear_dense += 2 * w.numel()
         linear_nnz += 2 * int(torch.count_nonzero(w))
-    for module in model.modules():
-        if _is_self_attention(module):
-            attention += 2 * 2 * seq * module.value.out_features
+    lay = Layout(model)
+    for layer in lay.layers:
+        attention += 2 * 2 * seq * lay.get(layer, "value").out_features
     return {"linear_dense": linear_dense, "linear_nonzero": linear_nnz, "attention_core": attention}

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from capbench.speed.compact import compact_bert
+from capbench.pruning.compact import compact_zeroed
 from capbench.speed.formats import DEFAULT_BLOCK_SIZES
 from capbench.speed.kernels import (
     DEFAULT_TOKEN_COUNTS,
@@ -94,7 +94,7 @@ def bench_model(
 ) -> dict:
     """Measure what a pruned model's sparsity buys in time on this machine. JSON-serialisable result.
 
-    1. A structured model saved with zeroed heads / neurons is compacted (`compact_bert`); an already
+    1. A structured model saved with zeroed heads / neurons is compacted (`compact_zeroed`); an already
        compacted model is simply a smaller dense model.
     2. Every encoder linear is timed in every format (dense, CSR, BSR, compact; 2:4 on CUDA) at each of
        `token_counts`; the best format per layer is the fastest one beating dense by `min_gain`.
@@ -116,7 +116,7 @@ def bench_model(
 
     runnable, compaction = model, None
     if compact:
-        compacted, compaction = compact_bert(model, multiple=compact_multiple)
+        compacted, compaction = compact_zeroed(model, multiple=compact_multiple)
         if compaction["changed"]:
             runnable = compacted
     # compacted: runs as a physically smaller dense model (zeroed heads/neurons removed here, or saved so)
@@ -240,9 +240,9 @@ def _fmt(x, spec: str = ".2f", suffix: str = "") -> str:
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    from capbench.report.markdown import markdown_table as table
+
+    return table(header, rows)
 
 
 def render_layer_table(speed: dict) -> str:
@@ -363,59 +363,8 @@ def render_model_table(speed: dict) -> str:
 
 
 def render_speed_table(records: Iterable[dict]) -> str:
-    """Leaderboard speed table: method x sparsity -> measured speedup, theoretical, format used."""
-    rows, machines, missing = [], [], 0
-    records = [r for r in records if r.get("status") == "done"]
-    for rec in records:
-        speed = rec.get("speed")
-        if not speed or (speed.get("summary") or {}).get("measured_speedup") is None:
-            missing += 1
-            continue
-        line = machine_line(speed.get("machine") or {})
-        if line not in machines:
-            machines.append(line)
-        spec = rec.get("spec") or {}
-        rows.append(
-            (
-                spec.get("task", "?"),
-                str(spec.get("method", "?")),
-                spec.get("sparsity"),
-                speed["summary"],
-                line,
-            )
-        )
-    if not rows:
-        return "_No speed measurements (run `capbench bench --runs RUNDIR` or `capbench run --speed`)._"
-    rows.sort(key=lambda r: (str(r[0]), r[1], r[2] if isinstance(r[2], int | float) else -1))
-    shapes = sorted({str(r[3].get("token_count", "?")) for r in rows})
-    out = [
-        f"Speed on {machines[0]}" if len(machines) == 1 else "Speed on: " + "; ".join(machines),
-        "",
-        f"Whole-model forward at {', '.join(shapes)} (batch x seq) vs the dense model, best kernel format per "
-        "layer; median of per-round ratios. Theoretical = 1/(1-s) from non-zero encoder-linear FLOPs.",
-        "",
-    ]
-    header = ["task", "method", "sparsity", "measured", "theoretical", "% of theor.", "format", "note"]
-    if len(machines) > 1:
-        header.append("machine")
-    table = []
-    for task, method, target, s, line in rows:
-        note = "sparse, not faster" if s.get("sparse_not_faster") else ""
-        frac = s.get("fraction_of_theoretical")
-        cells = [
-            task,
-            method,
-            _fmt(target, ".2f") if isinstance(target, int | float) else _fmt(s.get("sparsity"), ".2f"),
-            _fmt(s.get("measured_speedup"), ".2f", "x"),
-            _fmt(s.get("theoretical_speedup"), ".1f", "x"),
-            _fmt(frac * 100 if frac is not None else None, ".0f", "%"),
-            s.get("format", "?"),
-            note,
-        ]
-        if len(machines) > 1:
-            cells.append(line)
-        table.append(cells)
-    out.append(markdown_table(header, table))
-    if missing:
-        out.append(f"\n{missing} done cell(s) have no speed measurement.")
-    return "\n".join(out)
+    """Leaderboard speed table (`speed`, declared in capbench.report.builtin): one line per done record with
+    a measurement: measured speedup, theoretical, fraction of it, format used."""
+    from capbench.report import tables
+
+    return tables.render_records("speed", list(records))

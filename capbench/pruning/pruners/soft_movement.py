@@ -1,5 +1,8 @@
 """Soft movement pruning (Sanh et al. 2020), with its threshold calibrated to the target sparsity.
 
+Defaults: huggingface/transformers ``examples/research_projects/movement-pruning`` (README commands,
+``masked_run_glue.py``, ``emmental/modules/binarizer.py``), cited next to each below.
+
 Mechanics of the movement-pruning code (``pruning_method=sigmoied_threshold``, ``regularization=l1``):
 
 * mask ``M = 1[sigmoid(S) > tau]`` with a straight-through gradient to the scores ``S``; at least 0.5% of
@@ -35,9 +38,11 @@ import math
 import torch
 from torch import nn
 
+from capbench.options import OptionRule
 from capbench.pruning.base import Pruner, UnstructuredPruner
 from capbench.pruning.criteria import MovementCriterion
 from capbench.pruning.masks import global_masks, keep_top, mask_sparsity, unwrap, wrap
+from capbench.pruning.pruners import SCHEDULE, register_method
 from capbench.pruning.schedule import cubic_ramp
 
 
@@ -143,3 +148,34 @@ class SoftMovementPruner(UnstructuredPruner):
         self.tau_effective = float(torch.sigmoid(torch.tensor(cut))) if math.isfinite(cut) else 0.0
         self.applied = mask_sparsity(self.modules)
         return self.applied
+
+
+DEFAULTS = {
+    **SCHEDULE,
+    "score_lr": 1e-2,  # --mask_scores_learning_rate 1e-2
+    "score_init": 0.0,  # --mask_init constant --mask_scale 0.
+    "tau_initial": 0.0,  # --initial_threshold 0
+    "tau_final": 0.1,  # --final_threshold 0.1 (sigmoid space)
+    "final_lambda": 400.0,  # --regularization l1 --final_lambda 400. (README, SQuAD)
+    "min_keep": 0.005,  # ThresholdBinarizer keeps at least 0.5% of each matrix
+    # capbench's calibration: the threshold follows the sparsity schedule (see the module docstring);
+    # calibrate=false is the paper's method, whose sparsity is whatever final_lambda gives.
+    "calibrate": True,
+    "update_every": 1,
+}
+
+RULES = {
+    "tau_initial": OptionRule("float", "initial sigmoid threshold", 0, 1, open_high=True),
+    "tau_final": OptionRule("float", "final sigmoid threshold", 0, 1, open_high=True),
+    "final_lambda": OptionRule("float", "final L1 weight on the scores", 0),
+    "min_keep": OptionRule("float", "fraction of each matrix always kept", 0, 1),
+    "calibrate": OptionRule("bool", "the threshold follows the sparsity schedule"),
+}
+
+register_method(
+    SoftMovementPruner,
+    "soft movement pruning: sigmoid threshold + L1 on the scores (Sanh et al. 2020); the "
+    "threshold is calibrated to the sparsity schedule",
+    DEFAULTS,
+    RULES,
+)

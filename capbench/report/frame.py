@@ -1,0 +1,201 @@
+"""Run records -> one tidy pandas frame, one row per record: every leaderboard table is a pivot of it.
+
+`record_row` is the only code that reads a record's fields for the leaderboard; tables, provenance and
+checks read the frame. A new column is one `register_column(name, fn)`: `fn(record)` gives the value.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+# Columns computed from a record by code outside this module: {name: fn(record) -> value}.
+EXTRA_COLUMNS: dict[str, Callable[[Mapping], object]] = {}
+
+
+# Columns kept as the record wrote them.
+RAW_COLUMNS = ("seed", "target", "granularity")
+
+
+def register_column(name: str, fn: Callable[[Mapping], object]) -> None:
+    """Add a frame column computed from each record (then any table may show or aggregate it)."""
+    EXTRA_COLUMNS[name] = fn
+
+
+def _number(value) -> float:
+    """A finite float, else NaN (missing, None, non-finite, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return math.nan
+    return float(value)
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _main(record: Mapping) -> dict:
+    main = record.get("main_metric") or {}
+    value = main.get("value")
+    undefined = None
+    if record.get("status") == "done" and main and math.isnan(_number(value)):
+        undefined = (
+            main.get("undefined", "undefined")
+            if value is None
+            else f"non-finite {value} (written by a capbench that did not refuse it; rerun the cell)"
+        )
+    return {
+        "metric": main.get("name"),
+        "split": main.get("split"),
+        "value": _number(value),
+        "undefined": undefined,
+    }
+
+
+def _sparsity(record: Mapping) -> dict:
+    sparsity = record.get("sparsity") or {}
+    return {
+        "achieved": _number(sparsity.get("linear")) if sparsity else math.nan,
+        "granularity": sparsity.get("granularity"),
+        "has_achieved": bool(sparsity),
+    }
+
+
+def _cap(spec: Mapping, record: Mapping) -> dict:
+    cap = spec.get("cap") or {}
+    costs = record.get("cap") or {}
+    return {
+        "has_cap": bool(record.get("cap")),
+        "cap_modules": "+".join(cap.get("modules", [])) if cap else None,
+        "cap_losses": ("+".join(n for n in ("unsup", "sup") if cap.get(n)) or "none") if cap else None,
+        "cap_representation": cap.get("representation", "") if cap else None,
+        "cap_temperature": f"{cap.get('temperature', '')}" if cap else None,
+        "cap_bank_mb": (costs.get("bank_bytes_peak", costs.get("bank_bytes_total", 0)) or 0) / 1e6,
+        "cap_extra_forward": costs.get("extra_forward_examples_total", 0) or 0,
+    }
+
+
+def _probes(record: Mapping) -> dict:
+    probes = record.get("probes")
+    done = record.get("status") == "done" and isinstance(probes, Mapping) and "retention" in probes
+    if not done:
+        return {"has_probes": bool(probes), "probe_retention": math.nan, "probe_selectivity": math.nan}
+    names = [task for task, summary in probes["summary"].items() if "selectivity" in summary]
+    names = names or sorted(probes["retention"]["summary"])
+    reference = probes["retention"].get("reference", {}).get("summary", {})
+    return {
+        "has_probes": True,
+        "probe_names": ", ".join(names),
+        "probe_pooling": probes["retention"].get("pooling", "mean"),
+        "probe_retention": _mean(probes["retention"]["summary"].get(n) for n in names),
+        "probe_selectivity": _mean(probes["summary"].get(n, {}).get("selectivity") for n in names),
+        "probe_reference_selectivity": _mean(reference.get(n, {}).get("selectivity") for n in names),
+    }
+
+
+def _speed(record: Mapping) -> dict:
+    speed = record.get("speed")
+    if not isinstance(speed, Mapping):
+        speed = {}
+    summary = speed.get("summary") or {}
+    fraction = summary.get("fraction_of_theoretical")
+    return {
+        "has_speed": bool(speed),
+        "speed_measured": _number(summary.get("measured_speedup")),
+        "speed_theoretical": _number(summary.get("theoretical_speedup")),
+        "speed_of_theoretical": _number(fraction),
+        "speed_sparsity": _number(summary.get("sparsity")),
+        "speed_format": summary.get("format", "?"),
+        "speed_not_faster": bool(summary.get("sparse_not_faster")),
+        "speed_token_count": str(summary.get("token_count", "?")),
+        "speed_machine": _machine_line(speed.get("machine") or {}) if summary else None,
+    }
+
+
+def _machine_line(machine: Mapping) -> str:
+    from capbench.speed.machine import machine_line
+
+    return machine_line(machine)
+
+
+def _provenance(record: Mapping, spec: Mapping) -> dict:
+    data = record.get("data") or {}
+    source = data.get("source") or spec.get("data") or {}
+    machine = record.get("machine") or {}
+    versions = record.get("versions") or {}
+    done = record.get("status") == "done"
+    return {
+        "model": spec.get("model"),
+        "preset": spec.get("preset"),
+        "data_source": "hub"
+        if source.get("kind") == "hub"
+        else f"{source.get('kind')}:{source.get('root') or source.get('sha256', '?')}",
+        "carved_splits": tuple(
+            f"{spec.get('task')}/{split}"
+            for split, info in data.get("splits", {}).items()
+            if done and not info.get("official", True)
+        ),
+        "git_commit": record.get("git_commit") or "unknown",
+        "capbench_version": versions.get("capbench", "unknown"),
+        "library_versions": ", ".join(f"{k} {v}" for k, v in sorted(versions.items()) if k != "capbench")
+        if versions
+        else None,
+        "machine": f"{machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, "
+        f"torch {machine.get('torch', '?')}"
+        if machine
+        else "unknown",
+        "finished_at": record.get("finished_at"),
+    }
+
+
+def record_row(record: Mapping) -> dict:
+    """One record's frame row: the only place the leaderboard reads a record."""
+    from capbench.leaderboard import cell_config, config_digest, row_label, sparsity_key
+
+    spec = record.get("spec") or {}
+    sparsity = _number(spec.get("sparsity", 0.0))
+    config = cell_config(spec)
+    row = {
+        "cell_id": record.get("cell_id", ""),
+        "task": str(spec.get("task", "")),
+        "method": str(spec.get("method", "?")),
+        "row": row_label(spec) if "method" in spec else "?",
+        "sparsity": sparsity,
+        "sparsity_key": sparsity_key(sparsity),
+        "target": spec.get("sparsity"),
+        "seed": spec.get("seed"),
+        "status": record.get("status", "failed"),
+        "error": record.get("error", ""),
+        "configuration": config,
+        "config": config_digest(config),
+        **_main(record),
+        **_sparsity(record),
+        **_cap(spec, record),
+        **_probes(record),
+        **_speed(record),
+        **_provenance(record, spec),
+    }
+    row.update({name: fn(record) for name, fn in EXTRA_COLUMNS.items()})
+    return row
+
+
+def records_frame(records: list[Mapping]) -> pd.DataFrame:
+    """One row per record, in the records' order, plus `dense_mean`: the task's dense mean main metric
+    (NaN when the task has no finished dense record, or one without a value)."""
+    rows = [record_row(r) for r in records]
+    if not rows:
+        return pd.DataFrame(columns=[*record_row({}), "dense_mean"])
+    frame = pd.DataFrame(rows)
+    for name in RAW_COLUMNS:  # as written (an int stays an int in the JSON), not coerced to float
+        frame[name] = pd.Series([row[name] for row in rows], index=frame.index, dtype=object)
+    dense = frame[(frame["row"] == "dense") & (frame["sparsity_key"] == "0") & (frame["status"] == "done")]
+    means = {
+        task: math.nan if group["value"].isna().any() else statistics.fmean(group["value"])
+        for task, group in dense.groupby("task", sort=False)
+    }
+    frame["dense_mean"] = frame["task"].map(means).astype(float)
+    return frame
