@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from capbench.speed.machine import describe_machine
+from capbench.provenance import machine
 
 # Same thread policy as the tests; CAPBENCH_BENCH_THREADS overrides it.
 torch.set_num_threads(int(os.environ.get("CAPBENCH_BENCH_THREADS", max(1, min(2, os.cpu_count() or 1)))))
@@ -12,4 +12,4 @@ torch.set_num_threads(int(os.environ.get("CAPBENCH_BENCH_THREADS", max(1, min(2,
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Record CPU model, threads, torch and BLAS builds in the saved JSON, so compares say what ran where."""
-    machine_info["capbench"] = describe_machine()
+    machine_info["capbench"] = machine()

@@ -23,7 +23,7 @@ import time
 import pytest
 import torch
 
-from capbench.speed.formats import CompactFormat, build_formats
+from capbench.speed.formats import DEFAULT_BLOCK_SIZES, CompactFormat, FormatPolicy, build_formats
 from capbench.speed.synthetic import BERT_BASE_SHAPES, MINILM_SHAPES, make_mask, weight_like_trained
 
 TOKENS = int(os.environ.get("CAPBENCH_BENCH_TOKENS", "2048"))
@@ -90,8 +90,9 @@ def test_sparse(benchmark, shape, sparsity, case):
         fmt = CompactFormat(w, bias, scatter=False)
     else:
         family = "bsr" if fmt_name.startswith("bsr") else fmt_name
-        kwargs = {"block_sizes": (int(fmt_name[3:]),)} if family == "bsr" else {}
-        fmt = build_formats(w, bias, formats=[family], check=False, **kwargs)[fmt_name]
+        blocks = (int(fmt_name[3:]),) if family == "bsr" else DEFAULT_BLOCK_SIZES
+        policy = FormatPolicy(block_sizes=blocks, check=False)
+        fmt = build_formats(w, bias, policy, formats=[family])[fmt_name]
     if not fmt.available:
         pytest.skip(f"{fmt_name} unavailable: {fmt.reason}")
     _run(

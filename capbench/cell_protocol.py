@@ -1,7 +1,7 @@
 """The one cell protocol, shared by the local runner and the Ray executor.
 
 For a cell of a grid: skip it when a finished record is there (unless `overwrite`); else claim its lease
-(capbench.leases), check again, run it (`capbench.runner.run_cell`), turn an ordinary exception into a
+(capbench.leases), check again, run it (the caller's `run`, capbench.runner.run_cell), turn an ordinary exception into a
 `failed` record (a CapbenchError, a problem with the input, propagates and stops the grid), stamp
 provenance, keep a record another worker wrote meanwhile, write the record (a failure never replaces a
 finished record), run the after-cell measurements, and release the lease.
@@ -46,15 +46,13 @@ def finished_elsewhere(spec, path: Path, before: dict | None) -> dict | None:
     return now
 
 
-def _run(spec, ctx) -> Record:
-    from capbench import runner  # looked up at call time: tests replace runner.run_cell
-
+def _run(spec, ctx, run, fail) -> Record:
     try:
-        result = runner.run_cell(spec, ctx)
-    except Exception as error:
-        if isinstance(error, CapbenchError):
-            raise
-        record = runner.failed_cell(spec, error)
+        result = run(spec, ctx)
+    except CapbenchError:
+        raise
+    except Exception as error:  # one broken cell must not lose the rest of the grid
+        record = fail(spec, error)
         tqdm.write(f"cell {spec.cell_id} failed: {record.error}")
         return record
     return result if isinstance(result, Record) else Record.from_dict(result)
@@ -64,6 +62,8 @@ def execute_cell(
     spec,
     ctx,
     *,
+    run,
+    fail,
     provenance: dict,
     overwrite: bool = False,
     after_cell=None,
@@ -72,6 +72,9 @@ def execute_cell(
     executor: dict | None = None,
 ) -> CellOutcome:
     """Run one cell through the protocol (module docstring); `after_cell(spec, path, ctx, fresh)`.
+
+    `run(spec, ctx) -> Record` does the cell's work (capbench.runner.run_cell); `fail(spec, error) -> Record`
+    makes the failed record of an ordinary exception (capbench.runner.failed_cell).
 
     `wait`: block on a cell another worker holds (Ray) instead of reporting it "held" (local runs).
     `adjust(record)` may amend a fresh done Record before it is written; `executor` ({"name", "node"})
@@ -92,7 +95,7 @@ def execute_cell(
             if after_cell is not None and main:  # finished before, or by the worker that held the lease
                 after_cell(spec, path, ctx, fresh=False)
             return CellOutcome("skipped", attempt)
-        record = _run(spec, ctx)
+        record = _run(spec, ctx, run, fail)
         if adjust is not None and record.is_done:
             adjust(record)
         sections = {"distributed": distributed.describe()} if distributed.enabled() else {}

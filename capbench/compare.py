@@ -301,8 +301,8 @@ def _keep_constant(token: str):
 
 
 def cmd_compare(args) -> int:
-    from capbench.leaderboard import summarize
     from capbench.records import atomic_write_text, load_records
+    from capbench.report import summarize
 
     if not args.baseline.is_file():
         raise CapbenchError(

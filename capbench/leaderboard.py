@@ -1,7 +1,7 @@
 """Leaderboard vocabulary: a record's row label, sparsity key and cell configuration (digest).
 
-The summary (records -> frame -> tables -> JSON and markdown) is `capbench.report`; `summarize`,
-`render_markdown` and `markdown_table` here are its entry points, kept for callers of this module.
+The summary (records -> frame -> tables -> JSON and markdown) is `capbench.report`, which builds on this
+vocabulary (this module imports nothing from it).
 """
 
 from __future__ import annotations
@@ -43,26 +43,3 @@ def sparsity_key(value: float) -> str:
 def differing_fields(a: dict, b: dict) -> list[str]:
     """Spec (or cell configuration) fields that differ, the seed, measurements and names aside."""
     return sorted(k for k in a.keys() | b.keys() if k not in CELL_INDEPENDENT and a.get(k) != b.get(k))
-
-
-# The summary itself lives in capbench.report (records -> frame -> declared tables -> JSON and markdown).
-
-
-def summarize(records: list[dict]) -> dict:
-    from capbench.report.summary import summarize as _summarize
-
-    return _summarize(records)
-
-
-def render_markdown(
-    summary: dict, command: str | None = None, extra_sections: list[str] | None = None, frames=None
-) -> str:
-    from capbench.report.summary import render_markdown as _render
-
-    return _render(summary, command, extra_sections, frames)
-
-
-def markdown_table(header: list[str], rows: list[list[str]], aligns: list[str] | None = None) -> str:
-    from capbench.report.markdown import markdown_table as _table
-
-    return _table(header, rows, aligns)

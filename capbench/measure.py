@@ -1,38 +1,110 @@
-"""Measurements taken on a finished cell's model (probes, speed), added to its record afterwards."""
+"""Measurements taken on a finished cell's model (probes, speed), added to its record afterwards.
+
+Each measurement is registered in `MEASUREMENTS` (a capbench.registry.Registry): a `Measurement` says whether a
+finished record needs it (`needs(spec, record)`), what `--dry-run` lists as missing (`missing(spec, record)`)
+and computes its record section (`measure(record, spec, ctx) -> dict`, stored at `record[name]`).
+`measure_after_cell` and `capbench run --dry-run` iterate the registry, so adding a measurement is one
+registration::
+
+    from capbench.measure import register_measurement
+
+    register_measurement(
+        "tokens",
+        needs=lambda spec, record: "tokens" not in record,
+        measure=lambda record, spec, ctx: {"vocab": 30522},
+    )
+
+The built-ins, `probes` (capbench.probing.runner_hook.probe_record) and `speed`
+(capbench.speed.runner_hook.speed_record), load the cell's saved model through the core loader and read the
+run's data source.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from capbench.record import Record, RecordError
+from capbench.registry import Registry
 from capbench.spec import DENSE
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A measurement of a finished cell's model, kept in its record under `name`."""
+
+    name: str
+    needs: Callable[[object, dict], bool]  # (spec, record dict) -> whether the record lacks it
+    measure: Callable[[dict, object, object], dict]  # (record dict, spec, run context) -> the record section
+    missing: Callable[[object, dict], str] | None = (
+        None  # (spec, record) -> the dry run's label; default: name
+    )
+
+    def label(self, spec, record: dict) -> str:
+        return self.missing(spec, record) if self.missing is not None else self.name
+
+
+def _builtins(registry: Registry) -> None:
+    registry.register("probes", Measurement("probes", needs_probes, _probe, missing=_missing_probes))
+    registry.register("speed", Measurement("speed", needs_speed, _speed))
+
+
+MEASUREMENTS: Registry[Measurement] = Registry("measurement", loader=_builtins, first=("probes", "speed"))
+
+
+def register_measurement(
+    name: str,
+    needs: Callable[[object, dict], bool],
+    measure: Callable[[dict, object, object], dict],
+    missing: Callable[[object, dict], str] | None = None,
+    *,
+    replace: bool = False,
+) -> Measurement:
+    """Register a measurement: every finished record it `needs` gains `record[name] = measure(...)`."""
+    return MEASUREMENTS.register(name, Measurement(name, needs, measure, missing), replace=replace)
+
+
+# ---------------------------------------------------------------------------------------------- built-ins
 
 
 def needs_probes(spec, record: dict) -> bool:
     return bool(spec.probes) and set(record.get("probes", {}).get("tasks", {})) != set(spec.probes)
 
 
+def _missing_probes(spec, record: dict) -> str:
+    held = set(record.get("probes", {}).get("tasks", {}))
+    lacking = [probe for probe in spec.probes if probe not in held]
+    # A record holding other probes is probed again for exactly the requested set.
+    return f"probes {','.join(lacking or spec.probes)}"
+
+
+def _probe(record: dict, spec, ctx) -> dict:
+    from capbench.probing import runner_hook  # looked up per call, so tests can replace probe_record
+
+    return runner_hook.probe_record(record, spec, ctx)
+
+
 def needs_speed(spec, record: dict) -> bool:
     return bool(spec.speed) and "speed" not in record and spec.method != DENSE
 
 
+def _speed(record: dict, spec, ctx) -> dict:
+    from capbench.speed import runner_hook
+
+    return runner_hook.speed_record(record, spec, ctx)
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
 def missing_measurements(spec, record: dict) -> list[str]:
     """What `measure_after_cell` would add to this finished record, e.g. ["probes sentlen", "speed"]."""
-    missing = []
-    if needs_probes(spec, record):
-        held = set(record.get("probes", {}).get("tasks", {}))
-        lacking = [probe for probe in spec.probes if probe not in held]
-        # A record holding other probes is probed again for exactly the requested set.
-        missing.append(f"probes {','.join(lacking or spec.probes)}")
-    if needs_speed(spec, record):
-        missing.append("speed")
-    return missing
+    return [m.label(spec, record) for _, m in MEASUREMENTS.items() if m.needs(spec, record)]
 
 
 def measure_after_cell(spec, path: Path, ctx, fresh: bool) -> None:
-    """Add the probe and speed results the spec asks for and the record lacks; finished work is not redone."""
-    if spec.method == DENSE and not spec.probes:
-        return
+    """Add every registered measurement the record lacks; finished work is not redone."""
     try:
         record = Record.from_disk(path)
     except RecordError:
@@ -40,13 +112,6 @@ def measure_after_cell(spec, path: Path, ctx, fresh: bool) -> None:
     if not record.is_done:
         return
     data = record.to_dict()
-    if needs_probes(spec, data):
-        from capbench.probing.runner_hook import probe_record
-
-        record.probes = probe_record(data, spec, ctx)
-    if needs_speed(spec, data):
-        from capbench.speed.runner_hook import speed_record
-
-        record.speed = speed_record(data, spec, ctx)
-    if record.to_dict() != data:
-        record.to_disk(path)
+    sections = {name: m.measure(data, spec, ctx) for name, m in MEASUREMENTS.items() if m.needs(spec, data)}
+    if sections and {**data, **sections} != data:
+        Record.from_dict({**data, **sections}).to_disk(path)

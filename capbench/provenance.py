@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -44,20 +46,115 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def machine() -> dict:
+# ------------------------------------------------------------------------------------------------- machine
+# The one machine description: records' provenance (`record["machine"]`), speed measurements
+# (`record["speed"]["machine"]`), `capbench bench` JSON and the pytest-benchmark machine info all take it.
+
+_SIMD_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "neon",
+    "asimd",
+)
+_CPUINFO_KEYS = {"cpu family": "cpu_family", "model": "cpu_model_id"}
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_details(cpuinfo: str | None = None) -> dict:
+    """Family/model numbers and the SIMD flags that matter for GEMM, from /proc/cpuinfo when present."""
+    info: dict = {}
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in _CPUINFO_KEYS and _CPUINFO_KEYS[key] not in info:
+            info[_CPUINFO_KEYS[key]] = value.strip()
+        elif key in ("flags", "features") and "simd" not in info:
+            flags = set(value.split())
+            info["simd"] = [f for f in _SIMD_FLAGS if f in flags]
+    return info
+
+
+def _torch_config_line(pattern: str) -> str | None:
     import torch
 
-    cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+        text = torch.__config__.show()
+    except Exception:  # pragma: no cover - exotic builds
+        return None
+    m = re.search(pattern, text)
+    return m.group(1).strip() if m else None
+
+
+def _torch_build() -> dict:
+    import torch
+
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover - older torch
+        capability = None
+    cuda = torch.cuda.is_available()
     return {
-        "cpu": cpu,
-        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "system": platform.system(),
+        "cpu_capability": capability,
+        "mkl": bool(torch.backends.mkl.is_available()),
+        "mkl_version": _torch_config_line(r"Math Kernel Library Version ([^\n]*?)(?:-Product|\n)"),
+        "mkldnn": bool(torch.backends.mkldnn.is_available()),
+        "onednn_version": _torch_config_line(r"MKL-DNN (v[0-9.]+)"),
+        "openmp": bool(torch.backends.openmp.is_available()),
+        "cuda": cuda,
+        "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
     }
+
+
+def machine() -> dict:
+    """A JSON-serialisable description of this machine and its torch build: CPU model, family and SIMD flags,
+    cores, torch threads, platform, Python, torch version, CPU capability, BLAS backends, CUDA device."""
+    import torch
+
+    cpuinfo = _cpuinfo()
+    return {
+        "cpu": cpu_model(cpuinfo),
+        **cpu_details(cpuinfo),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "system": platform.system(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        **_torch_build(),
+    }
+
+
+def machine_line(machine: dict) -> str:
+    """One line for table headers: CPU model, threads, torch version (and BLAS backends, CUDA device)."""
+    extras = []
+    if machine.get("mkl"):
+        extras.append("MKL " + machine["mkl_version"] if machine.get("mkl_version") else "MKL")
+    if machine.get("mkldnn"):
+        extras.append("oneDNN " + machine["onednn_version"] if machine.get("onednn_version") else "oneDNN")
+    if machine.get("cuda_device"):
+        extras.append(machine["cuda_device"])
+    tail = f" ({', '.join(extras)})" if extras else ""
+    return (
+        f"{machine.get('cpu', 'unknown CPU')}, {machine.get('threads', '?')} threads, "
+        f"torch {machine.get('torch', '?')}{tail}"
+    )

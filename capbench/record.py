@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
+from capbench.jsonio import read_json, write_json
+
 SCHEMA_VERSION = 3  # 2: spec.data is the data's content hash, not its path; 3: spec.model_identity
 DONE, FAILED = "done", "failed"
 REQUIRED_FIELDS = ("schema_version", "cell_id", "spec", "status")
@@ -154,10 +156,18 @@ class Record:
         return cls.from_dict(data)
 
     def to_disk(self, path: Path) -> bool:
-        """Write atomically (capbench.records.write_record: a failure never replaces a done record)."""
-        from capbench.records import write_record
+        """Write atomically and strictly (capbench.jsonio); False, writing nothing, when that would replace
+        a "done" record with a "failed" one: a failure never hides a result another attempt got.
 
-        return write_record(path, self.to_dict())
+        Read-then-write: writers of one cell are serialised by its lease (`capbench.leases`); this check is
+        the last line of defence for writers without one (the Ray driver, migrate-records).
+        """
+        if not self.is_done:
+            current = read_json(path)
+            if current is not None and current.get("status") == DONE:
+                return False
+        write_json(path, self.to_dict())
+        return True
 
     # ------------------------------------------------------------------------------------ accessors
     @property

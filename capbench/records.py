@@ -2,82 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from capbench import leases
 from capbench.errors import CapbenchError
+from capbench.jsonio import (  # noqa: F401 (re-exported: the store's writers)
+    atomic_write_bytes,
+    atomic_write_text,
+    dumps_json,
+    read_json,
+    write_json,
+)
 from capbench.record import SCHEMA_VERSION, Record, RecordError, record_problem  # noqa: F401 (re-exported)
 
 RECORDS_DIR = "records"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write via a temp file in the same directory and os.replace: readers never see half a file.
-
-    The file gets the permissions a plain `open(path, "w")` would (0666 minus the umask), not mkstemp's
-    0600, so a group sharing a store can read it. The temp file is `.<name>.<writer>.<random>.tmp`
-    (writer: `leases.writer_tag()`), so a cleanup can tell whose it is (`remove_stale_temp_files`).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}.{leases.writer_tag()}."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def dumps_json(data, where: str = "JSON") -> str:
-    """Strict JSON text (sorted keys, 2-space indent); NaN and infinities are refused, never written.
-
-    Raises ValueError naming `where` and the first non-finite value's key path.
-    """
-    try:
-        return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    except ValueError:
-        raise ValueError(
-            f"{where}: refusing to write a non-finite number at {_non_finite_path(data)}"
-        ) from None
-
-
-def _non_finite_path(data, prefix: str = "") -> str:
-    import math
-
-    if isinstance(data, float) and not math.isfinite(data):
-        return prefix or "<top>"
-    items = (
-        data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list | tuple) else ()
-    )
-    for key, value in items:
-        found = _non_finite_path(value, f"{prefix}.{key}" if prefix else str(key))
-        if found:
-            return found
-    return ""
-
-
-def write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, dumps_json(data, str(path)))
 
 
 def record_path(out_dir: Path, cell_id: str) -> Path:
@@ -85,25 +24,13 @@ def record_path(out_dir: Path, cell_id: str) -> Path:
 
 
 def read_record(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(path)
 
 
-def write_record(path: Path, record: dict) -> bool:
-    """Write a cell's record, the one way records are written; False (nothing written) when that would
-    replace a "done" record with a "failed" one: a failure never hides a result another attempt got.
-
-    Read-then-write: writers of one cell are serialised by its lease (`capbench.leases`); this check is
-    the last line of defence for writers without one (the Ray driver, migrate-records).
-    """
-    if record.get("status") != "done":
-        current = read_record(path)
-        if current is not None and current.get("status") == "done":
-            return False
-    write_json(path, record)
-    return True
+def write_record(path: Path, record: dict | Record) -> bool:
+    """Write a cell's record (`Record.to_disk`); False when that would replace a "done" record with a
+    "failed" one."""
+    return (record if isinstance(record, Record) else Record.from_dict(record)).to_disk(path)
 
 
 # Files of a cell in records/ besides <cell_id>.json (capbench.predictions.SUFFIX), for temp-file owners.

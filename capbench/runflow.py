@@ -58,13 +58,9 @@ def cells_from_args(args):
     report_overlap(overlaps, strict=getattr(args, "strict_data", False))  # eval rows seen in training
     probes = tuple(dict.fromkeys(p.strip() for p in args.probes.split(",") if p.strip()))
     if probes:
-        from capbench.probing.report import split_probe_names
+        from capbench.probing.options import split_probe_names
 
         split_probe_names(probes)  # unknown probe names fail here, before any training
-        if source.kind != "local":
-            raise CapbenchError(
-                "--probes needs --data-dir with a hub-schema GLUE copy (its sentences are the corpus)"
-            )
     base = dict(
         model=preset.model,
         preset=preset.name,
@@ -87,8 +83,8 @@ def cells_from_args(args):
 
 def print_plan(cells: list, out_dir: Path) -> int:
     """What a run would do, without loading a model: each cell id, and whether it trains ("to run"), is
-    finished but lacks a requested --probes/--speed result, which a run adds without retraining
-    ("measure", as measure_after_cell does), or is finished."""
+    finished but lacks a requested --probes/--speed result or another registered measurement, which a run adds
+    without retraining ("measure", as measure_after_cell does), or is finished."""
     from capbench.measure import missing_measurements
 
     records.require_current_schema(out_dir)

@@ -179,71 +179,84 @@ def save_model(model, tokenizer, target: Path) -> None:
     partial.replace(target)
 
 
+def prune_and_train(spec: CellSpec, ctx: RunContext, data: TaskData, teacher) -> tuple:
+    """The pruned cell's training: (finalized model, train stats, pruner, record sections)."""
+    model = load_pretrained(spec, data.task)
+    loss_fn = build_loss_locked(spec, model, teacher, data, ctx)
+    pruner = build_pruner(spec)
+    if hasattr(loss_fn, "on_pruning_step"):
+        pruner.on_prune_step = loss_fn.on_pruning_step  # CAP snapshots at structured pruning events
+    cfg, loader = _train_loader(spec, data)
+    with _progress(
+        ctx, total_steps(loader, cfg.epochs), f"{spec.method} {spec.sparsity:g} {spec.task}"
+    ) as bar:
+        stats = train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=bar)
+    model = pruner.finalize(model)
+    sections = {"method_config": pruner.config()}
+    if hasattr(loss_fn, "cost_report"):
+        sections["cap"] = {"config": spec.cap, **loss_fn.cost_report()}
+        loss_fn.close()
+    return model, stats, pruner, sections
+
+
+def main_metric_of(task: TaskSpec, evaluation: Evaluation) -> dict:
+    """{name, split, value} of the task's main metric, with `undefined` (the reason) when it has no value."""
+    split, name = task.main_eval_split, task.main_metric
+    main = {"name": name, "split": split, "value": evaluation.metrics[split][name]}
+    if main["value"] is None:
+        main["undefined"] = evaluation.undefined[split][name]
+    return main
+
+
 def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
+    """Train (or take the cached dense teacher), evaluate and account for one cell; its done Record.
+
+    Raises TrainingDiverged (and any other error) for the cell protocol to record as failed.
+    """
     started = time.perf_counter()
     data = prepare_data(spec, ctx)
     loaded = time.perf_counter()
     teacher, teacher_info = dense_teacher(spec, ctx, data)
-    extra: dict = {"teacher": teacher_info}
+    sections: dict = {"teacher": teacher_info}
     pruner = None
     if spec.method == DENSE:
-        model, train_stats = teacher, {"steps": 0, "seconds": teacher_info["train_seconds"]}
+        model, stats = teacher, {"steps": 0, "seconds": teacher_info["train_seconds"]}
     else:
-        model = load_pretrained(spec, data.task)
-        loss_fn = build_loss_locked(spec, model, teacher, data, ctx)
-        pruner = build_pruner(spec)
-        if hasattr(loss_fn, "on_pruning_step"):
-            pruner.on_prune_step = loss_fn.on_pruning_step  # CAP snapshots at structured pruning events
-        cfg, loader = _train_loader(spec, data)
-        with _progress(
-            ctx, total_steps(loader, cfg.epochs), f"{spec.method} {spec.sparsity:g} {spec.task}"
-        ) as bar:
-            train_stats = train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=bar)
-        model = pruner.finalize(model)
-        extra["method_config"] = pruner.config()
-        if hasattr(loss_fn, "cost_report"):
-            extra["cap"] = {"config": spec.cap, **loss_fn.cost_report()}
-            loss_fn.close()
+        model, stats, pruner, more = prune_and_train(spec, ctx, data, teacher)
+        sections.update(more)
     trained = time.perf_counter()
     evaluation = evaluate(model, data, spec)
-    metrics = evaluation.metrics
     evaluated = time.perf_counter()
-    extra["sparsity"] = sparsity_report(
-        model, None, spec.sparsity, structured=bool(getattr(pruner, "structured", False))
-    )
+    structured = bool(getattr(pruner, "structured", False))
+    sections["sparsity"] = sparsity_report(model, None, spec.sparsity, structured=structured)
     model_dir = ctx.out_dir / "models" / spec.cell_id
-    if ctx.save_models and spec.method != DENSE and distributed.is_main():
-        save_model(model, data.tokenizer, model_dir)
     if distributed.is_main():
-        extra["predictions"] = write_predictions(
-            ctx.out_dir / records.RECORDS_DIR, spec.cell_id, evaluation.examples
-        )
-    main_split, main_name = data.task.main_eval_split, data.task.main_metric
-    main_metric = {"name": main_name, "split": main_split, "value": metrics[main_split][main_name]}
-    if main_metric["value"] is None:
-        main_metric["undefined"] = evaluation.undefined[main_split][main_name]
+        if ctx.save_models and spec.method != DENSE:
+            save_model(model, data.tokenizer, model_dir)
+        records_dir = ctx.out_dir / records.RECORDS_DIR
+        sections["predictions"] = write_predictions(records_dir, spec.cell_id, evaluation.examples)
     if evaluation.undefined:
-        extra["undefined_metrics"] = evaluation.undefined
+        sections["undefined_metrics"] = evaluation.undefined
     return Record.for_spec(
         spec,
         DONE,
-        metrics=metrics,
-        main_metric=main_metric,
+        metrics=evaluation.metrics,
+        main_metric=main_metric_of(data.task, evaluation),
         data={"source": ctx.source.to_dict(), "splits": data.provenance},
         model_dir=str(model_dir) if spec.method != DENSE else teacher_info["path"],
         dense_model_dir=teacher_info["path"],
         train={
-            "steps": train_stats["steps"],
-            "final_loss_terms": train_stats.get("final_loss_terms", {}),
-            **({"data_parallel": train_stats["data_parallel"]} if "data_parallel" in train_stats else {}),
+            "steps": stats["steps"],
+            "final_loss_terms": stats.get("final_loss_terms", {}),
+            **({"data_parallel": stats["data_parallel"]} if "data_parallel" in stats else {}),
         },
         timings={
             "load_seconds": loaded - started,
-            "train_seconds": train_stats["seconds"],
+            "train_seconds": stats["seconds"],
             "eval_seconds": evaluated - trained,
             "total_seconds": time.perf_counter() - started,
         },
-        **extra,
+        **sections,
     )
 
 
@@ -268,6 +281,10 @@ def failed_record(spec: CellSpec, error: BaseException) -> dict:
     return failed_cell(spec, error).to_dict()
 
 
+def _run_cell(spec: CellSpec, ctx: RunContext) -> Record:
+    return run_cell(spec, ctx)  # looked up at call time, so a test can replace runner.run_cell
+
+
 def run_grid(cells: list[CellSpec], ctx: RunContext, overwrite: bool = False, after_cell=None) -> dict:
     """Run every unfinished cell through the cell protocol (capbench.cell_protocol); returns counts.
 
@@ -282,7 +299,13 @@ def run_grid(cells: list[CellSpec], ctx: RunContext, overwrite: bool = False, af
         for spec in cells:
             bar.set_postfix_str(spec.cell_id)
             result = execute_cell(
-                spec, ctx, provenance=provenance, overwrite=overwrite, after_cell=after_cell
+                spec,
+                ctx,
+                run=_run_cell,
+                fail=failed_cell,
+                provenance=provenance,
+                overwrite=overwrite,
+                after_cell=after_cell,
             )
             counts[result.outcome] += 1
             bar.update(1)

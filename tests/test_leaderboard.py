@@ -7,7 +7,7 @@ from fixture_records import fixture_records, write_fixture_run
 
 from capbench.cli import main
 from capbench.errors import CapbenchError
-from capbench.leaderboard import summarize
+from capbench.report import summarize
 
 GOLDEN = Path(__file__).parent / "golden"
 REGENERATE = os.environ.get("CAPBENCH_REGENERATE_GOLDEN") == "1"

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from capbench.errors import CapbenchError
-from capbench.probing import plot_layer_curves, probe_model, render_probe_table, retention
+from capbench.probing import ProbeOptions, plot_layer_curves, probe_model, render_probe_table, retention
 from capbench.probing.report import format_layer_table
 from capbench.testing import TINY_WORDS, tiny_bert, tiny_tokenizer
 
@@ -25,10 +25,7 @@ def results(tmp_path_factory):
         probes=["sentlen", "bigram_shift"],
         corpus=tiny_corpus(),
         cache_dir=tmp_path_factory.mktemp("cache"),
-        seeds=(0, 1),
-        sizes=SIZES,
-        poolings=("mean",),
-        c_grid=(0.1, 1.0),
+        options=ProbeOptions(seeds=(0, 1), sizes=SIZES, poolings=("mean",), c_grid=(0.1, 1.0)),
     )
     reference = probe_model(tiny_bert(seed=0), tokenizer, name="pretrained", **common)
     pruned = probe_model(tiny_bert(seed=1), tokenizer, name="pruned", **common)

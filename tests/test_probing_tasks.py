@@ -153,7 +153,7 @@ def test_corpus_from_glue_dir_and_text_file(tmp_path):
     assert file_sentences(text) == load_corpus(text) == ["one two", "three"]
     with pytest.raises(CapbenchError, match="no such file"):
         load_corpus(tmp_path / "missing.txt")
-    with pytest.raises(CapbenchError, match="no jsonl files for sst2"):
+    with pytest.raises(CapbenchError, match="no train split for sst2"):
         glue_sentences(tmp_path / "glue", configs=["sst2"])
 
 

@@ -19,8 +19,8 @@ import pytest
 from test_runner import run_args
 
 from capbench.cli import main
-from capbench.leaderboard import summarize
 from capbench.records import load_records
+from capbench.report import summarize
 
 if importlib.util.find_spec("ray") is None:  # not imported here: Ray reads its auth settings at import
     pytest.skip("ray is not installed: pip install 'capbench[ray]'", allow_module_level=True)

@@ -101,12 +101,12 @@ def test_runner_hook_speed_record(saved_models, monkeypatch):
     from types import SimpleNamespace
 
     from capbench.speed import runner_hook
+    from capbench.speed.options import BenchOptions
 
-    monkeypatch.setattr(
-        runner_hook,
-        "RUN_SETTINGS",
-        dict(token_counts=["1x8"], model_token_counts=["1x8"], repeats=1, warmup=0, layer_budget=None),
+    fast = BenchOptions(
+        token_counts=["1x8"], model_token_counts=["1x8"], repeats=1, warmup=0, layer_budget=None
     )
+    monkeypatch.setattr(runner_hook, "RUN_OPTIONS", fast)
     dense_dir, pruned_dir = saved_models
     record = {"cell_id": "c1", "model_dir": str(pruned_dir), "dense_model_dir": str(dense_dir)}
     speed = runner_hook.speed_record(

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from capbench.speed import formats as fm
-from capbench.speed.formats import build_formats, is_2to4
+from capbench.speed.formats import FormatPolicy, build_formats, is_2to4
 from capbench.speed.synthetic import make_mask, weight_like_trained
 
 
@@ -21,7 +21,7 @@ def _masked(kind, sparsity=0.8, shape=(32, 64), seed=0):
 def test_every_available_format_matches_dense_masked(kind, with_bias, contiguous):
     w = _masked(kind)
     b = torch.randn(w.shape[0]) if with_bias else None
-    formats = build_formats(w, b, contiguous=contiguous)
+    formats = build_formats(w, b, FormatPolicy(contiguous=contiguous))
     assert list(formats)[0] == "dense"
     x = torch.randn(3, 5, w.shape[1])
     ref = F.linear(x, w, b)
@@ -80,10 +80,10 @@ def test_unavailable_formats_are_reported_not_dropped():
 
 def test_skips_are_reported_with_reason():
     w = _masked("random", sparsity=0.3)
-    formats = build_formats(w, min_sparsity=0.5)
+    formats = build_formats(w, policy=FormatPolicy(min_sparsity=0.5))
     assert not formats["csr"].available and formats["csr"].reason.startswith("skipped")
     w = _masked("random", sparsity=0.9)
-    formats = build_formats(w, max_block_density=0.5)
+    formats = build_formats(w, policy=FormatPolicy(max_block_density=0.5))
     assert formats["csr"].available
     assert not formats["bsr16"].available and "blocks" in formats["bsr16"].reason
 

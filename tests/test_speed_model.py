@@ -1,15 +1,19 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from capbench.pruning.compact import compact_zeroed
+from capbench.speed.bench import bench_model
 from capbench.speed.kernels import iter_encoder_linears
 from capbench.speed.model import FormatLinear, format_counts, realise, time_breakdown, time_models
-from capbench.speed.report import bench_model, render_layer_table, render_model_table, render_speed_table
+from capbench.speed.options import BenchOptions
+from capbench.speed.report import render_layer_table, render_model_table, render_speed_table
+from capbench.speed.timing import Rounds
 from capbench.testing import random_batch, tiny_bert
 
-FAST = dict(repeats=1, warmup=0, layer_budget=None, token_counts=["1x8"], model_token_counts=["2x8"])
+FAST = BenchOptions(repeats=1, warmup=0, layer_budget=None, token_counts=["1x8"], model_token_counts=["2x8"])
 
 
 def _prune_unstructured(model, sparsity=0.9, seed=0):
@@ -85,7 +89,7 @@ def test_realised_model_gives_same_logits(fmt):
 
 def test_time_models_and_breakdown():
     model = tiny_bert()
-    out = time_models({"dense": model, "same": model}, ["2x8"], repeats=2, warmup=0)
+    out = time_models({"dense": model, "same": model}, ["2x8"], Rounds(repeats=2, warmup=0))
     row = out["2x8"]
     assert (row["batch"], row["seq"], row["rounds"]) == (2, 8, 2)
     assert row["models"]["dense"]["speedup"] == 1.0
@@ -95,13 +99,13 @@ def test_time_models_and_breakdown():
     assert sum(b["fractions"].values()) == pytest.approx(1.0)
     assert b["seconds"]["encoder_linears"] > 0 and b["seconds"]["attention_core"] > 0
     with pytest.raises(ValueError, match="max_position_embeddings"):
-        time_models({"m": model}, ["1x128"], repeats=1, warmup=0)
+        time_models({"m": model}, ["1x128"], Rounds(repeats=1, warmup=0))
 
 
 def test_bench_model_unstructured_record_is_json():
     dense = tiny_bert()
     pruned = _prune_unstructured(tiny_bert(), 0.9)
-    speed = bench_model(pruned, dense, min_sparsity=0.0, **FAST)
+    speed = bench_model(pruned, dense, replace(FAST, min_sparsity=0.0))
     text = json.dumps(speed, allow_nan=False)
     assert json.loads(text) == speed
     assert len(speed["layers"]) == 12
@@ -120,7 +124,7 @@ def test_bench_model_unstructured_record_is_json():
 
 def test_bench_model_structured_runs_compacted():
     dense = tiny_bert()
-    speed = bench_model(_prune_structured(tiny_bert()), dense, breakdown=False, **FAST)
+    speed = bench_model(_prune_structured(tiny_bert()), dense, replace(FAST, breakdown=False))
     s = speed["summary"]
     assert s["compacted"] and speed["compaction"]["changed"]
     assert s["format"].startswith("compacted")

@@ -1,6 +1,8 @@
+from dataclasses import replace
+
 import pytest
 
-from capbench.speed.sweep import break_even, render_sweep, sweep
+from capbench.speed.sweep import SWEEP_OPTIONS, break_even, render_sweep, sweep
 
 
 def _row(s, speedups, mask="random", label="32x128"):
@@ -42,9 +44,8 @@ def test_break_even_edge_cases():
 
 
 def test_tiny_sweep_runs_and_renders():
-    rows = sweep(
-        [("t", 16, 32)], [0.5, 0.9], {"rows": ("csr", "compact")}, ["1x4", "2x4"], repeats=1, warmup=0
-    )
+    options = replace(SWEEP_OPTIONS, token_counts=("1x4", "2x4"), repeats=1, warmup=0)
+    rows = sweep([("t", 16, 32)], [0.5, 0.9], options, cases={"rows": ("csr", "compact")})
     assert len(rows) == 4
     assert set(rows[0]["speedup"]) == {"csr", "compact"}
     text = render_sweep(rows)

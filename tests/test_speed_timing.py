@@ -4,7 +4,7 @@ import torch
 
 from capbench.speed.formats import KernelFormat
 from capbench.speed.kernels import parse_token_count, time_formats, token_count_label
-from capbench.speed.timing import quantile, summarize, time_interleaved
+from capbench.speed.timing import Rounds, quantile, summarize, time_interleaved
 
 
 class FakeClock:
@@ -46,7 +46,7 @@ def test_summarize_matches_numpy():
 def test_interleaved_stats_and_per_round_ratios_on_stub_clock():
     clock = FakeClock()
     fns = {"a": clock.costing("a", [1, 2, 3, 4, 5]), "b": clock.costing("b", [2])}
-    r = time_interleaved(fns, baseline="a", repeats=5, warmup=0, number=1, clock=clock)
+    r = time_interleaved(fns, Rounds(repeats=5, warmup=0), baseline="a", number=1, clock=clock)
     assert r["rounds"] == 5
     assert r["threads"] == torch.get_num_threads()
     a = r["times"]["a"]
@@ -62,12 +62,12 @@ def test_interleaved_stats_and_per_round_ratios_on_stub_clock():
 
 def test_number_warmup_and_calibration():
     clock = FakeClock()
-    r = time_interleaved({"x": clock.costing("x", [3])}, repeats=2, warmup=2, number=4, clock=clock)
+    r = time_interleaved({"x": clock.costing("x", [3])}, Rounds(repeats=2, warmup=2), number=4, clock=clock)
     assert r["times"]["x"]["median"] == 3  # per call, not per 4 calls
     assert len(clock.calls) == 2 + 2 * 4
     clock = FakeClock()
     r = time_interleaved(
-        {"y": clock.costing("y", [2])}, repeats=1, warmup=1, number=None, min_time=10, clock=clock
+        {"y": clock.costing("y", [2])}, Rounds(repeats=1, warmup=1, min_time=10), number=None, clock=clock
     )
     assert r["number"]["y"] == 5  # ceil(10 / 2)
     assert r["times"]["y"]["median"] == 2
@@ -76,7 +76,10 @@ def test_number_warmup_and_calibration():
 def test_budget_stops_after_min_repeats():
     clock = FakeClock()
     r = time_interleaved(
-        {"x": clock.costing("x", [10])}, repeats=10, warmup=0, number=1, budget=15, min_repeats=3, clock=clock
+        {"x": clock.costing("x", [10])},
+        Rounds(repeats=10, warmup=0, budget=15, min_repeats=3),
+        number=1,
+        clock=clock,
     )
     assert r["rounds"] == 3
 
@@ -86,6 +89,8 @@ def test_bad_arguments():
         time_interleaved({})
     with pytest.raises(ValueError):
         time_interleaved({"a": lambda: None}, baseline="b")
+    with pytest.raises(ValueError, match="at least 1"):
+        Rounds(repeats=0)
 
 
 class _FakeFormat(KernelFormat):
@@ -106,14 +111,14 @@ def test_best_format_and_min_gain_on_stub_clock():
         "csr": _FakeFormat("csr", clock, 1.0),
         "bsr4": _FakeFormat("bsr4", clock, 8.0),
     }
-    out = time_formats(formats, ["1x8", "2x8"], repeats=3, warmup=0, clock=clock)
+    out = time_formats(formats, ["1x8", "2x8"], Rounds(repeats=3, warmup=0), clock=clock)
     row = out["1x8"]
     assert row["tokens"] == 8
     assert row["results"]["csr"]["speedup"] == pytest.approx(4.0)
     assert row["results"]["bsr4"]["speedup"] == pytest.approx(0.5)
     assert row["results"]["dense"]["median_s"] == pytest.approx(4.0)
     assert (row["best"], row["best_speedup"]) == ("csr", pytest.approx(4.0))
-    out = time_formats(formats, ["1x8"], repeats=3, warmup=0, clock=clock, min_gain=5.0)
+    out = time_formats(formats, ["1x8"], Rounds(repeats=3, warmup=0), clock=clock, min_gain=5.0)
     assert out["1x8"]["best"] == "dense"
 
 

@@ -211,7 +211,9 @@ def test_temp_files_name_their_target_and_writer(tmp_path, monkeypatch):
         names.append(os.path.basename(src))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(records.os, "replace", spy)
+    from capbench import jsonio
+
+    monkeypatch.setattr(jsonio.os, "replace", spy)
     records.write_json(tmp_path / "rte-magnitude-0.5-seed0-0123456789.json", {"a": 1})
     assert records.parse_temp_name(names[0]) == (
         "rte-magnitude-0.5-seed0-0123456789.json",
@@ -256,16 +258,27 @@ def test_prepare_run_dir_keeps_a_live_writers_temp_file_and_drops_abandoned_ones
 
 
 def test_a_failed_record_never_replaces_a_done_one(tmp_path):
+    from capbench.record import Record
+    from capbench.spec import CellSpec
+
+    spec = CellSpec(
+        task="rte", method="magnitude", sparsity=0.5, seed=0, model="m", preset="smoke", data={},
+        max_train_examples=8, max_eval_examples=8, max_seq_length=32, data_sample_seed=1, train={},
+    )  # fmt: skip
+
+    def done(run):
+        main = {"name": "accuracy", "split": "validation", "value": 0.5}
+        return Record.for_spec(spec, "done", metrics={}, main_metric=main, extra={"run": run})
+
+    failed = Record.for_spec(spec, "failed", error="boom")
     path = tmp_path / "cell.json"
-    assert records.write_record(path, {"status": "done", "run": 1})
-    assert not records.write_record(path, {"status": "failed", "error": "boom"})
-    assert records.read_record(path) == {"status": "done", "run": 1}
-    assert records.write_record(path, {"status": "done", "run": 2})  # --overwrite, measurements
+    assert records.write_record(path, done(1))
+    assert not records.write_record(path, failed)
+    assert records.read_record(path)["run"] == 1
+    assert records.write_record(path, done(2).to_dict())  # --overwrite, measurements
     other = tmp_path / "other.json"
-    assert records.write_record(other, {"status": "failed"}) and records.write_record(
-        other, {"status": "done"}
-    )
-    assert records.read_record(other) == {"status": "done"}
+    assert records.write_record(other, failed) and records.write_record(other, done(3))
+    assert records.read_record(other)["status"] == "done"
 
 
 # ------------------------------------------------------------------------------------ grids and workers

@@ -335,7 +335,7 @@ def test_compare_names_every_differing_field(tmp_path, capsys):
 
     def change(record):
         record["spec"]["model_identity"]["weights_sha256"] = "other-weights"
-        record["spec"]["method_options"] = {"scope": "global"}
+        record["spec"]["method_options"] = {**record["spec"]["method_options"], "scope": "global"}
 
     run = write_fixture_run(tmp_path / "new", _planted(records, lambda r: r["spec"]["task"] == "rte", change))
     err = _error(capsys, ["compare", "--baseline", str(baseline), "--runs", str(run)])

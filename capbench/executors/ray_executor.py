@@ -119,9 +119,13 @@ def run_cell_claimed(
     it is written. A CapbenchError (bad input) comes back as outcome "error" for the driver to raise.
     """
     try:
+        from capbench import runner
+
         result = execute_cell(
             spec,
             ctx,
+            run=lambda s, c: runner.run_cell(s, c),  # looked up at call time (tests replace it)
+            fail=runner.failed_cell,
             provenance=_provenance(),
             overwrite=overwrite,
             after_cell=after_cell,

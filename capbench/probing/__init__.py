@@ -1,14 +1,22 @@
 """Linear probes on frozen representations: how much task-agnostic knowledge survives pruning.
 
-- `corpus`: sentences from a local GLUE dir or a text file;
+- `corpus`: sentences from a GLUE data source (core loaders: hub, hub-schema dir, TSV) or a text file;
 - `tasks`: sentlen, word_content, bigram_shift (+ Hewitt & Liang control tasks), seeded, balanced, split;
 - `transfer`: other GLUE tasks as probes;
-- `features`: per-layer pooled features, cached by a hash of weights, texts, pooling, max length;
+- `features`: per-layer pooled features, cached by the weights digest, texts, pooling, max length;
 - `probe`: standardised logistic regression, C chosen on dev, mean +- std over seeds;
-- `report`: `probe_model`, `retention`, `render_probe_table`, `plot_layer_curves`;
+- `options`: `ProbeOptions` (the protocol) and probe names;
+- `run`: `load_model` (the core loader) and `probe_model`;
+- `retention`: per-task summaries and retention against a reference;
+- `report`, `plots`: `format_layer_table`, `render_probe_table`, `plot_layer_curves`;
+- `runner_hook`: the `probes` measurement of `capbench run --probes` (registered in capbench.measure);
 - `cli`: `capbench probe`.
 """
 
-from capbench.probing.report import plot_layer_curves, probe_model, render_probe_table, retention
+from capbench.probing.options import ProbeOptions
+from capbench.probing.plots import plot_layer_curves
+from capbench.probing.report import render_probe_table
+from capbench.probing.retention import retention
+from capbench.probing.run import probe_model
 
-__all__ = ["plot_layer_curves", "probe_model", "render_probe_table", "retention"]
+__all__ = ["ProbeOptions", "plot_layer_curves", "probe_model", "render_probe_table", "retention"]

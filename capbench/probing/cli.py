@@ -59,7 +59,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--data-dir",
-        help="local GLUE jsonl dir: the corpus (unless --probe-corpus) and transfer probes; default ../shared/glue",
+        help="GLUE data dir (hub-schema jsonl or glue_data TSV): the corpus (unless --probe-corpus) and transfer probes; default ../shared/glue",
     )
     p.add_argument(
         "--corpus-configs", help="GLUE configs whose sentences form the corpus (default: all in --data-dir)"
@@ -125,11 +125,11 @@ def looks_pruned(model) -> bool:
 def _same_architecture(model, reference: str) -> bool:
     from transformers import AutoConfig
 
-    from capbench.probing.report import _resolve
+    from capbench.models import resolve_model_path
 
     try:
-        config = AutoConfig.from_pretrained(_resolve(reference))
-    except (OSError, ValueError):
+        config = AutoConfig.from_pretrained(resolve_model_path(reference))
+    except (OSError, ValueError, CapbenchError):
         return False
     keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
     return all(getattr(config, k, None) == getattr(model.config, k, None) for k in keys)
@@ -156,24 +156,16 @@ def choose_reference(args, model) -> str | None:
     return None
 
 
-def cmd_probe(args) -> int:
-    from capbench.probing.report import (
-        format_layer_table,
-        load_model,
-        plot_layer_curves,
-        probe_model,
-        retention,
-        split_probe_names,
-    )
+def _probes(args) -> list[str]:
+    from capbench.probing.options import probe_names, split_probe_names
 
-    started = time.perf_counter()
-    probes = _names(args.probes)
-    transfer = _names(args.transfer)
-    split_probe_names([*probes, *transfer])  # unknown names fail here, before any model is loaded
-    poolings = _names(args.pooling)
-    bad = [p for p in poolings if p not in ("mean", "cls")]
-    if bad or not poolings:
-        raise CapbenchError(f"--pooling {args.pooling!r}: choose from mean, cls")
+    probes = probe_names(_names(args.probes), _names(args.transfer))
+    split_probe_names(probes)  # unknown names fail here, before any model is loaded
+    return probes
+
+
+def _corpus_inputs(args) -> tuple[str | None, str | None]:
+    """(corpus file, data dir) of the command line, checked before any model loads."""
     corpus = args.probe_corpus
     if corpus is not None and not Path(corpus).expanduser().is_file():
         raise CapbenchError(
@@ -186,14 +178,19 @@ def cmd_probe(args) -> int:
         raise CapbenchError(
             "no probe corpus: give --probe-corpus FILE or --data-dir DIR (a local GLUE jsonl dir)"
         )
-    log = None if args.quiet else (lambda message: print(f"[probe] {message}", file=sys.stderr, flush=True))
-    options = dict(
-        probes=probes,
-        corpus=corpus,
-        cache_dir=args.cache_dir or _default_cache_dir(),
+    return corpus, data_dir
+
+
+def _options(args):
+    """The probing protocol of the command line (`ProbeOptions`)."""
+    from capbench.probing.options import ProbeOptions
+
+    poolings = _names(args.pooling)
+    bad = [p for p in poolings if p not in ("mean", "cls")]
+    if bad or not poolings:
+        raise CapbenchError(f"--pooling {args.pooling!r}: choose from mean, cls")
+    return ProbeOptions(
         seeds=_ints(args.seeds, "--seeds"),
-        transfer=transfer,
-        data_dir=data_dir,
         poolings=poolings,
         sizes=_sizes(args.sizes, "--sizes"),
         transfer_sizes=_sizes(args.transfer_sizes, "--transfer-sizes"),
@@ -203,22 +200,17 @@ def cmd_probe(args) -> int:
         corpus_configs=_names(args.corpus_configs) or None,
         max_length=args.max_length,
         batch_size=args.batch_size,
-        log=log,
     )
-    model, tokenizer = load_model(args.model)
-    reference = choose_reference(args, model)
-    if log:
-        log(f"model {args.model}" + (f", reference {reference}" if reference else ""))
-    result = probe_model(model, tokenizer, name=args.model, **options)
-    reference_result = ret = None
-    if reference is not None:
-        ref_model, ref_tokenizer = load_model(reference)
-        reference_result = probe_model(ref_model, ref_tokenizer, name=reference, **options)
-        ret = retention(result, reference_result)
-        result["retention"] = ret
+
+
+def _write_outputs(args, result: dict, reference_result: dict | None) -> None:
+    """The per-layer tables on stdout; the result JSON (--out) and the layer curves (--plot)."""
+    from capbench.probing.plots import plot_layer_curves
+    from capbench.probing.report import format_layer_table
+
     if reference_result is not None:
         sys.stdout.write("reference (pre-trained)\n" + format_layer_table(reference_result) + "\n")
-    sys.stdout.write(format_layer_table(result, ret))
+    sys.stdout.write(format_layer_table(result, result.get("retention")))
     if args.out:
         out = Path(args.out)
         from capbench.records import atomic_write_text, dumps_json
@@ -227,6 +219,36 @@ def cmd_probe(args) -> int:
     if args.plot:
         # the reference curve comes from result["retention"] (dashed black)
         plot_layer_curves({args.model: result}, args.plot)
+
+
+def cmd_probe(args) -> int:
+    from capbench.probing.retention import retention
+    from capbench.probing.run import load_model, probe_model
+
+    started = time.perf_counter()
+    probes = _probes(args)
+    options = _options(args)
+    corpus, data_dir = _corpus_inputs(args)
+    log = None if args.quiet else (lambda message: print(f"[probe] {message}", file=sys.stderr, flush=True))
+    inputs = dict(
+        probes=probes,
+        corpus=corpus,
+        options=options,
+        data=data_dir,
+        cache_dir=args.cache_dir or _default_cache_dir(),
+        log=log,
+    )
+    model, tokenizer = load_model(args.model)
+    reference = choose_reference(args, model)
+    if log:
+        log(f"model {args.model}" + (f", reference {reference}" if reference else ""))
+    result = probe_model(model, tokenizer, name=args.model, **inputs)
+    reference_result = None
+    if reference is not None:
+        ref_model, ref_tokenizer = load_model(reference)
+        reference_result = probe_model(ref_model, ref_tokenizer, name=reference, **inputs)
+        result["retention"] = retention(result, reference_result)
+    _write_outputs(args, result, reference_result)
     if log:
         log(f"done in {time.perf_counter() - started:.1f}s")
     return 0

@@ -6,9 +6,10 @@ the embedding output, index i the output of encoder layer i. Poolings: ``cls`` (
 (``*ForSequenceClassification``) are reduced to their base model, so the head never matters.
 
 Features are rounded to float16 (stored that way on disk, returned as float32) whether they come from the
-cache or not, so a cached run gives the same probe results as a fresh one. A cache file is keyed by a hash
-of the base model's weights (every state_dict tensor's bytes, names, dtypes, shapes), the tokenizer's
-vocabulary, the texts, the pooling and the max length, and is written atomically (temp file + os.replace).
+cache or not, so a cached run gives the same probe results as a fresh one. A cache file is keyed by the base
+model's weights digest (`capbench.models.weights_digest`, as the core names weights) and architecture config,
+the tokenizer's vocabulary, the texts, the pooling and the max length, and is written atomically (temp file +
+os.replace).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from capbench.errors import CapbenchError
 POOLINGS = ("mean", "cls")
 DEFAULT_MAX_LENGTH = 128
 DEFAULT_BATCH_SIZE = 32
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: weights named by capbench.models.weights_digest
 CONFIG_KEYS = ("model_type", "hidden_act", "layer_norm_eps", "position_embedding_type", "num_attention_heads")
 
 
@@ -40,17 +41,17 @@ def encoder_of(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def weights_hash(model: torch.nn.Module) -> str:
-    """sha256 over the base encoder's state_dict (names, dtypes, shapes, bytes) and its architecture config."""
-    encoder = encoder_of(model)
-    digest = hashlib.sha256()
-    config = getattr(encoder, "config", None)
-    if config is not None:
-        digest.update(json.dumps({k: getattr(config, k, None) for k in CONFIG_KEYS}, default=str).encode())
-    for name, tensor in sorted(encoder.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+    """The base encoder's weights digest, as the core names a model's weights (capbench.models.weights_digest)."""
+    from capbench.models import weights_digest
+
+    return weights_digest(encoder_of(model))
+
+
+def architecture_hash(model: torch.nn.Module) -> str:
+    """The config facts that change features but not weights (activation, layer-norm eps, ...)."""
+    config = getattr(encoder_of(model), "config", None)
+    facts = {k: getattr(config, k, None) for k in CONFIG_KEYS} if config is not None else {}
+    return hashlib.sha256(json.dumps(facts, default=str, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def texts_hash(texts: Sequence) -> str:
@@ -173,7 +174,7 @@ def extract_features(
     keys: dict[str, str] = {}
     if cache_dir is not None:
         weights = weights or weights_hash(model)
-        base = (weights, tokenizer_digest(tokenizer), texts_hash(texts))
+        base = (f"{weights}|{architecture_hash(model)}", tokenizer_digest(tokenizer), texts_hash(texts))
         for pooling in poolings:
             keys[pooling] = features_key(*base, pooling, max_length)
             paths[pooling] = Path(cache_dir).expanduser() / f"features-{keys[pooling]}.npy"

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from capbench.data.sources import DataSource, load_split
 from capbench.errors import CapbenchError
-from capbench.probing.corpus import read_jsonl
+from capbench.probing.corpus import as_source
 from capbench.probing.tasks import SPLITS, ProbeTask, _rng, assign_splits
 from capbench.tasks import all_tasks, get_task
 
@@ -25,24 +26,16 @@ REGRESSION_TASKS = tuple(name for name, task in all_tasks().items() if task.regr
 DEFAULT_TRANSFER_SIZES = {"train": 1000, "dev": 300, "test": 600}
 
 
-def _split_path(root: Path, config: str, split: str) -> Path:
-    path = root / config / f"{split}.jsonl"
-    if not path.is_file():
-        raise CapbenchError(
-            f"transfer probe {config}: {path} not found; give --data-dir with <config>/{split}.jsonl"
-        )
-    return path
-
-
-def _examples(path: Path, config: str) -> tuple[list, np.ndarray]:
-    fields = get_task(config).text_fields
+def _examples(source: DataSource, config: str, split: str) -> tuple[list, np.ndarray]:
+    """The labelled rows of one split, read by the core loader: (texts or text pairs, labels)."""
+    task = get_task(config)
+    rows = load_split(source, task, split)
     texts: list = []
     labels: list[int] = []
-    for row in read_jsonl(path):
-        label = row.get("label")
+    for *fields, label in zip(*(rows[f] for f in task.text_fields), rows["label"], strict=True):
         if label is None or int(label) < 0:
             continue
-        parts = tuple(" ".join(str(row[f]).split()) for f in fields)
+        parts = tuple(" ".join(str(text).split()) for text in fields)
         texts.append(parts[0] if len(parts) == 1 else parts)
         labels.append(int(label))
     return texts, np.asarray(labels, dtype=np.int64)
@@ -55,22 +48,24 @@ def _balanced(labels: np.ndarray, classes: list[int], per_class: int, rng: np.ra
 
 
 def make_transfer_task(
-    config: str, data_dir: str | Path, seed: int = 0, sizes: Mapping[str, int] | None = None
+    config: str, data: DataSource | str | Path, seed: int = 0, sizes: Mapping[str, int] | None = None
 ) -> ProbeTask:
+    """Transfer probe `config` from a GLUE source (or a data directory, read as `--data-dir` reads it)."""
     if config in REGRESSION_TASKS:
         raise CapbenchError(
             f"transfer probe {config}: a regression task; transfer probes take {', '.join(TRANSFER_TASKS)}"
         )
     if config not in TRANSFER_TASKS:
         raise CapbenchError(f"unknown transfer probe {config!r}; known: {', '.join(TRANSFER_TASKS)}")
-    root = Path(data_dir).expanduser()
+    source = as_source(data)
+    where = source.describe()
     sizes = {**DEFAULT_TRANSFER_SIZES, **(sizes or {})}
-    train_texts, train_labels = _examples(_split_path(root, config, "train"), config)
-    test_texts, test_labels = _examples(_split_path(root, config, get_task(config).main_eval_split), config)
+    train_texts, train_labels = _examples(source, config, get_task(config).train_split)
+    test_texts, test_labels = _examples(source, config, get_task(config).main_eval_split)
     classes = sorted(set(train_labels.tolist()) | set(test_labels.tolist()))
     k = len(classes)
     if k < 2:
-        raise CapbenchError(f"transfer probe {config}: fewer than two labels in {root / config}")
+        raise CapbenchError(f"transfer probe {config}: fewer than two labels in {where}")
     smallest_train = min(int(np.sum(train_labels == c)) for c in classes)
     smallest_test = min(int(np.sum(test_labels == c)) for c in classes)
     want_train, want_dev = sizes["train"] // k, sizes["dev"] // k
@@ -78,9 +73,7 @@ def make_transfer_task(
     per_train, per_dev = int(want_train * scale), int(want_dev * scale)
     per_test = min(sizes["test"] // k, smallest_test)
     if min(per_train, per_dev, per_test) < 1:
-        raise CapbenchError(
-            f"transfer probe {config}: too few labelled examples per class in {root / config}"
-        )
+        raise CapbenchError(f"transfer probe {config}: too few labelled examples per class in {where}")
     rng = _rng(seed, f"transfer:{config}", 0)
     train_rows = _balanced(train_labels, classes, per_train + per_dev, rng)
     test_rows = _balanced(test_labels, classes, per_test, rng)

@@ -117,7 +117,7 @@ def _speed(record: Mapping) -> dict:
 
 
 def _machine_line(machine: Mapping) -> str:
-    from capbench.speed.machine import machine_line
+    from capbench.provenance import machine_line
 
     return machine_line(machine)
 

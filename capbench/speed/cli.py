@@ -7,12 +7,18 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from capbench.errors import CapbenchError
-from capbench.speed.kernels import DEFAULT_TOKEN_COUNTS, parse_token_count
-from capbench.speed.model import DEFAULT_MODEL_TOKEN_COUNTS
-from capbench.speed.sweep import DEFAULT_SPARSITIES, SHAPE_SETS
+from capbench.speed.options import (
+    DEFAULT_MODEL_TOKEN_COUNTS,
+    DEFAULT_OPTIONS,
+    DEFAULT_TOKEN_COUNTS,
+    BenchOptions,
+    parse_token_count,
+)
+from capbench.speed.sweep import DEFAULT_SPARSITIES, SHAPE_SETS, SWEEP_OPTIONS
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -132,7 +138,8 @@ def write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
-def _bench_kwargs(args) -> dict:
+def bench_options(args, base: BenchOptions = DEFAULT_OPTIONS) -> BenchOptions:
+    """`base` with the command line's shapes, rounds, breakdown and threads; CapbenchError on a bad value."""
     for spec in [*args.token_counts, *args.model_token_counts]:
         try:
             parse_token_count(spec)
@@ -140,13 +147,14 @@ def _bench_kwargs(args) -> dict:
             raise CapbenchError(f"{exc}") from None
     if args.repeats < 1:
         raise CapbenchError("--repeats must be at least 1")
-    return dict(
-        token_counts=args.token_counts,
-        model_token_counts=args.model_token_counts,
+    return replace(
+        base,
+        token_counts=tuple(args.token_counts),
+        model_token_counts=tuple(args.model_token_counts),
         repeats=args.repeats,
         warmup=args.warmup,
         breakdown=not args.no_breakdown,
-        progress=_progress(args.quiet),
+        threads=args.threads,
     )
 
 
@@ -159,84 +167,114 @@ def _resolve(path_str: str | None, run_dir: Path) -> Path | None:
     return run_dir / p
 
 
-def run_bench(args) -> int:
-    import torch
+def _bench(model, dense, options: BenchOptions, progress, where: str = "") -> dict:
+    from capbench.speed.bench import bench_model
 
-    from capbench.speed.report import bench_model, render_layer_table, render_model_table, render_speed_table
+    try:
+        return bench_model(model, dense, options, progress=progress)
+    except ValueError as exc:
+        raise CapbenchError(f"{where}{exc}") from exc
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    kwargs = _bench_kwargs(args)
-    if args.sweep is not None:
-        from capbench.speed.machine import describe_machine, machine_line
-        from capbench.speed.report import jsonable
-        from capbench.speed.sweep import break_even, render_sweep, sweep
 
-        rows = sweep(
-            SHAPE_SETS[args.sweep],
-            args.sparsities,
-            token_counts=args.token_counts,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            progress=kwargs["progress"],
+def _run_sweep(args) -> int:
+    from capbench.provenance import machine, machine_line
+    from capbench.speed.bench import jsonable
+    from capbench.speed.sweep import break_even, render_sweep, sweep
+
+    options = bench_options(args, SWEEP_OPTIONS)
+    rows = sweep(SHAPE_SETS[args.sweep], args.sparsities, options, progress=_progress(args.quiet))
+    described = machine()
+    print(f"Kernel sweep on {machine_line(described)}; speedup vs dense, median of per-round ratios\n")
+    print(render_sweep(rows))
+    if args.json:
+        write_json_atomic(
+            args.json, jsonable({"machine": described, "rows": rows, "break_even": break_even(rows)})
         )
-        machine = describe_machine()
-        print(f"Kernel sweep on {machine_line(machine)}; speedup vs dense, median of per-round ratios\n")
-        print(render_sweep(rows))
-        if args.json:
-            write_json_atomic(
-                args.json, jsonable({"machine": machine, "rows": rows, "break_even": break_even(rows)})
-            )
-        return 0
-    if args.model is not None:
-        model = load_model(args.model)
-        dense = load_model(args.dense) if args.dense else None
-        try:
-            speed = bench_model(model, dense, **kwargs)
-        except ValueError as exc:
-            raise CapbenchError(str(exc)) from exc
-        print(render_layer_table(speed))
-        print()
-        print(render_model_table(speed))
-        if args.json:
-            write_json_atomic(args.json, speed)
-        return 0
+    return 0
 
-    run_dir = args.runs
-    record_dir = run_dir / "records"
+
+def _run_model(args) -> int:
+    from capbench.speed.report import render_layer_table, render_model_table
+
+    options = bench_options(args)
+    model = load_model(args.model)
+    dense = load_model(args.dense) if args.dense else None
+    speed = _bench(model, dense, options, _progress(args.quiet))
+    print(render_layer_table(speed))
+    print()
+    print(render_model_table(speed))
+    if args.json:
+        write_json_atomic(args.json, speed)
+    return 0
+
+
+class _DenseModels:
+    """Dense models by directory, each loaded once per run directory."""
+
+    def __init__(self):
+        self.loaded: dict[Path, object] = {}
+
+    def get(self, dense_dir: Path | None, num_labels: int | None):
+        if dense_dir is not None and dense_dir not in self.loaded:
+            self.loaded[dense_dir] = load_model(dense_dir, num_labels)
+        return self.loaded.get(dense_dir)
+
+
+def _time_record(path: Path, record: dict, args, options: BenchOptions, dense: _DenseModels) -> dict | None:
+    """Time one done record's model and write its 'speed' field atomically; the fresh record, or None when
+    the record names no model."""
+    from capbench.speed.report import render_model_table
+
+    model_dir = _resolve(record.get("model_dir"), args.runs)
+    if model_dir is None:
+        print(f"{path.name}: no model_dir in the record, skipped", file=sys.stderr)
+        return None
+    dense_dir = _resolve(record.get("dense_model_dir"), args.runs) or args.dense
+    num_labels = _num_labels(record)
+    baseline = dense.get(dense_dir, num_labels)
+    print(f"{path.name}: timing {model_dir}", file=sys.stderr)
+    speed = _bench(
+        load_model(model_dir, num_labels), baseline, options, _progress(args.quiet), f"{path.name}: "
+    )
+    print(f"\n## {path.stem}\n")
+    print(render_model_table(speed))
+    fresh = json.loads(path.read_text())  # re-read: only the speed field is ours
+    fresh["speed"] = speed
+    write_json_atomic(path, fresh)
+    return fresh
+
+
+def _run_dir(args) -> int:
+    from capbench.speed.report import render_speed_table
+
+    options = bench_options(args)
+    record_dir = args.runs / "records"
     if not record_dir.is_dir():
         raise CapbenchError(f"{record_dir} does not exist; pass a run directory made by `capbench run`")
-    paths = sorted(record_dir.glob("*.json"))
-    dense_cache: dict[Path, object] = {}
+    dense = _DenseModels()
     timed, skipped, records = 0, 0, []
-    for path in paths:
+    for path in sorted(record_dir.glob("*.json")):
         record = json.loads(path.read_text())
         if record.get("status") != "done" or (record.get("speed") and not args.force):
             skipped += record.get("status") != "done"
             records.append(record)
             continue
-        model_dir = _resolve(record.get("model_dir"), run_dir)
-        if model_dir is None:
-            print(f"{path.name}: no model_dir in the record, skipped", file=sys.stderr)
-            records.append(record)
-            continue
-        dense_dir = _resolve(record.get("dense_model_dir"), run_dir) or args.dense
-        num_labels = _num_labels(record)
-        if dense_dir is not None and dense_dir not in dense_cache:
-            dense_cache[dense_dir] = load_model(dense_dir, num_labels)
-        print(f"{path.name}: timing {model_dir}", file=sys.stderr)
-        try:
-            speed = bench_model(load_model(model_dir, num_labels), dense_cache.get(dense_dir), **kwargs)
-        except ValueError as exc:
-            raise CapbenchError(f"{path.name}: {exc}") from exc
-        print(f"\n## {path.stem}\n")
-        print(render_model_table(speed))
-        fresh = json.loads(path.read_text())  # re-read: only the speed field is ours
-        fresh["speed"] = speed
-        write_json_atomic(path, fresh)
-        records.append(fresh)
-        timed += 1
+        fresh = _time_record(path, record, args, options, dense)
+        records.append(record if fresh is None else fresh)
+        timed += fresh is not None
     print()
     print(render_speed_table(records))
     print(f"\ntimed {timed} cell(s); {skipped} not done; records in {record_dir}", file=sys.stderr)
     return 0
+
+
+def run_bench(args) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.sweep is not None:
+        return _run_sweep(args)
+    if args.model is not None:
+        return _run_model(args)
+    return _run_dir(args)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -240,85 +241,120 @@ def _check(fmt: KernelFormat, weight, bias, atol: float = 1e-4, rtol: float = 1e
     return fmt
 
 
+@dataclass(frozen=True)
+class FormatPolicy:
+    """Which sparse formats are worth building for a layer, and how they run.
+
+    Sparse formats are marked unavailable ("skipped: ...") when the layer's sparsity is below `min_sparsity`,
+    and a BSR block size when the fraction of non-zero blocks exceeds `max_block_density`: they cannot beat
+    dense there and timing them costs minutes at large token counts. The defaults skip nothing.
+    `contiguous=False` lets the sparse formats return a column-major view instead of copying (see
+    `_SparseLeftFormat`); `check` runs each built format once against dense and drops wrong ones.
+    """
+
+    block_sizes: tuple[int, ...] = DEFAULT_BLOCK_SIZES
+    min_sparsity: float = 0.0
+    max_block_density: float = 1.0
+    contiguous: bool = True
+    check: bool = True
+
+
+DEFAULT_POLICY = FormatPolicy()
+
+
+def _attempt(name: str, factory, weight, bias, policy: FormatPolicy) -> KernelFormat:
+    """Build one format; one this build cannot run (or that fails its check) is reported, never dropped."""
+    try:
+        fmt = factory()
+        return _check(fmt, weight, bias) if policy.check else fmt
+    except Exception as exc:
+        return Unavailable(name, *weight.shape, f"{type(exc).__name__}: {exc}")
+
+
+def _csr(weight, bias, policy: FormatPolicy, low: str | None) -> dict[str, KernelFormat]:
+    if not hasattr(weight, "to_sparse_csr"):
+        return {"csr": Unavailable("csr", *weight.shape, "torch has no sparse CSR tensors")}
+    if low:
+        return {"csr": Unavailable("csr", *weight.shape, low)}
+    return {"csr": _attempt("csr", lambda: CsrFormat(weight, bias, policy.contiguous), weight, bias, policy)}
+
+
+def _bsr_reason(weight, block: int, policy: FormatPolicy, low: str | None) -> str | None:
+    out_features, in_features = weight.shape
+    if out_features % block or in_features % block:
+        return f"block size {block} does not divide the {out_features}x{in_features} weight"
+    if low:
+        return low
+    dens = block_density(weight, block)
+    if dens > policy.max_block_density:
+        return (
+            f"skipped: {dens:.0%} of {block}x{block} blocks hold a non-zero "
+            f"(limit {policy.max_block_density:.0%}), BSR would store nearly the dense weight"
+        )
+    return None
+
+
+def _bsr(weight, bias, policy: FormatPolicy, low: str | None) -> dict[str, KernelFormat]:
+    out: dict[str, KernelFormat] = {}
+    for b in policy.block_sizes:
+        name = f"bsr{b}"
+        reason = _bsr_reason(weight, b, policy, low)
+        if reason is not None:
+            out[name] = Unavailable(name, *weight.shape, reason)
+        else:
+            out[name] = _attempt(
+                name, lambda b=b: BsrFormat(weight, bias, b, policy.contiguous), weight, bias, policy
+            )
+    return out
+
+
+def _compact(weight, bias, policy: FormatPolicy, low: str | None) -> dict[str, KernelFormat]:
+    nz = weight != 0
+    if bool(nz.any(dim=1).all()) and bool(nz.any(dim=0).all()):
+        reason = "nothing to compact: no all-zero rows or columns"
+        return {"compact": Unavailable("compact", *weight.shape, reason)}
+    return {"compact": _attempt("compact", lambda: CompactFormat(weight, bias), weight, bias, policy)}
+
+
+def _semi_structured(weight, bias, policy: FormatPolicy, low: str | None) -> dict[str, KernelFormat]:
+    name = "semi_structured_2to4"
+    reason = semi_structured_unavailable_reason(weight)
+    if reason is not None:
+        return {name: Unavailable(name, *weight.shape, reason)}
+    return {name: _attempt(name, lambda: SemiStructuredFormat(weight, bias), weight, bias, policy)}
+
+
+# format family -> builder of its formats (FORMAT_ORDER without dense)
+_BUILDERS = {"csr": _csr, "bsr": _bsr, "compact": _compact, "semi_structured_2to4": _semi_structured}
+
+
 def build_formats(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
+    policy: FormatPolicy = DEFAULT_POLICY,
     *,
-    mask: torch.Tensor | None = None,
     formats: Iterable[str] | None = None,
-    block_sizes: Iterable[int] = DEFAULT_BLOCK_SIZES,
-    min_sparsity: float = 0.0,
-    max_block_density: float = 1.0,
-    contiguous: bool = True,
-    check: bool = True,
+    mask: torch.Tensor | None = None,
 ) -> dict[str, KernelFormat]:
-    """All kernel formats for one linear layer, keyed by name, dense first.
+    """All kernel formats for one linear layer, keyed by name, dense first, built as `policy` says.
 
-    `formats` restricts the families built (names from `FORMAT_ORDER`; default all). Sparse formats are
-    marked unavailable ("skipped: ...") when the layer's sparsity is below `min_sparsity`, and a BSR block
-    size when the fraction of non-zero blocks exceeds `max_block_density`: they cannot beat dense there and
-    timing them costs minutes at large token counts. The defaults skip nothing. `contiguous=False` lets the
-    sparse formats return a column-major view instead of copying (see `_SparseLeftFormat`).
+    `formats` restricts the families built (names from `FORMAT_ORDER`; default all); `mask` multiplies the
+    weight first.
     """
     weight = weight.detach()
     if mask is not None:
         weight = weight * mask.to(weight.dtype)
     bias = None if bias is None else bias.detach()
-    out_features, in_features = weight.shape
     wanted = list(FORMAT_ORDER if formats is None else formats)
     unknown = [f for f in wanted if f not in FORMAT_ORDER]
     if unknown:
         raise ValueError(f"unknown kernel formats {unknown}; known: {list(FORMAT_ORDER)}")
     s = sparsity_of(weight)
+    low = None
+    if s < policy.min_sparsity:
+        low = f"skipped: sparsity {s:.2f} below {policy.min_sparsity:.2f}, sparse kernels cannot beat dense there"
     result: dict[str, KernelFormat] = {"dense": DenseFormat(weight, bias)}
-
-    def attempt(name: str, factory) -> None:
-        try:
-            fmt = factory()
-            result[name] = _check(fmt, weight, bias) if check else fmt
-        except Exception as exc:  # a format this build cannot run: report it, never drop it
-            result[name] = Unavailable(name, out_features, in_features, f"{type(exc).__name__}: {exc}")
-
-    low = s < min_sparsity
-    low_reason = f"skipped: sparsity {s:.2f} below {min_sparsity:.2f}, sparse kernels cannot beat dense there"
-    if "csr" in wanted:
-        if not hasattr(weight, "to_sparse_csr"):
-            result["csr"] = Unavailable("csr", out_features, in_features, "torch has no sparse CSR tensors")
-        elif low:
-            result["csr"] = Unavailable("csr", out_features, in_features, low_reason)
-        else:
-            attempt("csr", lambda: CsrFormat(weight, bias, contiguous))
-    if "bsr" in wanted:
-        for b in block_sizes:
-            name = f"bsr{b}"
-            if out_features % b or in_features % b:
-                reason = f"block size {b} does not divide the {out_features}x{in_features} weight"
-                result[name] = Unavailable(name, out_features, in_features, reason)
-                continue
-            if low:
-                result[name] = Unavailable(name, out_features, in_features, low_reason)
-                continue
-            dens = block_density(weight, b)
-            if dens > max_block_density:
-                reason = (
-                    f"skipped: {dens:.0%} of {b}x{b} blocks hold a non-zero (limit {max_block_density:.0%}), "
-                    "BSR would store nearly the dense weight"
-                )
-                result[name] = Unavailable(name, out_features, in_features, reason)
-                continue
-            attempt(name, lambda b=b: BsrFormat(weight, bias, b, contiguous))
-    if "compact" in wanted:
-        nz = weight != 0
-        if bool(nz.any(dim=1).all()) and bool(nz.any(dim=0).all()):
-            reason = "nothing to compact: no all-zero rows or columns"
-            result["compact"] = Unavailable("compact", out_features, in_features, reason)
-        else:
-            attempt("compact", lambda: CompactFormat(weight, bias))
-    if "semi_structured_2to4" in wanted:
-        name = "semi_structured_2to4"
-        reason = semi_structured_unavailable_reason(weight)
-        if reason is not None:
-            result[name] = Unavailable(name, out_features, in_features, reason)
-        else:
-            attempt(name, lambda: SemiStructuredFormat(weight, bias))
+    for family, build in _BUILDERS.items():
+        if family in wanted:
+            result.update(build(weight, bias, policy, low))
     return result

@@ -5,42 +5,21 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from capbench.layout import FFN_IN_PATHS, Layout
 from capbench.speed.formats import KernelFormat, build_formats, sparsity_of
-from capbench.speed.timing import Clock, time_interleaved
-
-# batch x sequence length: a single sequence, a typical batch, and one large count.
-DEFAULT_TOKEN_COUNTS = ("1x128", "32x128", "128x128")
-
-
-def parse_token_count(spec: str | int | tuple[int, int]) -> tuple[int, int]:
-    """``"32x128"`` -> (32, 128); a plain number N -> (1, N)."""
-    if isinstance(spec, tuple):
-        batch, seq = spec
-    elif isinstance(spec, int):
-        batch, seq = 1, spec
-    else:
-        text = str(spec).lower().replace("×", "x").strip()
-        try:
-            if "x" in text:
-                b, s = text.split("x", 1)
-                batch, seq = int(b), int(s)
-            else:
-                batch, seq = 1, int(text)
-        except ValueError:
-            raise ValueError(f"token count {spec!r} is not BATCHxSEQ (e.g. 32x128) or a number") from None
-    if batch < 1 or seq < 1:
-        raise ValueError(f"token count {spec!r} must be positive")
-    return int(batch), int(seq)
-
-
-def token_count_label(spec) -> str:
-    batch, seq = parse_token_count(spec)
-    return f"{batch}x{seq}"
+from capbench.speed.options import (
+    DEFAULT_OPTIONS,
+    DEFAULT_TOKEN_COUNTS,
+    BenchOptions,
+    parse_token_count,
+    token_count_label,
+)
+from capbench.speed.timing import DEFAULT_ROUNDS, Clock, Rounds, time_interleaved
 
 
 def theoretical_speedup(nnz: int, numel: int) -> float | None:
@@ -78,72 +57,74 @@ def _stats_row(times: dict, speedup: dict) -> dict:
     }
 
 
+def _best(results: dict, min_gain: float) -> tuple[str, float]:
+    """The fastest format beating dense by more than `min_gain` (else dense) and its speedup."""
+    best, best_speedup = "dense", 1.0
+    for name, row in results.items():
+        if name != "dense" and row["speedup"] > max(best_speedup, min_gain):
+            best, best_speedup = name, row["speedup"]
+    return best, best_speedup
+
+
+def _time_at(
+    formats: dict[str, KernelFormat], spec, rounds: Rounds, clock: Clock, g: torch.Generator
+) -> dict:
+    """Every available format on one random input of `spec` tokens, interleaved with dense."""
+    dense = formats["dense"]
+    batch, seq = parse_token_count(spec)
+    x = torch.randn(batch * seq, dense.in_features, generator=g).to(dense.weight.device, dense.weight.dtype)
+    fns: dict[str, Callable[[], object]] = {
+        name: (lambda f=fmt, x=x: f(x)) for name, fmt in formats.items() if fmt.available
+    }
+    with torch.inference_mode():
+        timing = time_interleaved(fns, rounds, baseline="dense", clock=clock)
+    return {
+        "tokens": batch * seq,
+        "rounds": timing["rounds"],
+        "threads": timing["threads"],
+        "results": {name: _stats_row(timing["times"][name], timing["speedup"][name]) for name in fns},
+    }
+
+
 def time_formats(
     formats: dict[str, KernelFormat],
     token_counts: Iterable = DEFAULT_TOKEN_COUNTS,
+    rounds: Rounds = DEFAULT_ROUNDS,
     *,
-    repeats: int = 7,
-    warmup: int = 1,
-    budget: float | None = None,
     clock: Clock = time.perf_counter,
     min_gain: float = 1.0,
     seed: int = 0,
 ) -> dict:
     """Time every available format at each token count, interleaved with dense; speedups per round."""
-    dense = formats["dense"]
     out: dict = {}
     g = torch.Generator().manual_seed(seed)
     for spec in token_counts:
-        label = token_count_label(spec)
-        batch, seq = parse_token_count(spec)
-        tokens = batch * seq
-        x = torch.randn(tokens, dense.in_features, generator=g).to(dense.weight.device, dense.weight.dtype)
-        fns: dict[str, Callable[[], object]] = {
-            name: (lambda f=fmt, x=x: f(x)) for name, fmt in formats.items() if fmt.available
-        }
-        with torch.inference_mode():
-            timing = time_interleaved(
-                fns, baseline="dense", repeats=repeats, warmup=warmup, budget=budget, clock=clock
-            )
-        results = {name: _stats_row(timing["times"][name], timing["speedup"][name]) for name in fns}
-        best, best_speedup = "dense", 1.0
-        for name, row in results.items():
-            if name != "dense" and row["speedup"] > max(best_speedup, min_gain):
-                best, best_speedup = name, row["speedup"]
-        out[label] = {
-            "tokens": tokens,
-            "rounds": timing["rounds"],
-            "threads": timing["threads"],
-            "results": results,
-            "best": best,
-            "best_speedup": best_speedup,
-        }
+        row = _time_at(formats, spec, rounds, clock, g)
+        row["best"], row["best_speedup"] = _best(row["results"], min_gain)
+        out[token_count_label(spec)] = row
     return out
 
 
 def bench_layer(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
+    options: BenchOptions = DEFAULT_OPTIONS,
     *,
     name: str = "",
     mask: torch.Tensor | None = None,
-    token_counts: Iterable = DEFAULT_TOKEN_COUNTS,
-    repeats: int = 7,
-    warmup: int = 1,
-    budget: float | None = None,
+    contiguous: bool = True,
     clock: Clock = time.perf_counter,
-    min_gain: float = 1.0,
     seed: int = 0,
-    **format_kwargs,
 ) -> dict:
-    """Benchmark one linear layer in every format at each token count.
+    """Benchmark one linear layer in every format at each of `options.token_counts`.
 
     Returns the layer's shape, sparsity, theoretical speedup (non-zero FLOPs), each format's availability,
     per token count each format's time statistics and its speedup vs dense (median of per-round ratios),
-    and the best format per token count (a format must beat dense by `min_gain` to be chosen).
+    and the best format per token count (a format must beat dense by `options.min_gain` to be chosen).
+    `contiguous=False`: sparse formats may return a column-major output (see `layout_free_output`).
     """
     w = weight.detach() if mask is None else weight.detach() * mask.to(weight.dtype)
-    formats = build_formats(w, bias, **format_kwargs)
+    formats = build_formats(w, bias, replace(options.policy, contiguous=contiguous))
     nnz = int(torch.count_nonzero(w))
     result = {
         "name": name,
@@ -153,15 +134,9 @@ def bench_layer(
         "theoretical_speedup": theoretical_speedup(nnz, w.numel()),
         "formats": {fname: fmt.describe() for fname, fmt in formats.items()},
     }
+    rounds = options.rounds(options.layer_budget)
     timed = time_formats(
-        formats,
-        token_counts,
-        repeats=repeats,
-        warmup=warmup,
-        budget=budget,
-        clock=clock,
-        min_gain=min_gain,
-        seed=seed,
+        formats, options.token_counts, rounds, clock=clock, min_gain=options.min_gain, seed=seed
     )
     result["token_counts"] = timed
     result["best"] = {label: row["best"] for label, row in timed.items()}
@@ -170,17 +145,16 @@ def bench_layer(
 
 def bench_linears(
     model: nn.Module,
+    options: BenchOptions = DEFAULT_OPTIONS,
     *,
-    token_counts: Iterable = DEFAULT_TOKEN_COUNTS,
+    clock: Clock = time.perf_counter,
     progress: Callable[[str], None] | None = None,
-    **kwargs,
 ) -> list[dict]:
     """`bench_layer` for every encoder linear of `model`, in module order.
 
     Sparse formats copy their output back to row-major except on `layout_free_output` layers, exactly as
     `capbench.speed.model.realise` runs them, so per-layer numbers are what the model gets.
     """
-    token_counts = list(token_counts)
     layers = list(iter_encoder_linears(model))
     results = []
     for i, (name, module) in enumerate(layers):
@@ -189,8 +163,10 @@ def bench_linears(
         weight = getattr(module, "weight", None)
         if weight is None:
             continue
-        layer_kwargs = {"contiguous": not layout_free_output(name), **kwargs}
-        results.append(bench_layer(weight, module.bias, name=name, token_counts=token_counts, **layer_kwargs))
+        contiguous = not layout_free_output(name)
+        results.append(
+            bench_layer(weight, module.bias, options, name=name, contiguous=contiguous, clock=clock)
+        )
     return results
 
 

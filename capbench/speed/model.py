@@ -5,21 +5,18 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from capbench.layout import Layout, input_names, max_positions
-from capbench.speed.formats import KernelFormat, build_formats
-from capbench.speed.kernels import (
-    iter_encoder_linears,
-    layout_free_output,
-    parse_token_count,
-    token_count_label,
-)
-from capbench.speed.timing import Clock, summarize, time_interleaved
+from capbench.layout import Layout, input_names, max_positions, set_path
+from capbench.speed.formats import DEFAULT_POLICY, FormatPolicy, KernelFormat, build_formats
+from capbench.speed.kernels import iter_encoder_linears, layout_free_output
+from capbench.speed.options import DEFAULT_MODEL_TOKEN_COUNTS, parse_token_count, token_count_label
+from capbench.speed.timing import Clock, Rounds, summarize, time_interleaved
 
-DEFAULT_MODEL_TOKEN_COUNTS = ("1x128", "32x128")
+MODEL_ROUNDS = Rounds(repeats=5)  # whole-model timing: 5 interleaved rounds after 1 warm-up forward
 
 
 class FormatLinear(nn.Module):
@@ -46,14 +43,24 @@ class FormatLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format_name}"
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, module)
+def _format_for(name: str, module: nn.Module, wanted: str, policy: FormatPolicy) -> FormatLinear:
+    """`module` running format `wanted` ("csr", "bsr16", "compact"...), laid out as `realise` says."""
+    family = "bsr" if wanted.startswith("bsr") else wanted
+    policy = replace(policy, contiguous=not layout_free_output(name))
+    if family == "bsr":
+        policy = replace(policy, block_sizes=(int(wanted[3:]),))
+    fmt = build_formats(module.weight, module.bias, policy, formats=[family]).get(wanted)
+    if fmt is None or not fmt.available:
+        raise ValueError(f"{name}: format {wanted} unavailable: {getattr(fmt, 'reason', 'not built')}")
+    return FormatLinear(fmt, module.weight, module.bias)
 
 
 def realise(
-    model: nn.Module, choices: Mapping[str, str], *, inplace: bool = False, **format_kwargs
+    model: nn.Module,
+    choices: Mapping[str, str],
+    policy: FormatPolicy = DEFAULT_POLICY,
+    *,
+    inplace: bool = False,
 ) -> nn.Module:
     """A copy of `model` whose encoder linears named in `choices` run the chosen format ("dense": unchanged).
 
@@ -64,17 +71,8 @@ def realise(
         model = copy.deepcopy(model)
     for name, module in list(iter_encoder_linears(model)):
         wanted = choices.get(name, "dense")
-        if wanted == "dense":
-            continue
-        family = "bsr" if wanted.startswith("bsr") else wanted
-        kwargs = {"contiguous": not layout_free_output(name), **format_kwargs}
-        if family == "bsr":
-            kwargs["block_sizes"] = (int(wanted[3:]),)
-        formats = build_formats(module.weight, module.bias, formats=[family], **kwargs)
-        fmt = formats.get(wanted)
-        if fmt is None or not fmt.available:
-            raise ValueError(f"{name}: format {wanted} unavailable: {getattr(fmt, 'reason', 'not built')}")
-        _set_submodule(model, name, FormatLinear(fmt, module.weight, module.bias))
+        if wanted != "dense":
+            set_path(model, name, _format_for(name, module, wanted, policy))
     return model
 
 
@@ -107,14 +105,26 @@ def check_shape(model: nn.Module, spec) -> tuple[int, int]:
     return batch, seq
 
 
+def _model_row(timing: dict, batch: int, seq: int) -> dict:
+    """Latency statistics, throughput (from the median latency) and speedup of each timed model."""
+    row = {"batch": batch, "seq": seq, "rounds": timing["rounds"], "threads": timing["threads"], "models": {}}
+    for name, t in timing["times"].items():
+        row["models"][name] = {
+            "latency_s": t,
+            "sequences_per_s": batch / t["median"] if t["median"] > 0 else None,
+            "tokens_per_s": batch * seq / t["median"] if t["median"] > 0 else None,
+            "speedup": timing["speedup"][name]["median"],
+            "speedup_iqr": timing["speedup"][name]["iqr"],
+        }
+    return row
+
+
 def time_models(
     models: Mapping[str, nn.Module],
     token_counts: Iterable = DEFAULT_MODEL_TOKEN_COUNTS,
+    rounds: Rounds = MODEL_ROUNDS,
     *,
     baseline: str | None = None,
-    repeats: int = 5,
-    warmup: int = 1,
-    budget: float | None = None,
     clock: Clock = time.perf_counter,
     seed: int = 0,
 ) -> dict:
@@ -123,8 +133,7 @@ def time_models(
     Returns per shape: latency statistics (seconds per forward), throughput (sequences and tokens per second
     from the median latency) and the speedup of each model vs `baseline` (median of per-round ratios).
     """
-    names = list(models)
-    baseline = baseline or names[0]
+    baseline = baseline or next(iter(models))
     out: dict = {}
     for spec in token_counts:
         batch, seq = check_shape(models[baseline], spec)
@@ -133,27 +142,61 @@ def time_models(
         for m in models.values():
             m.eval()
         with torch.inference_mode():
-            timing = time_interleaved(
-                fns, baseline=baseline, repeats=repeats, warmup=warmup, number=1, budget=budget, clock=clock
-            )
-        row = {
-            "batch": batch,
-            "seq": seq,
-            "rounds": timing["rounds"],
-            "threads": timing["threads"],
-            "models": {},
-        }
-        for name in names:
-            t = timing["times"][name]
-            row["models"][name] = {
-                "latency_s": t,
-                "sequences_per_s": batch / t["median"] if t["median"] > 0 else None,
-                "tokens_per_s": batch * seq / t["median"] if t["median"] > 0 else None,
-                "speedup": timing["speedup"][name]["median"],
-                "speedup_iqr": timing["speedup"][name]["iqr"],
-            }
-        out[token_count_label(spec)] = row
+            timing = time_interleaved(fns, rounds, baseline=baseline, number=1, clock=clock)
+        out[token_count_label(spec)] = _model_row(timing, batch, seq)
     return out
+
+
+_PARTS = ("total", "embeddings", "encoder_linears", "attention_core", "other")
+
+
+class _PartTimer:
+    """Forward hooks adding each hooked module's time to its parts: embeddings, every encoder linear
+    ("encoder_linears", Q/K/V also "qkv") and every self-attention module ("self_attention")."""
+
+    def __init__(self, model: nn.Module, clock: Clock):
+        self.clock = clock
+        self.acc = dict.fromkeys(("embeddings", "encoder_linears", "self_attention", "qkv"), 0.0)
+        self.starts: dict[int, float] = {}
+        self.handles: list = []
+        lay = Layout(model)
+        linears = {id(m): m for _, m in iter_encoder_linears(model)}
+        self._hook(lay.embeddings, "embeddings")
+        for layer in lay.layers:
+            self._hook(lay.attention(layer), "self_attention")
+            for role in ("query", "key", "value"):
+                proj = linears.pop(id(lay.get(layer, role)), None)
+                if proj is not None:
+                    self._hook(proj, "encoder_linears", "qkv")
+        for module in linears.values():
+            self._hook(module, "encoder_linears")
+
+    def _hook(self, module: nn.Module, *keys: str) -> None:
+        def pre(mod, args):
+            self.starts[id(mod)] = self.clock()
+
+        def post(mod, args, output):
+            elapsed = self.clock() - self.starts.pop(id(mod))
+            for key in keys:
+                self.acc[key] += elapsed
+
+        self.handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+    def forward(self, model: nn.Module, inputs: dict) -> dict[str, float]:
+        """One timed forward: seconds of each of `_PARTS` (attention core = self-attention minus Q/K/V)."""
+        for key in self.acc:
+            self.acc[key] = 0.0
+        t0 = self.clock()
+        model(**inputs)
+        total = self.clock() - t0
+        acc = self.acc
+        core = acc["self_attention"] - acc["qkv"]
+        other = total - acc["embeddings"] - acc["encoder_linears"] - core
+        return dict(zip(_PARTS, (total, acc["embeddings"], acc["encoder_linears"], core, other), strict=True))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def time_breakdown(
@@ -175,60 +218,16 @@ def time_breakdown(
     """
     batch, seq = check_shape(model, token_count)
     inputs = model_inputs(model, batch, seq, seed)
-    lay = Layout(model)
-    linear_ids = {id(m) for _, m in iter_encoder_linears(model)}
-    acc = {"embeddings": 0.0, "encoder_linears": 0.0, "self_attention": 0.0, "qkv": 0.0}
-    starts: dict[int, float] = {}
-    handles = []
-
-    def add(module: nn.Module, key: str, extra: str | None = None):
-        def pre(mod, args, kwargs=None):
-            starts[id(mod)] = clock()
-
-        def post(mod, args, output, kwargs=None):
-            elapsed = clock() - starts.pop(id(mod))
-            acc[key] += elapsed
-            if extra is not None:
-                acc[extra] += elapsed
-
-        handles.append(module.register_forward_pre_hook(pre))
-        handles.append(module.register_forward_hook(post))
-
-    add(lay.embeddings, "embeddings")
-    for layer in lay.layers:
-        add(lay.attention(layer), "self_attention")
-        for proj in (lay.get(layer, role) for role in ("query", "key", "value")):
-            if id(proj) in linear_ids:
-                add(proj, "encoder_linears", "qkv")
-                linear_ids.discard(id(proj))
-    for _, module in iter_encoder_linears(model):
-        if id(module) in linear_ids:
-            add(module, "encoder_linears")
-
-    samples: dict[str, list[float]] = {
-        k: [] for k in ("total", "embeddings", "encoder_linears", "attention_core", "other")
-    }
     model.eval()
+    timer = _PartTimer(model, clock)
     try:
         with torch.inference_mode():
             for _ in range(warmup):
                 model(**inputs)
-            for _ in range(repeats):
-                for k in acc:
-                    acc[k] = 0.0
-                t0 = clock()
-                model(**inputs)
-                total = clock() - t0
-                core = acc["self_attention"] - acc["qkv"]
-                samples["total"].append(total)
-                samples["embeddings"].append(acc["embeddings"])
-                samples["encoder_linears"].append(acc["encoder_linears"])
-                samples["attention_core"].append(core)
-                samples["other"].append(total - acc["embeddings"] - acc["encoder_linears"] - core)
+            forwards = [timer.forward(model, inputs) for _ in range(repeats)]
     finally:
-        for h in handles:
-            h.remove()
-    medians = {k: summarize(v)["median"] for k, v in samples.items()}
+        timer.remove()
+    medians = {part: summarize([f[part] for f in forwards])["median"] for part in _PARTS}
     total = medians["total"]
     return {
         "token_count": token_count_label(token_count),

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from capbench.speed.kernels import DEFAULT_TOKEN_COUNTS
-from capbench.speed.model import DEFAULT_MODEL_TOKEN_COUNTS
+from capbench.speed.options import DEFAULT_MODEL_TOKEN_COUNTS, DEFAULT_TOKEN_COUNTS, BenchOptions
 
 # Per-cell settings: the token counts of the issue, 5 interleaved rounds, at most ~2 s of rounds per layer
 # and token count once 3 rounds are done. About 2-5 minutes per MiniLM cell on 2 shared cores.
-RUN_SETTINGS = dict(
+RUN_OPTIONS = BenchOptions(
     token_counts=DEFAULT_TOKEN_COUNTS,
     model_token_counts=DEFAULT_MODEL_TOKEN_COUNTS,
     repeats=5,
@@ -21,7 +20,7 @@ RUN_SETTINGS = dict(
 def speed_record(record: dict, spec, ctx) -> dict:
     """`bench_model` on the cell's saved model vs `record["dense_model_dir"]` (None: itself, run densely)."""
     from capbench.models import load_classifier
-    from capbench.speed.report import bench_model
+    from capbench.speed.bench import bench_model
     from capbench.tasks import get_task
 
     num_labels = get_task(spec.task).num_labels
@@ -32,4 +31,4 @@ def speed_record(record: dict, spec, ctx) -> dict:
     if getattr(ctx, "show_progress", False):
         cell = record.get("cell_id", "")
         progress = lambda msg: print(f"  [speed {cell}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    return bench_model(model, dense, progress=progress, **RUN_SETTINGS)
+    return bench_model(model, dense, RUN_OPTIONS, progress=progress)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import torch
 
 from capbench.speed.formats import build_formats
-from capbench.speed.kernels import DEFAULT_TOKEN_COUNTS, time_formats, token_count_label
+from capbench.speed.kernels import time_formats
+from capbench.speed.options import BenchOptions
 from capbench.speed.synthetic import BERT_BASE_SHAPES, MINILM_SHAPES, make_mask, weight_like_trained
 from capbench.speed.timing import Clock
 
@@ -28,31 +30,54 @@ DEFAULT_CASES = {
     "block4": ("csr", "bsr"),
     "rows": ("csr", "compact"),
 }
+# Sweep settings: no time budget, BSR at 4x4 and 16x16, no format skipped (the sweep is about where they pay).
+SWEEP_OPTIONS = BenchOptions(layer_budget=None, block_sizes=(4, 16), min_sparsity=0.0, max_block_density=1.0)
+
+
+def _row(shape: tuple[str, int, int], kind: str, s: float, formats: dict, label: str, timed: dict) -> dict:
+    """One sweep row: each non-dense format's speedup vs dense at one token count."""
+    shape_name, out_features, in_features = shape
+    results = timed["results"]
+    return {
+        "shape": shape_name,
+        "out": out_features,
+        "in": in_features,
+        "mask": kind,
+        "sparsity": s,
+        "ideal": 1 / (1 - s),
+        "token_count": label,
+        "threads": timed["threads"],
+        "rounds": timed["rounds"],
+        "dense_s": results["dense"]["median_s"],
+        "speedup": {n: r["speedup"] for n, r in results.items() if n != "dense"},
+        "speedup_iqr": {n: r["speedup_iqr"] for n, r in results.items() if n != "dense"},
+        "unavailable": {n: f.reason for n, f in formats.items() if not f.available},
+    }
 
 
 def sweep(
     shapes: Iterable[tuple[str, int, int]] = MINILM_SHAPES,
     sparsities: Iterable[float] = DEFAULT_SPARSITIES,
-    cases: dict[str, Iterable[str]] | None = None,
-    token_counts: Iterable = DEFAULT_TOKEN_COUNTS,
+    options: BenchOptions = SWEEP_OPTIONS,
     *,
+    cases: dict[str, Iterable[str]] | None = None,
     large_sparsities: Iterable[float] | None = (0.5, 0.9, 0.97),
     large_tokens: int = 4096,
-    block_sizes: Iterable[int] = (4, 16),
-    repeats: int = 5,
-    warmup: int = 1,
-    budget: float | None = None,
     clock: Clock = time.perf_counter,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """One row per (shape, mask kind, sparsity, token count): each format's speedup vs dense.
 
+    Timed at `options.token_counts`, `options.repeats` rounds, at most `options.layer_budget` seconds each;
+    `cases` maps a mask kind to the format families timed on it (default `DEFAULT_CASES`).
     `large_sparsities` limits token counts above `large_tokens` to those sparsities (they cost the most).
     """
     cases = dict(DEFAULT_CASES if cases is None else cases)
-    labels = [token_count_label(t) for t in token_counts]
+    labels = options.token_counts
     large = {t for t in labels if math.prod(int(v) for v in t.split("x")) > large_tokens}
     large_set = None if large_sparsities is None else {round(s, 6) for s in large_sparsities}
+    policy = replace(options.policy, check=False)
+    rounds = options.rounds(options.layer_budget)
     rows = []
     for shape_name, out_features, in_features in shapes:
         weight = weight_like_trained(out_features, in_features, seed=out_features * 7 + in_features)
@@ -60,35 +85,13 @@ def sweep(
         for kind, families in cases.items():
             for s in sparsities:
                 w = weight * make_mask(weight, s, kind)
-                formats = build_formats(
-                    w, bias, formats=["dense", *families], block_sizes=tuple(block_sizes), check=False
-                )
+                formats = build_formats(w, bias, policy, formats=["dense", *families])
                 tcs = [t for t in labels if t not in large or large_set is None or round(s, 6) in large_set]
                 if progress is not None:
                     progress(f"{shape_name} {out_features}x{in_features} {kind} s={s} at {tcs}")
-                timed = time_formats(
-                    formats, tcs, repeats=repeats, warmup=warmup, budget=budget, clock=clock, min_gain=1.0
-                )
-                for label, row in timed.items():
-                    rows.append(
-                        {
-                            "shape": shape_name,
-                            "out": out_features,
-                            "in": in_features,
-                            "mask": kind,
-                            "sparsity": s,
-                            "ideal": 1 / (1 - s),
-                            "token_count": label,
-                            "threads": row["threads"],
-                            "rounds": row["rounds"],
-                            "dense_s": row["results"]["dense"]["median_s"],
-                            "speedup": {n: r["speedup"] for n, r in row["results"].items() if n != "dense"},
-                            "speedup_iqr": {
-                                n: r["speedup_iqr"] for n, r in row["results"].items() if n != "dense"
-                            },
-                            "unavailable": {n: f.reason for n, f in formats.items() if not f.available},
-                        }
-                    )
+                timed = time_formats(formats, tcs, rounds, clock=clock, min_gain=1.0)
+                shape = (shape_name, out_features, in_features)
+                rows += [_row(shape, kind, s, formats, label, row) for label, row in timed.items()]
     return rows
 
 

@@ -1,0 +1,137 @@
+"""Per-layer probe curves of records or probe results (matplotlib's Agg canvas, no display needed)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from capbench.errors import CapbenchError
+from capbench.probing.features import POOLINGS
+from capbench.probing.retention import layer_names
+
+
+def _sparsity_label(value: float) -> str:
+    return f"{100 * float(value):g}%"
+
+
+def _series(records_or_results) -> tuple[list[tuple[str, Mapping, dict]], dict | None]:
+    """[(label, result, style)], and the reference per-layer accuracies (from a retention) if any."""
+    if isinstance(records_or_results, Mapping):
+        if "tasks" in records_or_results or "spec" in records_or_results:
+            items = [records_or_results]
+        else:
+            items = [{**v, "label": k} for k, v in records_or_results.items()]
+    else:
+        items = list(records_or_results)
+    series: list[tuple[str, Mapping, dict]] = []
+    reference = None
+    is_records = any("spec" in item for item in items)
+    if is_records:
+        items = [
+            r
+            for r in items
+            if r.get("status") == "done" and isinstance(r.get("probes"), Mapping) and "tasks" in r["probes"]
+        ]
+        tasks = {r["spec"].get("task") for r in items}
+        methods = sorted({str(r["spec"].get("method")) for r in items}, key=lambda m: (m != "dense", m))
+        sparsities = sorted({float(r["spec"].get("sparsity", 0.0)) for r in items})
+        for r in sorted(
+            items,
+            key=lambda r: (methods.index(str(r["spec"].get("method"))), float(r["spec"].get("sparsity", 0))),
+        ):
+            spec = r["spec"]
+            label = f"{spec.get('method')} {_sparsity_label(spec.get('sparsity', 0.0))}"
+            if len(tasks) > 1:
+                label += f" ({spec.get('task')})"
+            style = {
+                "color": f"C{methods.index(str(spec.get('method'))) % 10}",
+                "alpha": 0.45
+                + 0.55 * (sparsities.index(float(spec.get("sparsity", 0.0))) + 1) / len(sparsities),
+                "linestyle": ["-", "--", "-.", ":"][sparsities.index(float(spec.get("sparsity", 0.0))) % 4],
+            }
+            series.append((label, r["probes"], style))
+            if reference is None and "retention" in r["probes"]:
+                reference = dict(r["probes"]["retention"]["reference"])
+    else:
+        for i, item in enumerate(items):
+            label = str(item.get("label") or item.get("model", f"model {i}"))
+            series.append((label, item, {"color": f"C{i % 10}"}))
+            if reference is None and "retention" in item:
+                reference = dict(item["retention"]["reference"])
+    return series, reference
+
+
+def _draw_panel(ax, task: str, series, reference: dict | None, pooling: str, controls: bool) -> None:
+    """One probe task's panel: every series' per-layer accuracy (and control), the reference, chance."""
+    chance = None
+    for label, result, style in series:
+        entry = result["tasks"].get(task, {}).get("pooling", {}).get(pooling)
+        if entry is None:
+            continue
+        xs = list(range(len(entry["layers"])))
+        ax.plot(
+            xs, [layer["acc"] for layer in entry["layers"]], marker="o", markersize=3, label=label, **style
+        )
+        if controls and "control_acc" in entry["layers"][0]:
+            ax.plot(
+                xs,
+                [layer["control_acc"] for layer in entry["layers"]],
+                linestyle=":",
+                linewidth=1,
+                color=style.get("color"),
+                label=f"{label} control",
+            )
+        chance = entry["chance"]
+        ax.set_xticks(xs, result.get("layer_names") or layer_names(len(xs)))
+    if reference is not None:
+        refs = reference.get("per_layer", {}).get(task, {}).get(pooling)
+        if refs:
+            ax.plot(range(len(refs)), refs, color="black", linestyle="--", linewidth=1.2, label="pre-trained")
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_title(f"{task} ({pooling})", fontsize=10)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("probe test accuracy")
+    ax.grid(alpha=0.3)
+
+
+def plot_layer_curves(
+    records_or_results,
+    path: str | Path,
+    pooling: str | None = None,
+    probes: Sequence[str] | None = None,
+    controls: bool | None = None,
+) -> Path:
+    """Per-layer probe test accuracy, one panel per probe task: each record (method @ sparsity) or result
+    as a line, the pre-trained reference dashed black (from a retention), chance dotted grey; control
+    accuracy as thin dotted lines when there are at most two series (or `controls=True`).
+    PNG, SVG or PDF by the file suffix; matplotlib's Agg canvas, no display needed."""
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise CapbenchError(f"--plot {path}: use a .png, .svg or .pdf file name")
+    series, reference = _series(records_or_results)
+    if not series:
+        raise CapbenchError("plot_layer_curves: no probe results to plot")
+    pooling = pooling or series[0][1].get("primary_pooling", POOLINGS[0])
+    names: list[str] = list(probes) if probes is not None else []
+    if probes is None:
+        for _, result, _ in series:
+            names += [t for t in result["tasks"] if t not in names]
+    controls = len(series) <= 2 if controls is None else controls
+    ncols = min(3, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    for ax, task in zip(axes.flat, names, strict=False):
+        _draw_panel(ax, task, series, reference, pooling, controls)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

@@ -1,0 +1,241 @@
+"""Registered measurements: one registration adds a record section; probes read the core loaders and data."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from capbench.cli import main
+from capbench.measure import MEASUREMENTS, missing_measurements, register_measurement
+from capbench.records import load_records
+
+
+def run_args(model_dir, data_dir, out, cache, *extra):
+    return [
+        "run",
+        "--tasks",
+        "rte",
+        "--preset",
+        "smoke",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--batch-size",
+        "8",
+        "--quiet",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def layer_count():
+    """The name of a measurement a test registers; unregistered afterwards."""
+    yield "layer_count"
+    MEASUREMENTS.unregister("layer_count")
+
+
+def count_layers(record, spec, ctx):
+    """A new measurement in a few lines: the number of encoder layers of the cell's saved model."""
+    config = json.loads(Path(record["model_dir"], "config.json").read_text())
+    return {"layers": config["num_hidden_layers"]}
+
+
+def test_builtin_measurements_are_registered():
+    assert MEASUREMENTS.names()[:2] == ["probes", "speed"]
+    with pytest.raises(Exception, match="unknown measurement 'sped'; known measurements: probes, speed"):
+        MEASUREMENTS.get("sped")
+
+
+def test_a_registered_measurement_reaches_finished_records(
+    layer_count, tiny_model_dir, tiny_glue, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    args = run_args(
+        tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "magnitude", "--sparsity", "0.5"
+    )
+    assert main(args) == 0  # the first run predates the measurement
+    assert all(layer_count not in r for r in load_records(out))
+    register_measurement(
+        layer_count,
+        needs=lambda spec, record: layer_count not in record,
+        measure=count_layers,
+    )
+    capsys.readouterr()
+    assert main([*args, "--dry-run"]) == 0
+    plan = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in plan[:2]] == ["measure", "measure"]
+    assert all(line.endswith(f"(finished; missing: {layer_count})") for line in plan[:2])
+
+    from capbench import runner
+
+    monkeypatch.setattr(runner, "run_cell", lambda spec, ctx: pytest.fail(f"retrained {spec.cell_id}"))
+    assert main(args) == 0
+    records = load_records(out)
+    assert [r[layer_count] for r in records] == [{"layers": 2}, {"layers": 2}]
+    assert all(r["status"] == "done" for r in records)
+    assert "0 run, 2 already finished" in capsys.readouterr().out
+    assert not missing_measurements(_spec_of(records[0]), records[0])
+
+
+def _spec_of(record):
+    from types import SimpleNamespace
+
+    spec = record["spec"]
+    return SimpleNamespace(
+        probes=tuple(spec.get("probes") or ()), speed=spec.get("speed"), method=spec["method"]
+    )
+
+
+def write_tiny_tsv(hub_dir: Path, root: Path) -> Path:
+    """The tiny hub-schema GLUE copy rewritten in the glue_data TSV layout (RTE, SST-2)."""
+    rte_labels = ("entailment", "not_entailment")
+    for config, directory, header in (
+        ("rte", "RTE", ("index", "sentence1", "sentence2", "label")),
+        ("sst2", "SST-2", ("sentence", "label")),
+    ):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+        for split, name in (("train", "train.tsv"), ("validation", "dev.tsv")):
+            lines = ["\t".join(header)]
+            for line in (hub_dir / config / f"{split}.jsonl").read_text().splitlines():
+                row = json.loads(line)
+                if config == "rte":
+                    lines.append(
+                        f"{row['idx']}\t{row['sentence1']}\t{row['sentence2']}\t{rte_labels[row['label']]}"
+                    )
+                else:
+                    lines.append(f"{row['sentence']}\t{row['label']}")
+            (root / directory / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_probes_run_with_a_tsv_data_dir(tiny_model_dir, tiny_glue, tmp_path, capsys):
+    from capbench.data.sources import detect_source
+    from capbench.probing.corpus import source_sentences
+
+    tsv = write_tiny_tsv(tiny_glue, tmp_path / "glue_data")
+    assert detect_source(tsv).kind == "tsv"
+    # the same sentences, whichever layout holds them
+    assert source_sentences(tsv) == source_sentences(tiny_glue)
+    out = tmp_path / "run"
+    args = run_args(
+        tiny_model_dir, tsv, out, tmp_path / "cache", "--methods", "magnitude", "--sparsity", "0.5"
+    )
+    assert main([*args, "--probes", "sentlen,rte", "--probe-sizes", "60,30,30"]) == 0
+    records = load_records(out)
+    assert len(records) == 2
+    for record in records:
+        assert set(record["probes"]["tasks"]) == {"sentlen", "rte"}
+        assert record["probes"]["protocol"]["corpus"]["source"] == str(tsv.resolve())
+        assert record["probes"]["retention"]["summary"]["sentlen"] is not None
+    capsys.readouterr()
+    assert main(["leaderboard", "--runs", str(out)]) == 0
+    assert "## Linear probes" in capsys.readouterr().out
+
+
+def test_probe_reference_cache_is_keyed_by_content(tiny_glue, tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    from capbench.data.sources import detect_source
+    from capbench.probing.corpus import corpus_of
+    from capbench.probing.runner_hook import probe_options, reference_key
+
+    spec = SimpleNamespace(model="m", model_identity={"weights_sha256": "abc"}, probe_sizes="60,30,30")
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tiny_glue, moved)
+    options = probe_options(spec)
+    here = reference_key(spec, ["sentlen"], corpus_of(detect_source(tiny_glue)), options)
+    there = reference_key(spec, ["sentlen"], corpus_of(detect_source(moved)), options)
+    assert here == there  # another path, same sentences
+    (moved / "sst2" / "train.jsonl").write_text(
+        '{"sentence": "one two three four five", "label": 0, "idx": 0}\n'
+    )
+    assert reference_key(spec, ["sentlen"], corpus_of(detect_source(moved)), options) != here
+
+
+def test_a_compacted_first_order_model_is_probed(tiny_model_dir, tiny_glue, tmp_path):
+    out = tmp_path / "run"
+    args = run_args(
+        tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "first_order", "--sparsity", "0.5"
+    )
+    assert main([*args, "--probes", "sentlen", "--probe-sizes", "60,30,30"]) == 0
+    pruned = next(r for r in load_records(out) if r["spec"]["method"] == "first_order")
+    config = json.loads(Path(pruned["model_dir"], "config.json").read_text())
+    assert config.get("capbench_structure"), "first_order should save a compacted model"
+    assert set(pruned["probes"]["tasks"]) == {"sentlen"}
+    layers = pruned["probes"]["tasks"]["sentlen"]["pooling"]["mean"]["layers"]
+    assert len(layers) == config["num_hidden_layers"] + 1
+
+    from capbench.models import load_classifier
+    from capbench.probing.features import weights_hash
+    from capbench.probing.run import load_model
+
+    model, _ = load_model(pruned["model_dir"])  # the core loader: per-layer shapes restored
+    assert pruned["probes"]["weights_hash"] == weights_hash(load_classifier(pruned["model_dir"], 2))[:20]
+    assert weights_hash(model) == weights_hash(load_classifier(pruned["model_dir"], 2))
+
+
+@pytest.mark.slow
+def test_offline_model_probes_on_the_raw_glue_tsv(offline_model_dir, shared_glue_raw, tmp_path, all_threads):
+    """The offline MiniLM probed on the glue_raw TSV files: a real corpus through the core TSV reader."""
+    from capbench.probing import ProbeOptions, probe_model
+    from capbench.probing.corpus import corpus_of
+
+    corpus = corpus_of(shared_glue_raw)
+    assert len(corpus.sentences) > 10_000 and corpus.source == str(shared_glue_raw.resolve())
+    options = ProbeOptions(seeds=(0,), poolings=("mean",), sizes={"train": 300, "dev": 120, "test": 120})
+    result = probe_model(
+        str(offline_model_dir),
+        probes=["sentlen", "sst2"],
+        corpus=corpus,
+        options=options,
+        data=shared_glue_raw,
+        cache_dir=tmp_path / "features",
+    )
+    assert result["n_layers"] == 7 and result["protocol"]["corpus"]["digest"] == corpus.digest
+    assert result["summary"]["sentlen"]["acc"] > 0.5  # sentence length is linearly decodable from MiniLM
+    assert result["summary"]["sst2"]["acc"] > 0.6
+
+
+def test_probes_run_with_the_hub_source(tiny_model_dir, tiny_glue, tmp_path, monkeypatch):
+    """No --data-dir: the run, its probing corpus and its transfer probes all read the hub loader."""
+    import datasets
+
+    from capbench.tasks import all_tasks
+
+    by_config = {task.config: task for task in all_tasks().values()}
+    sentences = [
+        json.loads(line)["sentence"] for line in (tiny_glue / "sst2" / "train.jsonl").read_text().splitlines()
+    ]
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, **kwargs):
+        calls.append((name, split))
+        if name in ("rte", "sst2"):  # the tiny copy, in the hub schema
+            file = tiny_glue / name / f"{split}.jsonl"
+            rows = [json.loads(line) for line in file.read_text().splitlines()]
+        else:  # every other task: a few rows of its own fields
+            fields = by_config[name].text_fields
+            rows = [
+                {**{f: text for f in fields}, "label": 0, "idx": i} for i, text in enumerate(sentences[:8])
+            ]
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.delenv("CAPBENCH_DATA_DIR", raising=False)
+    out = tmp_path / "run"
+    args = run_args(
+        tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "magnitude", "--sparsity", "0.5"
+    )
+    at = args.index("--data-dir")
+    del args[at : at + 2]
+    assert main([*args, "--probes", "sentlen,sst2", "--probe-sizes", "60,30,30"]) == 0
+    records = load_records(out)
+    assert len(records) == 2 and all(set(r["probes"]["tasks"]) == {"sentlen", "sst2"} for r in records)
+    assert records[0]["probes"]["protocol"]["corpus"]["source"] == "Hugging Face hub"
+    assert ("cola", "train") in calls and ("sst2", "validation") in calls  # corpus and transfer probe

@@ -1,0 +1,46 @@
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import capbench.speed
+from capbench.provenance import machine, machine_line
+from capbench.speed.formats import FormatPolicy
+from capbench.speed.options import BenchOptions
+from capbench.speed.timing import Rounds
+
+
+def test_options_normalise_token_counts_and_derive_policy_and_rounds():
+    options = BenchOptions(token_counts=["1X8", 16, (2, 4)], model_token_counts=["2x8"], block_sizes=[4])
+    assert options.token_counts == ("1x8", "1x16", "2x4")
+    assert options.model_token_counts == ("2x8",) and options.block_sizes == (4,)
+    assert options.policy == FormatPolicy(block_sizes=(4,), min_sparsity=0.5, max_block_density=0.5)
+    assert options.rounds(1.5) == Rounds(repeats=5, warmup=1, budget=1.5)
+    assert replace(options, repeats=2).token_counts == options.token_counts
+    hash(options)  # frozen: usable as a key
+    with pytest.raises(ValueError, match="BATCHxSEQ"):
+        BenchOptions(token_counts=["lots"])
+    with pytest.raises(ValueError, match="at least 1"):
+        BenchOptions(repeats=0)
+
+
+def test_one_machine_description_for_records_and_speed():
+    described = machine()
+    # what records' provenance, the speed table and the leaderboard header read
+    assert {"cpu", "threads", "torch", "system", "mkl", "mkldnn", "cuda_device"} <= set(described)
+    line = machine_line(described)
+    assert line.startswith(f"{described['cpu']}, {described['threads']} threads, torch {described['torch']}")
+    assert machine_line({"cpu": "Test CPU", "threads": 2, "torch": "2.x"}) == "Test CPU, 2 threads, torch 2.x"
+
+
+def test_speed_reads_the_core():
+    """No model loading, weights hashing or BERT layout walk of speed's own: capbench.models,
+    capbench.model_identity and capbench.layout do those."""
+    leftovers = re.compile(
+        r"from_pretrained|AutoModel|hashlib|sha256|encoder\.layer|attention\.self|intermediate\.dense"
+        r"|output\.dense|/proc/cpuinfo"
+    )
+    for path in sorted(Path(capbench.speed.__file__).parent.glob("*.py")):
+        found = leftovers.findall(path.read_text())
+        assert not found, f"{path.name}: {found}"
