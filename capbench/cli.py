@@ -131,6 +131,8 @@ def cmd_ls(args) -> int:
 
         for name, preset in PRESETS.items():
             print(f"{name:8s} {preset.model}: {preset.description}")
+            for row in preset.method_options:  # method options the preset sets (per task, cited)
+                print(f"{'':8s}   {row.describe()}")
     return 0
 
 

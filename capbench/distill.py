@@ -37,6 +37,7 @@ class DistillationLoss:
     """w_ce * CE + w_kd * T^2 * KL(teacher || student); the teacher runs on the same batch without grad."""
 
     needs_hidden_states = False
+    stateless = True  # calling it changes nothing: the iterative pruner's importance pass may call it
 
     def __init__(self, teacher, cfg: KDConfig):
         self.teacher = teacher.eval()

@@ -83,9 +83,12 @@ def check_probe_sizes(text: str) -> None:
     )
 
 
-def expand_grid(base: dict, data: dict, methods, sparsities, seeds, method_specs) -> list[CellSpec]:
+def expand_grid(
+    base: dict, data: dict, methods, sparsities, seeds, method_specs, cell_options=None
+) -> list[CellSpec]:
     """`data` maps each task to its data identity; `method_specs[name]` gives (method_options, kd, cap)
-    for each method; `base` holds the shared fields."""
+    for each method; `base` holds the shared fields. `cell_options(task, method, sparsity, options)`, if
+    given, returns a cell's method options (a preset's per-task values, ``Preset.cell_options``)."""
     cells = []
     for task, identity in data.items():
         for seed in seeds:
@@ -99,7 +102,9 @@ def expand_grid(base: dict, data: dict, methods, sparsities, seeds, method_specs
                             method=method,
                             sparsity=sparsity,
                             seed=seed,
-                            method_options=options,
+                            method_options=(
+                                cell_options(task, method, sparsity, options) if cell_options else options
+                            ),
                             kd=kd,
                             cap=cap,
                             data=identity,

@@ -21,11 +21,19 @@ def _umask() -> int:
     return mask
 
 
+def _mode_for(path: Path) -> int:
+    """An existing file keeps its permissions; a new one gets 0666 minus the umask, as open() would."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write via a temp file in the same directory and os.replace: readers never see half a file.
 
-    The file gets the permissions a plain `open(path, "w")` would (0666 minus the umask), not mkstemp's
-    0600, so a group sharing a store can read it. The temp file is `.<name>.<writer>.<random>.tmp`
+    A new file gets the permissions a plain `open(path, "w")` would (0666 minus the umask), not mkstemp's
+    0600, so a group sharing a store can read it; a replaced file keeps its own. The temp file is `.<name>.<writer>.<random>.tmp`
     (writer: `leases.writer_tag()`), so a cleanup can tell whose it is (`remove_stale_temp_files`).
     """
     path = Path(path)
@@ -33,7 +41,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     prefix = f".{path.name}.{leases.writer_tag()}."
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()

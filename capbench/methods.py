@@ -100,6 +100,7 @@ def method_spec(
     overrides = pruners.coerce_options(criterion, overrides)
     options = {**pruners.method_defaults(criterion), **overrides}
     pruners.check_options(criterion, options, overrides, flag="--method-option", label=method)
+    options = pruners.spec_options(criterion, options)  # new options at their default: digests unchanged
     if is_cap(method):
         from capbench.cap.config import CapConfig
 
@@ -137,6 +138,8 @@ def cap_variant(spec: dict) -> str:
     defaults = cap_defaults(spec["method"])
     if cap.get("snapshot_on") == "pruning_step":
         cap = {"snapshot_gap": "none", **cap}  # records from before the option took every pruning step
+    # Records from before anchor dropout (issue 15) encoded the anchor without it: say so in their label.
+    cap = {"anchor_dropout": False, **cap}
     changed = []
     for key in sorted(cap):
         value = cap[key]

@@ -1,4 +1,10 @@
-"""Presets: named bundles of run settings; explicit command-line flags override any value."""
+"""Presets: named bundles of run settings; explicit command-line flags override any value.
+
+A preset may also set pruning-method options (``method_options``: rows of ``MethodOptions``), for every task
+or for one task (and one target sparsity): the ``paper`` preset follows the CAP authors' scripts per task.
+They apply when the grid expands (``Preset.cell_options``), beneath the user's ``--method-option`` values,
+and apply to ``cap_<method>`` as to ``<method>``; ``capbench ls presets`` shows them.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,31 @@ from capbench.training import TrainConfig
 
 
 @dataclass(frozen=True)
+class MethodOptions:
+    """Options a preset gives the pruning ``methods`` (and CAP over them) on ``tasks`` (empty: every task) at
+    ``sparsity`` (None: every target); ``source`` cites where the values come from."""
+
+    methods: tuple[str, ...]
+    options: dict
+    source: str
+    tasks: tuple[str, ...] = ()
+    sparsity: float | None = None
+
+    def applies(self, task: str, method: str, sparsity: float) -> bool:
+        return (
+            method in self.methods
+            and (not self.tasks or task in self.tasks)
+            and (self.sparsity is None or abs(self.sparsity - sparsity) < 1e-9)
+        )
+
+    def describe(self) -> str:
+        where = ",".join(self.tasks) or "every task"
+        at = f" at sparsity {self.sparsity:g}" if self.sparsity is not None else ""
+        values = " ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{','.join(self.methods)} on {where}{at}: {values}  ({self.source})"
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     description: str
@@ -18,6 +49,36 @@ class Preset:
     max_eval_examples: int | None
     max_seq_length: int
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Pruning-method options of this preset, later rows winning (general rows first, then per task).
+    method_options: tuple[MethodOptions, ...] = ()
+
+    def options_for(self, task: str, method: str, sparsity: float) -> dict:
+        """This preset's options for a pruning method (the criterion, not the cap_ name) in a cell."""
+        out: dict = {}
+        for row in self.method_options:
+            if row.applies(task, method, sparsity):
+                out.update(row.options)
+        return out
+
+    def cell_options(self, task: str, method: str, sparsity: float, options: dict, overrides: dict) -> dict:
+        """A cell's method options: ``options`` (the method's resolved options as a spec holds them) with
+        this preset's values for (task, method, sparsity) beneath the user's ``overrides``; checked."""
+        from capbench.methods import criterion_of
+        from capbench.pruning.pruners import check_options, method_defaults, spec_options
+
+        criterion = criterion_of(method)
+        defaults = method_defaults(criterion)
+        given = {
+            k: v
+            for k, v in self.options_for(task, criterion, sparsity).items()
+            if k in defaults and k not in overrides
+        }
+        if not given:
+            return options
+        resolved = check_options(
+            criterion, {**defaults, **options, **given}, label=f"preset {self.name}: {method}"
+        )
+        return spec_options(criterion, resolved)
 
     def override(self, **values) -> Preset:
         train_fields = set(TrainConfig.__dataclass_fields__)
@@ -59,6 +120,54 @@ def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# The CAP authors' scripts, alibaba/AliceMind ContrastivePruning/ (paths below are under it).
+_CAP = "AliceMind ContrastivePruning/"
+_CAP_S = _CAP + "StructuredPruning/run_glue.sh"
+_CAP_U = _CAP + "UnstructuredPruning/"
+UNSTRUCTURED = ("magnitude", "movement", "soft_movement", "random")
+PAPER_METHOD_OPTIONS = (
+    # CAP-f: 9 prune-then-retrain steps of 10% (PRUNE_SEQUENCE=10,...,90, L12), 2 epochs each with a fresh
+    # optimizer (RETRAIN_EPOCH=2.0, L18; run_glue.py L667-669).  See capbench/pruning/structured.py.
+    MethodOptions(
+        ("first_order",),
+        {"procedure": "iterative", "step_sparsity": 0.1, "step_epochs": 2.0},
+        f"{_CAP_S} L12, L18",
+    ),
+    # CAP-soft: FINAL_LAMBDA=550 (run_glue_soft_kd.sh L20) where the README gives no value for the task.
+    MethodOptions(("soft_movement",), {"final_lambda": 550.0}, _CAP_U + "run_glue_soft_kd.sh L20"),
+    # Threshold schedule on QQP and MNLI (the tasks of the unstructured GLUE scripts, README L28-35):
+    # --warmup_steps 11000 (WARMUP, L16) with --initial_warmup 2 --final_warmup 3 (L46) in masked_run_glue.py's
+    # schedule_threshold (L68-88): pruning starts after 22,000 steps and the final threshold holds for the last
+    # 33,000, of t_total = ceil(train rows / 32) * 10 epochs (L118): QQP 363,846 rows -> 113,710 steps,
+    # MNLI 392,702 rows -> 122,720 steps.  As fractions, so they scale with --epochs and --max-train-examples.
+    MethodOptions(
+        UNSTRUCTURED,
+        {"warmup": 0.193, "cooldown": 0.29},
+        _CAP_U + "run_glue_{topk,soft}_kd.sh L16, L46; masked_run_glue.py L68-88, L118",
+        tasks=("qqp",),
+    ),
+    MethodOptions(
+        UNSTRUCTURED,
+        {"warmup": 0.179, "cooldown": 0.269},
+        _CAP_U + "run_glue_{topk,soft}_kd.sh L16, L46; masked_run_glue.py L68-88, L118",
+        tasks=("mnli",),
+    ),
+    # FINAL_LAMBDA per task and sparsity (UnstructuredPruning/README.md L58-63).
+    MethodOptions(
+        ("soft_movement",), {"final_lambda": 190.0}, _CAP_U + "README.md L59", tasks=("qqp",), sparsity=0.9
+    ),
+    MethodOptions(
+        ("soft_movement",), {"final_lambda": 550.0}, _CAP_U + "README.md L60", tasks=("qqp",), sparsity=0.97
+    ),
+    MethodOptions(
+        ("soft_movement",), {"final_lambda": 290.0}, _CAP_U + "README.md L62", tasks=("mnli",), sparsity=0.9
+    ),
+    MethodOptions(
+        ("soft_movement",), {"final_lambda": 680.0}, _CAP_U + "README.md L63", tasks=("mnli",), sparsity=0.97
+    ),
+)
+
+
 PRESETS = {
     "smoke": Preset(
         name="smoke",
@@ -89,6 +198,7 @@ PRESETS = {
         max_seq_length=128,
         # CAP (Xu et al. 2022) and movement pruning (Sanh et al. 2020) GLUE scripts: batch 32, lr 3e-5, 10 epochs.
         train=TrainConfig(epochs=10.0, batch_size=32, learning_rate=3e-5, warmup_ratio=0.1),
+        method_options=PAPER_METHOD_OPTIONS,
     ),
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from capbench import distributed, records
+from capbench.cap.runtime import check_snapshot_budgets
 from capbench.data.identity import data_identity
 from capbench.data.preflight import check_task_data, report_overlap
 from capbench.data.sources import detect_source
@@ -56,6 +57,7 @@ def cells_from_args(args):
     for task in tasks:  # fail fast, before hours of training, on a missing, empty or broken split
         overlaps += check_task_data(source, task, preset.max_train_examples, preset.max_eval_examples)
     report_overlap(overlaps, strict=getattr(args, "strict_data", False))  # eval rows seen in training
+    check_snapshot_budgets(specs, tasks, source, preset)  # CAP with SnC must take a snapshot on this budget
     probes = tuple(dict.fromkeys(p.strip() for p in args.probes.split(",") if p.strip()))
     if probes:
         from capbench.probing.options import split_probe_names
@@ -75,7 +77,17 @@ def cells_from_args(args):
         model_identity=identity,
     )
     data = {task.name: data_identity(source, task) for task in tasks}
-    cells = expand_grid(base, data, methods, sparsities, seeds, specs)
+    cells = expand_grid(  # the preset's per-task method options beneath --method-option
+        base,
+        data,
+        methods,
+        sparsities,
+        seeds,
+        specs,
+        cell_options=lambda task, method, sparsity, options: preset.cell_options(
+            task, method, sparsity, options, method_options
+        ),
+    )
     if shard_slice is not None:
         cells = shard(cells, *shard_slice)
     return cells, source

@@ -31,6 +31,7 @@ from capbench.training import (
     TrainConfig,
     TrainingDiverged,
     make_loader,
+    planned_steps,
     predict,
     set_seed,
     total_steps,
@@ -188,7 +189,7 @@ def prune_and_train(spec: CellSpec, ctx: RunContext, data: TaskData, teacher) ->
         pruner.on_prune_step = loss_fn.on_pruning_step  # CAP snapshots at structured pruning events
     cfg, loader = _train_loader(spec, data)
     with _progress(
-        ctx, total_steps(loader, cfg.epochs), f"{spec.method} {spec.sparsity:g} {spec.task}"
+        ctx, planned_steps(loader, cfg, pruner), f"{spec.method} {spec.sparsity:g} {spec.task}"
     ) as bar:
         stats = train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=bar)
     model = pruner.finalize(model)
@@ -248,6 +249,12 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
         train={
             "steps": stats["steps"],
             "final_loss_terms": stats.get("final_loss_terms", {}),
+            # CAP and KD cells: how the loss terms balance (mean |term| over the last 10% of steps)
+            **(
+                {"loss_term_magnitudes": stats["loss_term_magnitudes"]}
+                if (spec.cap is not None or spec.kd is not None) and "loss_term_magnitudes" in stats
+                else {}
+            ),
             **({"data_parallel": stats["data_parallel"]} if "data_parallel" in stats else {}),
         },
         timings={

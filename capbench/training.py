@@ -106,9 +106,31 @@ class CrossEntropyLoss:
     """The default loss composer: the model's own task loss (CE, or MSE for regression)."""
 
     needs_hidden_states = False
+    stateless = True  # calling it changes nothing: the iterative pruner's importance pass may call it
 
     def __call__(self, outputs, batch, step) -> dict:
         return {"ce": outputs.loss}
+
+
+class TermMagnitudes:
+    """Mean |value| of every (weighted) loss term over the last ``fraction`` of the training steps: how the
+    terms balance once training has settled (CE, KD, each CAP module's unsupervised and supervised parts)."""
+
+    def __init__(self, steps: int, fraction: float = 0.1):
+        self.first = steps - max(1, math.ceil(fraction * steps))  # 0-based first step counted
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, step: int, terms: dict) -> None:
+        if step < self.first:
+            return
+        for name, value in terms.items():
+            value = value.detach().abs().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {name: float(total) / self.counts[name] for name, total in self.sums.items()}
 
 
 class TrainingDiverged(RuntimeError):
@@ -178,17 +200,33 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
     Raises TrainingDiverged at the first step whose loss, gradient norm or weights are not finite.
     """
     loss_fn = loss_fn or CrossEntropyLoss()
-    steps = total_steps(loader, cfg.epochs)
+    # An iterative pruner (first_order procedure=iterative) plans [(sparsity, retraining steps)]: before each
+    # retraining, an importance pass and a pruning step, then a fresh optimizer and schedule.
+    plan = pruner.plan(len(loader), cfg.epochs) if hasattr(pruner, "plan") else None
+    steps = total_steps(loader, cfg.epochs) if plan is None else sum(n for _, n in plan)
+    boundaries = _phase_starts(plan)
     if pruner is not None:
         pruner.attach(model, steps)
+    if hasattr(loss_fn, "attach"):
+        loss_fn.attach(steps, len(loader))
     optimizer = _optimizer(model, cfg, pruner)
     scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * steps), steps)
     dp = distributed.DataParallel.create()  # None unless launched with WORLD_SIZE > 1
+    if dp is not None and plan is not None:
+        raise CapbenchError("procedure=iterative does not run under data parallel yet; run it on one process")
     if dp is not None:
         dp.broadcast_state(model, optimizer)
     model.train()
     step, started, terms, weight = 0, time.perf_counter(), {}, 1.0
+    magnitudes = TermMagnitudes(steps)
     while step < steps:
+        if step in boundaries:  # iterative: importance pass, prune, fresh optimizer and schedule
+            sparsity, length = boundaries[step]
+            importance_pass(model, loader, loss_fn, pruner)
+            pruner.prune_step(step, sparsity)
+            optimizer = _optimizer(model, cfg, pruner)
+            scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * length), length)
+            model.train()
         for batch in loader:
             if dp is not None:  # this rank's slice of the global batch, weighted n_rank / n
                 batch, weight = dp.local_batch(batch)
@@ -201,6 +239,7 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
             if pruner is not None:
                 terms.update(pruner.loss_terms(step))
             loss = sum(terms.values())
+            magnitudes.add(step, terms)
             if dp is None:  # under data parallel each rank sees its own loss: check the all-reduced grads
                 check_finite_step(step + 1, model, loss, None)
             optimizer.zero_grad(set_to_none=True)
@@ -217,7 +256,7 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss.item():.3f}")
-            if step >= steps:
+            if step >= steps or step in boundaries:  # a retraining starts at a fresh epoch
                 break
         if hasattr(loss_fn, "on_epoch_end"):
             loss_fn.on_epoch_end()
@@ -229,9 +268,67 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
     return {
         "steps": step,
         "final_loss_terms": {k: float(v.detach()) for k, v in terms.items()},
+        "loss_term_magnitudes": magnitudes.means(),
         "seconds": time.perf_counter() - started,
         **extra,
     }
+
+
+def _phase_starts(plan) -> dict[int, tuple[float, int]]:
+    """{first step of a retraining: (its sparsity, its steps)} of an iterative pruner's plan."""
+    starts, at = {}, 0
+    for sparsity, length in plan or ():
+        starts[at] = (sparsity, length)
+        at += length
+    return starts
+
+
+def planned_steps(loader: DataLoader, cfg: TrainConfig, pruner=None) -> int:
+    """The optimizer steps ``train`` will take (an iterative pruner's plan, else ``cfg.epochs``)."""
+    plan = pruner.plan(len(loader), cfg.epochs) if hasattr(pruner, "plan") else None
+    return total_steps(loader, cfg.epochs) if plan is None else sum(n for _, n in plan)
+
+
+def importance_pass(model, loader: DataLoader, loss_fn, pruner) -> str:
+    """The iterative pruner's importance pass (the CAP authors' ``calculate_head_and_intermediate_importance``,
+    StructuredPruning/prune/prune_utils.py L58-126): the model in eval mode (L71), one pass over the train
+    set in order (L86-95), the loss backpropagated to the pruner's gates batch by batch and no optimizer step
+    (L108-114).  The loss is the training objective (L108 ``trainer.compute_loss``: CE, KD and the
+    contrastive terms): the composer's ``importance_terms(outputs, batch)`` if it has one, its call if it is
+    ``stateless``, else the task loss alone.  Weights get no gradient (they do not require it during the
+    pass).  Returns which loss it used ("training" or "task"), also in the pruner's ``info``."""
+    ordered = DataLoader(
+        loader.dataset, batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn
+    )
+    terms_of = getattr(loss_fn, "importance_terms", None)
+    used = "training" if terms_of is not None or getattr(loss_fn, "stateless", False) else "task"
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()
+    pruner.start_importance_pass()
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        for batch in ordered:
+            outputs = model(
+                **model_inputs(batch, model),
+                labels=batch["labels"],
+                output_hidden_states=getattr(loss_fn, "needs_hidden_states", False),
+            )
+            if terms_of is not None:
+                terms = terms_of(outputs, batch)
+            elif used == "training":
+                terms = loss_fn(outputs, batch, None)
+            else:
+                terms = {"ce": outputs.loss}
+            sum(terms.values()).backward()
+            pruner.after_importance_batch()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        model.train(was_training)
+    pruner.info["importance_loss"] = used
+    return used
 
 
 @torch.no_grad()

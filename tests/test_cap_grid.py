@@ -21,6 +21,11 @@ def _check_cap_records(records, sparsity):
         assert set(report["bank_bytes"]) == {"prc", "snc", "fic"}
         assert report["extra_forward_examples"]["prc"] > 0 or report["bank_build_seconds"]["prc"] == 0.0
         assert report["teacher_forward_examples"] > 0  # KD rides along with the contrastive terms
+        magnitudes = record["train"]["loss_term_magnitudes"]  # mean |term| over the last 10% of steps
+        assert {"ce", "kd", "prc_unsup", "prc_sup", "fic_unsup", "fic_sup"} <= set(magnitudes), method
+        assert all(value >= 0 for value in magnitudes.values())
+        if record["spec"]["cap"]["snapshot_on"] != "pruning_step":
+            assert report["snapshots_taken"] == report["snapshots_planned"] >= 1, method
 
 
 def test_every_cap_method_runs_in_the_grid_on_the_tiny_model(tiny_model_dir, tiny_glue, tmp_path, capsys):
@@ -53,6 +58,30 @@ def test_cap_ablations_are_separate_rows_and_in_the_ablation_table(
     assert "| cap_magnitude [modules=prc sup=False] |" in board and "| cap_magnitude |" in board
     ablations = board.split("## CAP ablations")[1]
     assert "| rte | cap_magnitude [modules=prc sup=False] | prc | unsup | pooler |" in ablations
+    assert "loss terms, mean abs. (last 10% of steps)" in ablations and "prc_unsup " in ablations
+
+
+def test_snc_that_would_take_no_snapshot_is_refused_before_any_cell(
+    tiny_model_dir, tiny_glue, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    args = run_args(
+        tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "magnitude,cap_magnitude"
+    )
+    args += [
+        "--sparsity",
+        "0.5",
+        "--cap-option",
+        "snapshot_on=steps",
+        "--cap-option",
+        "snapshot_interval=100000",
+    ]
+    capsys.readouterr()
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("capbench: error: cap_magnitude on rte") and "take no snapshot" in error
+    assert "\n" not in error
+    assert not load_records(out) if out.exists() else True
 
 
 @pytest.mark.slow
@@ -65,3 +94,13 @@ def test_every_cap_method_on_the_offline_model(offline_model_dir, shared_glue, t
     records = load_records(out)
     _check_cap_records(records, 0.5)
     assert all(r["spec"]["model"] == "sentence-transformers/all-MiniLM-L6-v2" for r in records)
+
+
+def test_kd_records_store_the_loss_term_magnitudes(tiny_model_dir, tiny_glue, tmp_path):
+    out = tmp_path / "run"
+    args = run_args(tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "magnitude")
+    assert main([*args, "--sparsity", "0.5"]) == 0
+    (record,) = [r for r in load_records(out) if r["spec"]["method"] == "magnitude"]
+    assert record["spec"]["kd"] is not None
+    assert set(record["train"]["loss_term_magnitudes"]) == {"ce", "kd"}
+    assert "cap" not in record or not record["cap"]

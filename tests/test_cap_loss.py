@@ -138,10 +138,14 @@ def test_gradients_reach_the_student_not_the_banks_or_teacher(setup):
     batch = first_batch(model)
     model.train()
     terms = cap(forward(model, batch), batch, 0)
-    (terms["prc_unsup"] + terms["fic_sup"]).backward()
+    assert "kd" in terms
+    contrastive = sum(v for k, v in terms.items() if k not in ("ce", "kd"))
+    contrastive.backward(retain_graph=True)
     assert model.bert.pooler.dense.weight.grad.abs().sum() > 0
     assert model.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
     assert model.classifier.weight.grad is None  # contrastive terms bypass the head
+    (terms["kd"] + terms["ce"]).backward()  # KD runs the teacher: none of it may reach the teacher
+    assert model.classifier.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
     for bank in banks.values():
         assert not bank._reps.requires_grad and bank._reps.grad is None

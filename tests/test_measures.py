@@ -187,7 +187,7 @@ def test_offline_model_probes_on_the_raw_glue_tsv(offline_model_dir, shared_glue
     from capbench.probing.corpus import corpus_of
 
     corpus = corpus_of(shared_glue_raw)
-    assert len(corpus.sentences) > 10_000 and corpus.source == str(shared_glue_raw.resolve())
+    assert len(corpus.sentences) > 10_000 and Path(corpus.source).resolve() == shared_glue_raw.resolve()
     options = ProbeOptions(seeds=(0,), poolings=("mean",), sizes={"train": 300, "dev": 120, "test": 120})
     result = probe_model(
         str(offline_model_dir),

@@ -6,11 +6,12 @@ CAP is a loss plus banks that wraps any pruning criterion; the pruner is separat
 from capbench.cap.banks import MemoryBank, SnapshotBanks, build_bank, load_or_build_bank
 from capbench.cap.config import CapConfig
 from capbench.cap.contrastive import supervised_contrastive_loss, unsupervised_contrastive_loss
-from capbench.cap.loss import CapLoss, kd_loss
+from capbench.cap.loss import CapContext, CapLoss, kd_loss
 from capbench.cap.representation import represent
 
 __all__ = [
     "CapConfig",
+    "CapContext",
     "CapLoss",
     "MemoryBank",
     "SnapshotBanks",

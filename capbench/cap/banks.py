@@ -103,18 +103,25 @@ class MemoryBank:
         idx = torch.as_tensor(idx).long().cpu().view(-1)
         return self._reps[idx]  # advanced indexing copies, also out of a memory map
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``min(n, size)`` distinct random row indices (``random.sample`` in the released code).
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, exclude: Tensor | None = None
+    ) -> Tensor:
+        """Up to ``n`` distinct random row indices not in ``exclude`` (``random.sample`` in the released code).
 
-        Deviation: the released code raises when ``n`` exceeds the training-set size (e.g. 4096 extra
-        examples on RTE's 2490); here ``n`` is clamped, i.e. every other example becomes a candidate.
+        ``exclude`` (the batch's rows) keeps an anchor's own row from appearing again among the extras: its
+        rows are already candidates, and a second copy would halve the unsupervised term (and inflate the
+        supervised positives) once the extras cover a small split. Deviation: the released code raises when
+        ``n`` exceeds the training-set size (e.g. 4096 extra examples on RTE's 2490) and may draw a batch
+        row; here ``n`` is clamped, i.e. every other example becomes a candidate, and batch rows are never drawn.
         """
-        n = min(int(n), self.size)
-        if n <= 0:
+        if int(n) <= 0:
             return torch.zeros(0, dtype=torch.long)
         if not self.complete:
             raise CapbenchError(f"CAP bank is incomplete ({int(self._filled.sum())}/{self.size} rows filled)")
-        return torch.randperm(self.size, generator=generator)[:n]
+        order = torch.randperm(self.size, generator=generator)
+        if exclude is not None and len(exclude):
+            order = order[~torch.isin(order, torch.as_tensor(exclude).long().cpu().view(-1))]
+        return order[: int(n)]
 
     @property
     def complete(self) -> bool:
@@ -395,8 +402,10 @@ class SnapshotBanks:
             raise CapbenchError("no CAP snapshot has been taken yet")
         return torch.stack([b.get(idx) for b in self.banks], dim=1)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.banks[-1].sample(n, generator)
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, exclude: Tensor | None = None
+    ) -> Tensor:
+        return self.banks[-1].sample(n, generator, exclude)
 
     def clear(self) -> None:
         while self.banks:

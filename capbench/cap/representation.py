@@ -2,13 +2,23 @@
 last layer, L2-normalised.
 
 As in the authors' ``encode_example`` / ``calculate_contrastive_loss``: ``alignrep == 'cls'`` takes the
-BERT pooler output ([CLS] -> dense -> tanh, before the classifier's dropout) and ``'mean-pooling'``
-takes ``sum(h * mask) / sum(mask)`` over the last layer; both are normalised with
-``F.normalize(p=2, dim=-1)``. There is no projection head.
+BERT pooler output ([CLS] -> dense -> tanh) and ``'mean-pooling'`` takes ``sum(h * mask) / sum(mask)``
+over the last layer; both are normalised with ``F.normalize(p=2, dim=-1)``. There is no projection head.
+
+Dropout. The authors' training forward applies the classifier's dropout to the pooled output *before*
+the contrastive terms (alibaba/AliceMind ``ContrastivePruning/UnstructuredPruning/emmental/
+modeling_bert_masked.py`` line 751, ``pooled_output = self.dropout(pooled_output)``, then lines 768-770
+pass that ``pooled_output`` to ``calculate_contrastive_loss``; the structured ``model/PruneBert.py``
+line 116, then lines 157-159, does the same), so the anchor and the detached current-batch
+candidates carry dropout, while bank rows are encoded by ``encode_example`` (lines 743-749, returning before
+the dropout) without it; ``mean-pooling`` recomputes from the last layer and has none. capbench follows
+this by default (``anchor_dropout``: ``represent(..., dropout=p)`` with the classifier's dropout
+probability, :func:`classifier_dropout`, in train mode only); banks are encoded in eval mode. One
+difference: the dropout mask here is drawn apart from the one inside the model's own classifier forward.
 
 ``kind="pooler"`` generalises the first to every family in ``capbench.layout``: the vector the final
-classifier projection reads, before dropout (BERT's pooler output; RoBERTa's and ELECTRA's classification
-head after its dense layer and activation; DistilBERT's after ``pre_classifier`` and ReLU).
+classifier projection reads (BERT's pooler output; RoBERTa's and ELECTRA's classification head after its
+dense layer and activation; DistilBERT's after ``pre_classifier`` and ReLU).
 """
 
 from __future__ import annotations
@@ -69,17 +79,33 @@ def last_hidden_state(outputs) -> Tensor:
     raise CapbenchError("CAP needs the last hidden layer: call the model with output_hidden_states=True")
 
 
-def represent(model: torch.nn.Module, outputs, attention_mask: Tensor | None, kind: str = "pooler") -> Tensor:
+def classifier_dropout(model: torch.nn.Module) -> float:
+    """The dropout probability the model's classifier applies to its input (``classifier_dropout``, else
+    ``hidden_dropout_prob``; DistilBERT's ``seq_classif_dropout``)."""
+    config = model.config
+    for key in ("classifier_dropout", "seq_classif_dropout", "hidden_dropout_prob", "dropout"):
+        value = getattr(config, key, None)
+        if value is not None:
+            return float(value)
+    return 0.0
+
+
+def represent(
+    model: torch.nn.Module, outputs, attention_mask: Tensor | None, kind: str = "pooler", dropout: float = 0.0
+) -> Tensor:
     """[B, H] L2-normalised representation of a batch from the model's forward ``outputs``.
 
     ``kind="pooler"`` applies the family's sentence head (``model.bert.pooler`` for BERT, see the module
     doc) to ``outputs.hidden_states[-1]`` (so the head of the model being pruned receives gradient), falling
-    back to "cls" for a model without one.
+    back to "cls" for a model without one. ``dropout`` (pooler only) is applied before the normalisation
+    when the model is in train mode, as the authors' anchor (see the module doc).
     """
     hidden = last_hidden_state(outputs)
     if kind == "pooler":
         rep = _sentence_head(model, hidden)
         rep = rep if rep is not None else hidden[:, 0]
+        if dropout > 0 and model.training:
+            rep = F.dropout(rep, p=dropout, training=True)
     elif kind == "cls":
         rep = hidden[:, 0]
     elif kind == "mean":

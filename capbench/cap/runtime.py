@@ -7,7 +7,7 @@ import json
 
 from capbench.cap.banks import load_or_build_bank
 from capbench.cap.config import CapConfig
-from capbench.cap.loss import CapLoss
+from capbench.cap.loss import CapContext, CapLoss
 from capbench.models import weights_digest
 from capbench.training import TrainConfig, make_loader
 
@@ -43,4 +43,31 @@ def cap_loss_for_cell(spec, model, teacher, data, ctx) -> CapLoss:
             mmap=cfg.bank_on_disk,
             meta={k: v for k, v in meta.items() if k != "dtype"},
         )
-    return CapLoss(model, cfg, teacher=teacher, loader=loader, seed=spec.seed, **banks)
+    return CapLoss(model, cfg, CapContext(teacher=teacher, loader=loader, seed=spec.seed, **banks))
+
+
+def check_snapshot_budgets(method_specs: dict, tasks, source, preset) -> None:
+    """Before any cell starts: refuse (one line) a CAP method with SnC on that would take no snapshot on some
+    task's budget (train rows after --max-train-examples, --batch-size, --epochs). Pruning-step snapshots
+    depend on the pruner's events and are not checked here."""
+    import math
+
+    from capbench.data.sources import load_split
+
+    configs = {
+        method: CapConfig.from_options(cap)
+        for method, (_, _, cap) in method_specs.items()
+        if cap is not None and "snc" in (cap.get("modules") or ())
+    }
+    configs = {m: c for m, c in configs.items() if c.snapshot_on != "pruning_step"}
+    if not configs:
+        return
+    cfg = preset.train
+    for task in tasks:
+        rows = len(load_split(source, task, task.train_split))
+        if preset.max_train_examples is not None:
+            rows = min(rows, preset.max_train_examples)
+        per_epoch = max(1, math.ceil(rows / cfg.batch_size))
+        steps = max(1, math.ceil(per_epoch * cfg.epochs))
+        for method, cap in configs.items():
+            cap.check_snapshots(steps, per_epoch, where=f"{method} on {task.name} ({rows} train rows)")

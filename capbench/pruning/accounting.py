@@ -101,6 +101,40 @@ def _effective(module: nn.Module) -> torch.Tensor:
     return weight * mask if mask is not None else weight
 
 
+def _check_finite(named) -> None:
+    with torch.no_grad():
+        for name, module in named:
+            if not bool(_effective(module).isfinite().all()):
+                # nan != 0, so a diverged weight would count as kept and hide the fault as low sparsity
+                raise NonFiniteWeights(
+                    f"{name}.weight holds nan or inf; sparsity is undefined for a diverged model"
+                )
+
+
+@torch.no_grad()
+def _macs(lay: Layout, linears: list, dense: dict, seq_len: int) -> tuple[int, int, list[int]]:
+    """(dense MACs per token, kept MACs per token, kept heads per layer) over the encoder."""
+    dense_macs = kept_macs = 0
+    heads_kept = []
+    for i, layer in enumerate(lay.layers):
+        ref = dense["layers"][i]
+        dense_macs += 4 * ref["hidden"] * ref["heads"] * ref["head_size"] + 2 * ref["hidden"] * ref["ffn"]
+        dense_macs += 2 * seq_len * ref["heads"] * ref["head_size"]
+        kept = _kept_heads(lay, layer)
+        heads_kept.append(kept)
+        kept_macs += sum(int(_effective(m).count_nonzero()) for m in linears[6 * i : 6 * i + 6])
+        kept_macs += 2 * seq_len * kept * lay.heads(layer)[1]
+    return dense_macs, kept_macs, heads_kept
+
+
+def sparsity_granularity(dense: dict, structured: bool) -> float:
+    """How far below target an achieved sparsity may fall: one head's share of the pruned linear weights
+    for structured pruning (the smallest step that matters most), else UNSTRUCTURED_GRANULARITY."""
+    if not structured:
+        return UNSTRUCTURED_GRANULARITY
+    return max(4 * r["hidden"] * r["head_size"] for r in dense["layers"]) / dense["linear_weights"]
+
+
 def sparsity_report(
     model: nn.Module,
     dense_reference: nn.Module | dict | None,
@@ -113,21 +147,13 @@ def sparsity_report(
 
     Raises NonFiniteWeights when a pruned linear weight holds nan or inf.
     """
-    if dense_reference is None:
-        dense = dense_counts(model)
-    elif isinstance(dense_reference, nn.Module):
-        dense = dense_counts(dense_reference)
-    else:
+    if isinstance(dense_reference, dict):
         dense = dense_reference
+    else:
+        dense = dense_counts(model if dense_reference is None else dense_reference)
     named = prunable_linears(model)
+    _check_finite(named)
     linears = [m for _, m in named]
-    with torch.no_grad():
-        for name, module in named:
-            if not bool(_effective(module).isfinite().all()):
-                # nan != 0, so a diverged weight would count as kept and hide the fault as low sparsity
-                raise NonFiniteWeights(
-                    f"{name}.weight holds nan or inf; sparsity is undefined for a diverged model"
-                )
     # Movement scores are training state, not model weights: leave them out of the present counts.
     skip = {id(m.scores) for m in linears if getattr(m, "scores", None) is not None}
     with torch.no_grad():
@@ -137,34 +163,17 @@ def sparsity_report(
     lay = Layout(model)
     encoder_kept = _present(lay.encoder, skip) - zeros
     model_kept = _present(model, skip) - zeros
-
-    layers = lay.layers
-    dense_macs = kept_macs = 0
-    heads_kept = []
-    with torch.no_grad():
-        for i, layer in enumerate(layers):
-            ref = dense["layers"][i]
-            dense_macs += 4 * ref["hidden"] * ref["heads"] * ref["head_size"] + 2 * ref["hidden"] * ref["ffn"]
-            dense_macs += 2 * seq_len * ref["heads"] * ref["head_size"]
-            kept = _kept_heads(lay, layer)
-            heads_kept.append(kept)
-            kept_macs += sum(int(_effective(m).count_nonzero()) for m in linears[6 * i : 6 * i + 6])
-            kept_macs += 2 * seq_len * kept * lay.heads(layer)[1]
-
-    if structured:  # the smallest step a structured pruner can take that matters most: one head
-        granularity = max(4 * r["hidden"] * r["head_size"] for r in dense["layers"]) / dense["linear_weights"]
-    else:
-        granularity = UNSTRUCTURED_GRANULARITY
+    dense_macs, kept_macs, heads_kept = _macs(lay, linears, dense, seq_len)
     return {
         "target": float(target),
-        "granularity": granularity,
+        "granularity": sparsity_granularity(dense, structured),
         "linear": 1.0 - nonzero_linear / dense["linear_weights"],
         "encoder": 1.0 - encoder_kept / dense["encoder_params"],
         "model": 1.0 - model_kept / dense["model_params"],
         "flops_ratio": kept_macs / dense_macs,
         "flops_seq_len": int(seq_len),
         "heads_per_layer": heads_kept,
-        "ffn_per_layer": [_kept_ffn(lay, layer) for layer in layers],
+        "ffn_per_layer": [_kept_ffn(lay, layer) for layer in lay.layers],
         "counts": {
             "linear_dense": dense["linear_weights"],
             "linear_nonzero": nonzero_linear,

@@ -46,9 +46,10 @@ class Pruner:
         self.total_steps: int | None = None
         self.finalized = False
         self.info: dict = {}  # things that happened (calibration, forced pruning), reported by config()
-        # Called with the 0-based step just before a discrete pruning event changes the masks (first_order),
-        # e.g. CapLoss.on_pruning_step for CAP's structured snapshots.  Unstructured methods prune a little at
-        # every step and do not call it.
+        # Called with the 0-based step just before a discrete pruning event changes the masks (first_order;
+        # with procedure=iterative, with the optimizer steps taken so far, after the importance pass and before
+        # each step's masks), e.g. CapLoss.on_pruning_step for CAP's structured snapshots.  Unstructured
+        # methods prune a little at every step and do not call it.
         self.on_prune_step = None
 
     # --- contract -------------------------------------------------------------------------------------

@@ -17,6 +17,35 @@ at least ``min_heads_per_layer`` heads stay in every layer, and when that cap bi
 to meet the weight budget.  With ``ffn_multiple > 1`` the kept FFN width of every layer is a multiple of it
 (faster dense kernels, see ../shared/notes/cpu-speed-facts.md).  Pruned units are masked (their rows/columns
 zeroed and kept at zero) until ``finalize`` removes them for good (``compact.compact``).
+
+Two procedures (option ``procedure``):
+
+* ``gradual`` (the default): the above, inside one training run with one optimizer; importance is gathered
+  from the training steps (train mode, dropout on) since the previous event.
+* ``iterative``: the authors' CAP-f procedure (alibaba/AliceMind ``ContrastivePruning/StructuredPruning``).
+  ``run_glue.py`` L584-669 loops over the pruning sequence ``--prune_percent 10,20,...,90``
+  (``run_glue.sh`` L12, 42: 9 steps of 10%); at each step it (1) computes importance with
+  ``prune/prune_utils.py::calculate_head_and_intermediate_importance`` (L58-126): ``model.eval()`` (L71), one
+  pass over the whole train set (``--subset_ratio 1.0``, run_glue.sh L44; sequential loader, L86-95), the
+  full training loss backpropagated and ``|d loss / d mask|`` summed over batches (L108-111), no optimizer
+  step (L112-114 zero the weights' gradients), then scores divided by their per-layer L2 norm
+  (``--normalize_pruning_by_layer``, run_glue.sh L43; prune_utils.py L116-121); (2) encodes the train set
+  with the current model into the snapshot bank (run_glue.py L621-659) *before* (3) applying the new masks
+  (L663-664); (4) retrains ``--retrain_num_train_epochs 2.0`` epochs (run_glue.sh L18, 45) with a fresh
+  optimizer and learning-rate schedule (run_glue.py L667-669: ``trainer.optimizer = trainer.lr_scheduler =
+  None`` then ``trainer.train()``, i.e. AdamW with ``--warmup_ratio 0.1`` and linear decay over each
+  retraining).  Heads and neurons are pruned at the same fraction (``determine_pruning_sequence``,
+  prune_utils.py L14-55), heads ranked globally with ``at_least_x_heads_per_layer=1`` (L128-181, run_glue.py
+  L216-218), neurons ranked globally (L183-212).  Here: ``plan`` gives the sparsities ``step_sparsity,
+  2*step_sparsity, ...`` up to the target (the target last) and the optimizer steps of each retraining
+  (``step_epochs`` epochs, or with ``step_epochs=0`` the run's ``--epochs`` shared evenly among the steps);
+  the training loop (``capbench.training.train``) runs ``importance_pass`` and ``prune_step`` before each
+  retraining.  Deviations: counts are set by the weight budget (rounded, as in ``gradual``) where the
+  authors floor ``n * percent / 100`` separately for heads and neurons (the same fractions, so the same
+  sparsity to within one unit); the L2 norm is over live units (the authors' includes pruned units, whose
+  gate gradient is nonzero in their code and zero here because their weights are masked); the
+  ``min_ffn_per_layer`` floor (1 neuron) has no counterpart in the authors' code.  The schedule options
+  (``warmup``, ``cooldown``, ``initial_sparsity``, ``prune_steps``) do not apply to ``iterative``.
 """
 
 from __future__ import annotations
@@ -63,6 +92,11 @@ class TaylorUnitImportance:
                     g.grad = None
                     seen = True
         self.batches += int(seen)
+
+    def clear_grads(self) -> None:
+        """Drop the gates' gradients without scoring them (retraining steps of the iterative procedure)."""
+        for g in (*self.head_gates, *self.ffn_gates):
+            g.grad = None
 
     def reset(self) -> None:
         for s in (*self.head_scores, *self.ffn_scores):
@@ -119,9 +153,43 @@ def _largest_remainder(
     return [u * m for u in units]
 
 
+PROCEDURES = ("gradual", "iterative")
+
+
 class FirstOrderPruner(Pruner):
     name = "first_order"
     structured = True  # removes whole heads and FFN neurons
+
+    @property
+    def iterative(self) -> bool:
+        """The authors' prune-then-retrain steps (see the module docstring), run by the training loop."""
+        return self.options.get("procedure", "gradual") == "iterative"
+
+    def step_sparsities(self) -> list[float]:
+        """The iterative procedure's sparsities: ``step_sparsity`` increments up to the target (the target
+        last), e.g. 0.1, 0.2, ..., 0.9 at a target of 0.9 (run_glue.sh L12 ``PRUNE_SEQUENCE``)."""
+        inc = float(self.options.get("step_sparsity", 0.1))
+        out, k = [], 1
+        while round(k * inc, 9) < self.target - 1e-9:
+            out.append(round(k * inc, 9))
+            k += 1
+        if self.target > 0:
+            out.append(self.target)
+        return out
+
+    def plan(self, steps_per_epoch: int, epochs: float) -> list[tuple[float, int]] | None:
+        """Iterative: [(sparsity of the pruning step, optimizer steps of the retraining after it)], one
+        entry per step; None for the gradual procedure (one run of ``ceil(steps_per_epoch * epochs)``)."""
+        if not self.iterative:
+            return None
+        sparsities = self.step_sparsities()
+        if not sparsities:
+            return None
+        per_step = float(self.options.get("step_epochs", 0.0))
+        if per_step <= 0:  # the run's budget shared evenly among the steps
+            per_step = epochs / len(sparsities)
+        steps = max(1, math.ceil(steps_per_epoch * per_step))
+        return [(s, steps) for s in sparsities]
 
     def attach(self, model: nn.Module, total_steps: int) -> None:
         super().attach(model, total_steps)
@@ -141,9 +209,12 @@ class FirstOrderPruner(Pruner):
         self.dense_heads = [int(a.numel()) for a in self.head_alive]
         self.dense_ffn = [int(a.numel()) for a in self.ffn_alive]
         self.importance = TaylorUnitImportance(lay)
-        self.events = self._event_steps()
         self.applied = 0.0
         self.event_log: list[dict] = []
+        if self.iterative:  # events come from the training loop's prune_step calls (see ``plan``)
+            self.events = []
+            return
+        self.events = self._event_steps()
         start = self.scheduled_sparsity(0)
         if start > 0:
             self.prune_to(start)
@@ -302,10 +373,35 @@ class FirstOrderPruner(Pruner):
                 fg.copy_(neurons.to(fg.dtype))
         rezero(self.modules)
 
+    # --- the iterative procedure (called by capbench.training.train) --------------------------------------
+    def prune_step(self, step: int, sparsity: float) -> None:
+        """One step of the iterative procedure, after ``importance_pass``: the snapshot hook (the model
+        retrained at the previous sparsity, run_glue.py L621-659), then the new masks (L663-664).
+        ``step``: optimizer steps taken so far."""
+        self._require_attached()
+        if self.on_prune_step is not None:
+            self.on_prune_step(step)
+        self.events.append(step)
+        self.prune_to(sparsity)
+
+    def start_importance_pass(self) -> None:
+        """Before the eval-mode pass: scores from this pass only (each call of the authors'
+        ``calculate_head_and_intermediate_importance`` starts from zeros, prune_utils.py L74-79)."""
+        self.importance.clear_grads()
+        self.importance.reset()
+
+    def after_importance_batch(self) -> None:
+        """After each backward of the importance pass: add ``|d loss / d gate|`` (prune_utils.py L110-111)."""
+        self.importance.accumulate()
+
     # --- contract ---------------------------------------------------------------------------------------
     def after_step(self, step: int) -> None:
         self._require_attached()
         if self.finalized:
+            return
+        if self.iterative:  # retraining: importance comes from the eval-mode pass only
+            self.importance.clear_grads()
+            rezero(self.modules)
             return
         self.importance.accumulate()
         if step + 1 in self.events:

@@ -292,10 +292,37 @@ def cap_cell(group: pd.DataFrame) -> dict:
 
 
 def cap_costs(group: pd.DataFrame) -> dict:
-    return {
+    out = {
         "bank_mb": float(group["cap_bank_mb"].max()),
         "extra_forward": int(group["cap_extra_forward"].max()),
     }
+    terms = mean_loss_terms(group)
+    if terms:  # records from before the magnitudes were stored leave the row (and the page) as it was
+        out["loss_terms"] = terms
+    return out
+
+
+def mean_loss_terms(group: pd.DataFrame) -> dict[str, float]:
+    """{term: mean over the group's records of its mean |term| over the last 10% of steps}, CE and KD first
+    (records that did not store the magnitudes are left out)."""
+    if "loss_term_magnitudes" not in group:
+        return {}
+    stored = [m for m in group["loss_term_magnitudes"] if isinstance(m, dict) and m]
+    names = sorted({name for m in stored for name in m}, key=_term_order)
+    return {name: float(np.mean([m[name] for m in stored if name in m])) for name in names}
+
+
+TERM_ORDER = ("ce", "kd", "prc_unsup", "prc_sup", "snc_unsup", "snc_sup", "fic_unsup", "fic_sup")
+
+
+def _term_order(name: str) -> tuple[int, str]:
+    """CE, KD, then each CAP module's unsupervised and supervised parts; other terms (a pruner's) last."""
+    return (TERM_ORDER.index(name) if name in TERM_ORDER else len(TERM_ORDER), name)
+
+
+def show_loss_terms(row: dict) -> str:
+    terms = row.get("loss_terms") or {}
+    return " · ".join(f"{name} {value:.3g}" for name, value in terms.items()) or "–"
 
 
 CAP = Table(
@@ -315,6 +342,11 @@ CAP = Table(
     tail=(
         Col("bank MB", lambda r: f"{r['bank_mb']:.1f}"),
         Col("extra fwd", lambda r: str(r["extra_forward"])),
+        Col(
+            "loss terms, mean abs. (last 10% of steps)",
+            show_loss_terms,
+            when=lambda rows: any(r.get("loss_terms") for r in rows),
+        ),
     ),
     spread="sparsity_key",
     spread_label=lambda key: f"s={key}",

@@ -76,6 +76,8 @@ def _cap(spec: Mapping, record: Mapping) -> dict:
         "cap_temperature": f"{cap.get('temperature', '')}" if cap else None,
         "cap_bank_mb": (costs.get("bank_bytes_peak", costs.get("bank_bytes_total", 0)) or 0) / 1e6,
         "cap_extra_forward": costs.get("extra_forward_examples_total", 0) or 0,
+        # {term: mean |weighted term| over the last 10% of steps}; None in records from before it was stored
+        "loss_term_magnitudes": (record.get("train") or {}).get("loss_term_magnitudes") or None,
     }
 
 

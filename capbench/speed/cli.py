@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from capbench.errors import CapbenchError
+from capbench.jsonio import write_json
 from capbench.speed.options import (
     DEFAULT_MODEL_TOKEN_COUNTS,
     DEFAULT_OPTIONS,
@@ -115,27 +114,8 @@ def _num_labels(record: dict) -> int | None:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temp file in the same directory, then os.replace it over `path`."""
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode & 0o777  # keep the record's permissions
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """The one atomic, strict JSON writer (capbench.jsonio): temp file, fsync, os.replace; NaN refused."""
+    write_json(path, data)
 
 
 def bench_options(args, base: BenchOptions = DEFAULT_OPTIONS) -> BenchOptions:

@@ -68,6 +68,9 @@ class PruningMethod:
     description: str
     defaults: dict
     rules: dict[str, OptionRule] = field(default_factory=dict)
+    # Options added after cells were published: left out of a cell's spec while at their default (which
+    # reproduces the behaviour from before they existed), so those cells keep their digests.
+    omit_at_default: tuple[str, ...] = ()
 
     @property
     def structured(self) -> bool:
@@ -97,8 +100,10 @@ def register_method(
     rules: dict[str, OptionRule] | None = None,
     name: str | None = None,
     replace: bool = False,
+    omit_at_default: tuple[str, ...] = (),
 ) -> PruningMethod:
-    """Register a pruning method; every default needs a rule (its own in ``rules`` or a SHARED_RULES one)."""
+    """Register a pruning method; every default needs a rule (its own in ``rules`` or a SHARED_RULES one).
+    ``omit_at_default``: options left out of cell specs while at their default (see ``spec_options``)."""
     name = name or pruner.name
     if name.startswith("cap_"):
         raise CapbenchError(
@@ -108,7 +113,10 @@ def register_method(
     missing = [key for key in defaults if key not in rules and key not in SHARED_RULES]
     if missing:
         raise CapbenchError(f"pruning method {name!r}: no rule for option(s) {', '.join(missing)}")
-    method = PruningMethod(name, pruner, description, copy.deepcopy(defaults), rules)
+    unknown = [key for key in omit_at_default if key not in defaults]
+    if unknown:
+        raise CapbenchError(f"pruning method {name!r}: omit_at_default names no option {', '.join(unknown)}")
+    method = PruningMethod(name, pruner, description, copy.deepcopy(defaults), rules, tuple(omit_at_default))
     return PRUNING_METHODS.register(name, method, replace=replace)
 
 
@@ -135,6 +143,17 @@ def option_rules() -> dict[str, OptionRule]:
 def method_defaults(name: str) -> dict:
     """The documented default options of a method (a copy)."""
     return copy.deepcopy(get_method(name).defaults)
+
+
+def spec_options(name: str, options: dict) -> dict:
+    """A method's resolved options as a cell spec holds them: those of ``omit_at_default`` left out while at
+    their default (``make_pruner`` fills them back in), so cells from before such an option keep their digest."""
+    method = get_method(name)
+    return {
+        key: value
+        for key, value in options.items()
+        if not (key in method.omit_at_default and value == method.defaults[key])
+    }
 
 
 def coerce_options(name: str, overrides: dict) -> dict:
