@@ -9,6 +9,9 @@ A cell regresses when
 * its achieved sparsity falls below its target by more than the method's granularity (0.005 for
   unstructured masks, one head's share for structured pruning), whatever its accuracy.
 
+With `--fail-on change`, a move beyond the noise rule in either direction fails: a fault can also raise a
+number, so a regression gate over a fixed grid should ask for no change at all.
+
 Cells are only compared like with like: a candidate cell whose configuration (its spec without the seed)
 differs from the baseline's is refused, naming the differing fields, unless --allow-spec-change, which
 labels those rows. Differences in environment (capbench and library versions, machine) are reported.
@@ -292,6 +295,13 @@ def register(subparsers) -> None:
     p.add_argument(
         "--gate-tol", type=float, default=0.01, help="allowed change for --gate fields (default 0.01)"
     )
+    p.add_argument(
+        "--fail-on",
+        choices=("regression", "change"),
+        default="regression",
+        help="exit 1 on a drop beyond the noise rule (regression, the default), or on a move beyond it in "
+        "either direction (change: a fault can also raise a number, so a CI gate should use this)",
+    )
     p.add_argument("--out", type=Path, help="also write the markdown diff here (for a PR comment)")
     p.set_defaults(handler=cmd_compare)
 
@@ -342,5 +352,11 @@ def cmd_compare(args) -> int:
     sys.stdout.write(text)
     if args.out:
         atomic_write_text(args.out, text)
-    failing = {"regressed"} | (set() if args.allow_missing else {"missing"})
-    return 1 if any(r["status"] in failing for r in rows) else 0
+    return 1 if any(r["status"] in failing_statuses(args.fail_on, args.allow_missing) for r in rows) else 0
+
+
+def failing_statuses(fail_on: str = "regression", allow_missing: bool = False) -> set[str]:
+    """Row statuses that make `capbench compare` exit 1: a regression, or with fail_on="change" any move
+    beyond the noise rule ("improved" included); missing baseline cells unless allowed."""
+    failing = {"regressed"} | ({"improved"} if fail_on == "change" else set())
+    return failing | (set() if allow_missing else {"missing"})

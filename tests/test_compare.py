@@ -65,3 +65,18 @@ def test_missing_cells_are_reported_and_fail(tmp_path, capsys):
 def test_loading_records_helper_roundtrip(tmp_path):
     run = write_fixture_run(tmp_path / "run")
     assert len(load_records(run)) == len(fixture_records())
+
+
+def test_fail_on_change_also_fails_an_improvement(tmp_path, capsys):
+    records = _ok(fixture_records())
+    baseline = _baseline(tmp_path, records)
+    raised = copy.deepcopy(records)
+    for record in raised:
+        if record["spec"]["method"] == "soft_movement":
+            record["main_metric"]["value"] += 0.05  # a fault can raise a number too
+    run = write_fixture_run(tmp_path / "new", raised)
+    assert main(["compare", "--baseline", str(baseline), "--runs", str(run)]) == 0
+    assert "| improved | rte | soft_movement +KD | 0.9 |" in capsys.readouterr().out
+    assert main(["compare", "--baseline", str(baseline), "--runs", str(run), "--fail-on", "change"]) == 1
+    same = write_fixture_run(tmp_path / "same", records)
+    assert main(["compare", "--baseline", str(baseline), "--runs", str(same), "--fail-on", "change"]) == 0
