@@ -21,12 +21,17 @@ write, or damaged) is judged by its modification time instead.
 Atomicity: a free cell (no lease file) is claimed with ``open(O_CREAT | O_EXCL)``, which the filesystem
 guarantees to succeed for exactly one of several processes (on NFS, v3 and later implement exclusive
 create on the server). Nothing is ever read and then written back to claim. A stale lease is taken over
-in three steps: (1) rename it to a name unique to the taker, which succeeds for at most one of several
-takers because after the first rename the source name is gone; (2) compare the moved file, byte for byte,
-with the content that was judged stale: if it differs, the taker moved a lease that was refreshed or newly
-claimed in between, so it puts that lease back (``link``, exclusive) and gives up; (3) create the new lease
-with ``O_EXCL``, which fails if a fresh claimant created one after step 1. Every step either wins for one
-process or fails harmlessly, so of any number of simultaneous takers at most one holds the lease.
+under its takeover lock (``<lease>.takeover``, created with ``O_EXCL``, so takeovers of one lease never
+overlap; a takeover lock older than ``TAKEOVER_STALE_SECONDS`` was left by a crashed taker and is cleared):
+the taker reads the lease again and gives up unless it is still the stale content it judged, then (1)
+renames it to a name unique to the taker; (2) compares the moved file, byte for byte, with the content it
+judged stale: if it differs, a stalled holder's heartbeat landed in between, so it puts that lease back
+(``link``, exclusive) and gives up; (3) creates the new lease with ``O_EXCL``, which fails if a fresh
+claimant created one after step 1. Without the takeover lock, a second taker could move the first taker's
+new lease aside, and a plain claimant could create one in that moment: two holders (a test of six racing
+processes found it). With it, of any number of simultaneous takers and claimants at most one holds the
+lease; the one remaining window (a holder whose heartbeat stalled for ``STALE_SECONDS`` releasing at the
+instant of a takeover while two new claimants arrive) is covered by the record-level check below.
 Release renames the lease aside and deletes it only if it still holds the releaser's token.
 
 Across hosts: the store must be one filesystem that every worker sees at the same path, with exclusive
@@ -319,22 +324,60 @@ def _new_info(path: Path, clock, attempt: int, previous: dict | None) -> dict:
     return info
 
 
+TAKEOVER_STALE_SECONDS = 60.0  # a takeover takes milliseconds; a takeover lock this old was left by a crash
+
+
+def _takeover_lock(path: Path, clock) -> Path | None:
+    """Hold `<lease>.takeover` (O_EXCL) so that takeovers of one lease are serialised; None if another
+    taker holds it. A lock left by a taker that died (older than TAKEOVER_STALE_SECONDS) is cleared first."""
+    lock = path.with_name(path.name + ".takeover")
+    payload = _encode({"token": uuid.uuid4().hex, "pid": os.getpid(), "host_id": host_id()})
+    if _create_exclusive(lock, payload):
+        return lock
+    try:
+        age = clock() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return lock if _create_exclusive(lock, payload) else None  # released meanwhile
+    if age < TAKEOVER_STALE_SECONDS:
+        return None
+    aside = lock.with_name(f"{lock.name}.{uuid.uuid4().hex}.stale")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return None
+    aside.unlink(missing_ok=True)
+    return lock if _create_exclusive(lock, payload) else None
+
+
 def take_over(
     path: Path, seen: tuple[bytes, float], *, clock=time.time, heartbeat: float | None = HEARTBEAT_SECONDS
 ) -> Lease | None:
     """Replace the lease whose content was `seen` (and judged stale) with a new one; None if another won.
 
-    The three steps of the module docstring. Exposed so tests can interleave two takers step by step.
+    The steps of the module docstring, under the lease's takeover lock. Exposed so tests can interleave
+    takers step by step.
     """
     path = Path(path)
+    lock = _takeover_lock(path, clock)
+    if lock is None:
+        return None  # another worker is taking this lease over right now
+    try:
+        now = observe(path)
+        if now is None or now[0] != seen[0]:
+            return None  # refreshed, released or already taken over since it was judged stale
+        return _replace(path, seen, clock, heartbeat)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _replace(path: Path, seen: tuple[bytes, float], clock, heartbeat: float | None) -> Lease | None:
     old = _decode(seen[0])
-    mine = uuid.uuid4().hex
-    aside = path.with_name(f"{path.name}.{mine}.stale")
+    aside = path.with_name(f"{path.name}.{uuid.uuid4().hex}.stale")
     try:
         os.rename(path, aside)  # (1) at most one taker moves any given file
     except FileNotFoundError:
         return None
-    if aside.read_bytes() != seen[0]:  # (2) moved a lease refreshed or claimed since it was judged
+    if aside.read_bytes() != seen[0]:  # (2) a stalled holder's heartbeat landed in between: put it back
         _put_back(aside, path)
         return None
     # A retry of an attempt that died mid-cell; an older capbench's "finished" note starts again at 1.

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from test_runner import run_args
@@ -119,7 +120,7 @@ def test_a_fresh_claimant_between_a_takers_rename_and_create_wins(tmp_path, monk
     others = []
 
     def create_after_the_others(target, payload):
-        if not others:  # the taker has moved the stale lease aside: the others act now
+        if not others and Path(target) == path:  # the taker moved the stale lease aside: the others act now
             others.append(leases.take_over(path, seen, clock=at(LATER), heartbeat=None))  # finds nothing
             monkeypatch.setattr(leases, "_create_exclusive", real_create)
             others.append(leases.try_claim(path, clock=at(LATER), heartbeat=None))  # a free cell: claims it
@@ -135,6 +136,8 @@ def _race(path, barrier, queue):
     barrier.wait()
     lease = leases.try_claim(path, clock=at(LATER), heartbeat=None)
     queue.put(lease.token if lease else None)
+    # Stay alive until every racer has claimed: a holder that exits is dead, and its lease rightly stale.
+    barrier.wait()
 
 
 def test_processes_racing_for_a_stale_lease_leave_one_holder(tmp_path):
