@@ -123,6 +123,10 @@ class UnstructuredPruner(Pruner):
         self.modules: list[MaskedLinear] = []
         self.names: list[str] = []
         self.applied = 0.0  # sparsity the current masks were computed for
+        # Learned-score methods (hard=False): per mask update during training, (0-based step, fraction of mask
+        # entries flipped, fraction swapped: flipped beyond the change in the kept count, i.e. a pruned weight
+        # revived for each kept one pruned); summarised in config()["mask_churn"].
+        self.churn: list[tuple[int, float, float]] = []
 
     @property
     def oneshot(self) -> bool:
@@ -156,17 +160,30 @@ class UnstructuredPruner(Pruner):
             return []
         return [{"params": params, "lr": float(self.options["score_lr"]), "weight_decay": 0.0}]
 
-    def update_masks(self, sparsity: float) -> None:
+    def update_masks(self, sparsity: float, step: int | None = None) -> None:
         scores = [self.criterion.scores(m) for m in self.modules]
         if self.hard:  # never revive a pruned weight
             scores = [
                 s.masked_fill(m.mask == 0, -math.inf) for s, m in zip(scores, self.modules, strict=True)
             ]
         masks = select_masks(scores, sparsity, self.scope)
+        self.set_masks(masks, None if self.hard else step)
+        self.applied = sparsity
+
+    def set_masks(self, masks, step: int | None = None) -> None:
+        """Copy boolean ``masks`` into the modules; with a ``step`` (a mask update during training) also
+        record the fraction of entries that flipped (``self.churn``): one comparison per matrix, no forward."""
+        flipped = resized = 0
         with torch.no_grad():
             for m, keep in zip(self.modules, masks, strict=True):
+                if step is not None:
+                    old = m.mask.bool()
+                    flipped += int((old != keep).sum())
+                    resized += abs(int(keep.sum()) - int(old.sum()))
                 m.mask.copy_(keep)
-        self.applied = sparsity
+        if step is not None:
+            total = sum(m.mask.numel() for m in self.modules) or 1
+            self.churn.append((int(step), flipped / total, (flipped - resized) / total))
 
     def _due(self, step: int) -> bool:
         every = int(self.options.get("update_every", 1))
@@ -182,7 +199,7 @@ class UnstructuredPruner(Pruner):
                 self.update_masks(s)
             rezero(self.modules)
         elif (s > 0 or self.applied > 0) and self._due(step):
-            self.update_masks(s)
+            self.update_masks(s, step)
 
     def finalize(self, model: nn.Module) -> nn.Module:
         self._require_attached()
@@ -205,7 +222,39 @@ class UnstructuredPruner(Pruner):
         out.update(self.criterion.config())
         out["scope"] = self.scope
         out["schedule"] = "oneshot" if self.oneshot else "cubic"
+        if self.churn:
+            out["mask_churn"] = churn_summary(self.churn)
         return out
+
+
+def churn_summary(churn: list[tuple[int, float, float]]) -> dict:
+    """Mask churn of the updates made during training (fraction of mask entries flipped by one update): the
+    mean over the first 10%, the middle and the last 10% of the updates (at least one update each), the
+    largest and the last value, and the steps of the first and last update; ``swapped``: the same for the
+    flips beyond the change in the kept count (while the sparsity ramps up, flipped = newly pruned + swapped).
+    An output of the run, not part of the cell's spec."""
+    n = len(churn)
+    edge = max(1, math.ceil(0.1 * n))
+
+    def mean(xs):
+        return round(sum(xs) / len(xs), 6) if xs else None
+
+    def parts(values):
+        return {
+            "first_10pct": mean(values[:edge]),
+            "middle": mean(values[edge : n - edge]),
+            "last_10pct": mean(values[-edge:]),
+            "max": round(max(values), 6),
+            "last": round(values[-1], 6),
+        }
+
+    return {
+        "updates": n,
+        "first_step": churn[0][0],
+        "last_step": churn[-1][0],
+        **parts([c[1] for c in churn]),
+        "swapped": parts([c[2] for c in churn]),
+    }
 
 
 def _jsonable(value):

@@ -94,7 +94,7 @@ class SoftMovementPruner(UnstructuredPruner):
     def after_step(self, step: int) -> None:
         self._require_attached()
         if not self.finalized and self._due(step):
-            self._update(step + 1)
+            self._update(step + 1, churn_step=step)
 
     def finalize(self, model: nn.Module) -> nn.Module:
         self._require_attached()
@@ -115,12 +115,14 @@ class SoftMovementPruner(UnstructuredPruner):
         return model
 
     # --- masks ------------------------------------------------------------------------------------------
-    def _update(self, step: int) -> None:
+    def _update(self, step: int, churn_step: int | None = None) -> None:
+        """Masks for the forward of ``step``; ``churn_step``: the training step whose update this is (its
+        mask churn is recorded)."""
         self.tau = self.tau_at(step)
         if self.calibrated:
-            self._quantile_masks(self.scheduled_sparsity(step))
+            self._quantile_masks(self.scheduled_sparsity(step), churn_step)
         else:
-            self._threshold_masks(self.tau)
+            self._threshold_masks(self.tau, churn_step)
 
     def _floor(self, keep: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         nb_min = int(self.options["min_keep"] * scores.numel()) + 1
@@ -128,23 +130,25 @@ class SoftMovementPruner(UnstructuredPruner):
             keep = keep_top(scores, nb_min)
         return keep
 
-    def _threshold_masks(self, tau: float) -> float:
+    def _threshold_masks(self, tau: float, churn_step: int | None = None) -> float:
         with torch.no_grad():
-            for m in self.modules:
-                s = m.scores.detach()
-                m.mask.copy_(self._floor(torch.sigmoid(s) > tau, s))
+            masks = [
+                self._floor(torch.sigmoid(s) > tau, s) for s in (m.scores.detach() for m in self.modules)
+            ]
+        self.set_masks(masks, churn_step)
         self.applied = mask_sparsity(self.modules)
         return self.applied
 
-    def _quantile_masks(self, sparsity: float) -> float:
+    def _quantile_masks(self, sparsity: float, churn_step: int | None = None) -> float:
         scores = [m.scores.detach() for m in self.modules]
         masks = global_masks(scores, sparsity)
         cut = -math.inf
         with torch.no_grad():
-            for m, s, keep in zip(self.modules, scores, masks, strict=True):
+            for s, keep in zip(scores, masks, strict=True):
                 if bool((~keep).any()):
                     cut = max(cut, float(s[~keep].max()))
-                m.mask.copy_(self._floor(keep, s))
+            floored = [self._floor(keep, s) for s, keep in zip(scores, masks, strict=True)]
+        self.set_masks(floored, churn_step)
         self.tau_effective = float(torch.sigmoid(torch.tensor(cut))) if math.isfinite(cut) else 0.0
         self.applied = mask_sparsity(self.modules)
         return self.applied
