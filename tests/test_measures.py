@@ -8,28 +8,7 @@ import pytest
 from capbench.cli import main
 from capbench.measure import MEASUREMENTS, missing_measurements, register_measurement
 from capbench.records import load_records
-
-
-def run_args(model_dir, data_dir, out, cache, *extra):
-    return [
-        "run",
-        "--tasks",
-        "rte",
-        "--preset",
-        "smoke",
-        "--model",
-        str(model_dir),
-        "--data-dir",
-        str(data_dir),
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(cache),
-        "--batch-size",
-        "8",
-        "--quiet",
-        *extra,
-    ]
+from tests.test_runner import run_args
 
 
 @pytest.fixture

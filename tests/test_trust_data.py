@@ -15,32 +15,13 @@ from capbench.data.sources import detect_source, load_split
 from capbench.errors import CapbenchError
 from capbench.records import load_records
 from capbench.tasks import get_task
+from tests import test_runner
 
 
 def run_args(model_dir, data_dir, tmp_path, *extra):
-    return [
-        "run",
-        "--tasks",
-        "rte",
-        "--preset",
-        "smoke",
-        "--model",
-        str(model_dir),
-        "--data-dir",
-        str(data_dir),
-        "--out",
-        str(tmp_path / "run"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--batch-size",
-        "8",
-        "--methods",
-        "magnitude",
-        "--sparsity",
-        "0.5",
-        "--quiet",
-        *extra,
-    ]
+    """A one-cell smoke run (magnitude at 0.5) of tests/test_runner.py's grid, into tmp_path."""
+    grid = test_runner.run_args(model_dir, data_dir, tmp_path / "run", tmp_path / "cache")
+    return [*grid, "--methods", "magnitude", "--sparsity", "0.5", *extra]
 
 
 def refused(capsys, argv) -> str:
