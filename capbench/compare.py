@@ -27,7 +27,6 @@ from pathlib import Path
 from capbench.errors import CapbenchError
 
 STATUS_ORDER = ("regressed", "missing", "improved", "unchanged", "new")
-DEFAULT_GRANULARITY = 0.005
 
 
 def _spread(base: dict, new: dict) -> float | None:
@@ -55,7 +54,9 @@ def _below_target(new: dict) -> str | None:
     achieved, target = new.get("achieved_sparsity"), new.get("target_sparsity")
     if achieved is None or target is None or not target:
         return None
-    tolerance = new.get("sparsity_granularity", DEFAULT_GRANULARITY)
+    from capbench.pruning.accounting import UNSTRUCTURED_GRANULARITY  # lazy: keeps torch out of CLI start-up
+
+    tolerance = new.get("sparsity_granularity", UNSTRUCTURED_GRANULARITY)
     if achieved < target - tolerance:
         return f"achieved sparsity {achieved:.4f} < target {target:g} − {tolerance:.4f}"
     return None
