@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from capbench.training import model_inputs
+from capbench.teacher_logits import TeacherLogits
 
 
 @dataclass(frozen=True)
@@ -34,22 +34,21 @@ def kd_loss(student_logits, teacher_logits, temperature: float, regression: bool
 
 
 class DistillationLoss:
-    """w_ce * CE + w_kd * T^2 * KL(teacher || student); the teacher runs on the same batch without grad."""
+    """w_ce * CE + w_kd * T^2 * KL(teacher || student); the teacher's logits on the same batch, without grad
+    (``capbench.teacher_logits``: computed once per batch, then reused by every student of the teacher)."""
 
     needs_hidden_states = False
     stateless = True  # calling it changes nothing: the iterative pruner's importance pass may call it
 
-    def __init__(self, teacher, cfg: KDConfig):
+    def __init__(self, teacher, cfg: KDConfig, teacher_logits: TeacherLogits | None = None):
         self.teacher = teacher.eval()
         self.cfg = cfg
         self.regression = teacher.config.num_labels == 1
-
-    def teacher_logits(self, batch) -> torch.Tensor:
-        with torch.no_grad():
-            return self.teacher(**model_inputs(batch, self.teacher)).logits
+        # The teacher's logits per batch, reused across the cells of one teacher when given a cache.
+        self.teacher_logits = teacher_logits if teacher_logits is not None else TeacherLogits(teacher)
 
     def __call__(self, outputs, batch, step) -> dict:
-        teacher = self.teacher_logits(batch)
+        teacher = self.teacher_logits(batch).to(outputs.logits.device)
         return {
             "ce": self.cfg.w_ce * outputs.loss,
             "kd": self.cfg.w_kd * kd_loss(outputs.logits, teacher, self.cfg.temperature, self.regression),

@@ -153,14 +153,15 @@ def build_pruner(spec: CellSpec):
     return _pruners().make_pruner(criterion_of(spec.method), spec.sparsity, dict(spec.method_options))
 
 
-def build_loss(spec: CellSpec, model, teacher, data, ctx):
-    """The loss composer of a cell; build it before the pruner touches `model` (CAP encodes PrC from it)."""
+def build_loss(spec: CellSpec, model, teacher, data, ctx, teacher_logits=None):
+    """The loss composer of a cell; build it before the pruner touches `model` (CAP encodes PrC from it).
+    ``teacher_logits``: the teacher's cached logits (``capbench.teacher_logits.TeacherLogits``) for KD."""
     if spec.method == DENSE:
         return CrossEntropyLoss()
     if spec.cap is not None:
         from capbench.cap.runtime import cap_loss_for_cell
 
-        return cap_loss_for_cell(spec, model, teacher, data, ctx)
+        return cap_loss_for_cell(spec, model, teacher, data, ctx, teacher_logits)
     if spec.kd is not None:
-        return DistillationLoss(teacher, KDConfig(**spec.kd))
+        return DistillationLoss(teacher, KDConfig(**spec.kd), teacher_logits)
     return CrossEntropyLoss()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from capbench import distributed, records
@@ -35,12 +36,19 @@ def cells_from_args(args):
     seeds = parse_seeds(args.seeds)
     shard_slice = parse_shard(args.shard)
     check_probe_sizes(args.probe_sizes)
-    preset = get_preset(args.preset).override(
+    steps = getattr(args, "steps", None)
+    if steps is not None and args.epochs is not None:
+        raise CapbenchError(f"--steps {steps} and --epochs {args.epochs:g}: give one of them, not both")
+    preset = get_preset(args.preset)
+    if args.epochs is not None:  # a length in epochs replaces the preset's length in steps
+        preset = replace(preset, train=replace(preset.train, max_steps=None))
+    preset = preset.override(
         model=args.model,
         max_train_examples=args.max_train_examples,
         max_eval_examples=args.max_eval_examples,
         max_seq_length=args.max_seq_length,
         epochs=args.epochs,
+        max_steps=steps,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
     )

@@ -27,14 +27,15 @@ from capbench.pruning.accounting import sparsity_report
 from capbench.record import DONE, Record
 from capbench.spec import DENSE, CellSpec, teacher_key
 from capbench.tasks import TaskSpec, get_task
+from capbench.teacher_logits import TeacherLogits
 from capbench.training import (
     TrainConfig,
     TrainingDiverged,
+    eval_loader,
     make_loader,
     planned_steps,
     predict,
     set_seed,
-    total_steps,
     train,
 )
 
@@ -113,9 +114,10 @@ def evaluate(model, data: TaskData, spec: CellSpec) -> Evaluation:
     """Metrics on every evaluation split, with the per-example predictions they were computed from."""
     metrics, undefined, examples = {}, {}, {}
     for split, rows in data.evals.items():
-        logits, labels = predict(
-            model, make_loader(rows, data.tokenizer, TrainConfig(**spec.train).eval_batch_size, False)
-        )
+        loader, order = eval_loader(rows, data.tokenizer, TrainConfig(**spec.train).eval_batch_size)
+        logits, labels = predict(model, loader)
+        restore = np.argsort(order)  # back to the split's row order
+        logits, labels = logits[restore], labels[restore]
         predictions = predictions_from_logits(logits, data.task.regression)
         metrics[split] = compute_metrics(data.task.metrics, predictions, labels)
         reasons = undefined_metrics(data.task.metrics, predictions, labels)
@@ -132,7 +134,15 @@ def evaluate(model, data: TaskData, spec: CellSpec) -> Evaluation:
 
 def _train_loader(spec: CellSpec, data: TaskData):
     cfg = TrainConfig(**spec.train)
-    return cfg, make_loader(data.train, data.tokenizer, cfg.batch_size, shuffle=True, seed=spec.seed)
+    loader = make_loader(
+        data.train,
+        data.tokenizer,
+        cfg.batch_size,
+        shuffle=True,
+        seed=spec.seed,
+        group_by_length=cfg.group_by_length,
+    )
+    return cfg, loader
 
 
 def _progress(ctx: RunContext, total: int, desc: str):
@@ -151,7 +161,7 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
             return model.eval(), {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
         model = load_pretrained(spec, data.task)
         cfg, loader = _train_loader(spec, data)
-        with _progress(ctx, total_steps(loader, cfg.epochs), f"dense {spec.task} seed {spec.seed}") as bar:
+        with _progress(ctx, cfg.run_steps(len(loader)), f"dense {spec.task} seed {spec.seed}") as bar:
             stats = train(model, loader, cfg, progress=bar)
         if distributed.is_main():
             save_model(model, data.tokenizer, target)
@@ -180,10 +190,12 @@ def save_model(model, tokenizer, target: Path) -> None:
     partial.replace(target)
 
 
-def prune_and_train(spec: CellSpec, ctx: RunContext, data: TaskData, teacher) -> tuple:
-    """The pruned cell's training: (finalized model, train stats, pruner, record sections)."""
+def prune_and_train(spec: CellSpec, ctx: RunContext, data: TaskData, teacher, teacher_dir=None) -> tuple:
+    """The pruned cell's training: (finalized model, train stats, pruner, record sections).
+    ``teacher_dir``: the teacher's saved directory, where its logits are cached for KD."""
     model = load_pretrained(spec, data.task)
-    loss_fn = build_loss_locked(spec, model, teacher, data, ctx)
+    logits = TeacherLogits(teacher, teacher_dir)
+    loss_fn = build_loss_locked(spec, model, teacher, data, ctx, logits)
     pruner = build_pruner(spec)
     if hasattr(loss_fn, "on_pruning_step"):
         pruner.on_prune_step = loss_fn.on_pruning_step  # CAP snapshots at structured pruning events
@@ -192,6 +204,10 @@ def prune_and_train(spec: CellSpec, ctx: RunContext, data: TaskData, teacher) ->
         ctx, planned_steps(loader, cfg, pruner), f"{spec.method} {spec.sparsity:g} {spec.task}"
     ) as bar:
         stats = train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=bar)
+    if distributed.is_main() and (logits.computed or logits.reused):
+        with distributed.cache_lock(ctx.cache_dir, "teacher-logits"):
+            logits.save()
+        stats["teacher_logits"] = logits.report()
     model = pruner.finalize(model)
     sections = {"method_config": pruner.config()}
     if hasattr(loss_fn, "cost_report"):
@@ -223,7 +239,7 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
     if spec.method == DENSE:
         model, stats = teacher, {"steps": 0, "seconds": teacher_info["train_seconds"]}
     else:
-        model, stats, pruner, more = prune_and_train(spec, ctx, data, teacher)
+        model, stats, pruner, more = prune_and_train(spec, ctx, data, teacher, teacher_info["path"])
         sections.update(more)
     trained = time.perf_counter()
     evaluation = evaluate(model, data, spec)
@@ -256,6 +272,7 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
                 else {}
             ),
             **({"data_parallel": stats["data_parallel"]} if "data_parallel" in stats else {}),
+            **({"teacher_logits": stats["teacher_logits"]} if "teacher_logits" in stats else {}),
         },
         timings={
             "load_seconds": loaded - started,
@@ -267,12 +284,12 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
     )
 
 
-def build_loss_locked(spec: CellSpec, model, teacher, data: TaskData, ctx: RunContext):
+def build_loss_locked(spec: CellSpec, model, teacher, data: TaskData, ctx: RunContext, teacher_logits=None):
     """`build_loss`, with CAP's cached banks built by one process while the others wait, then load."""
     if spec.cap is None:
-        return build_loss(spec, model, teacher, data, ctx)
+        return build_loss(spec, model, teacher, data, ctx, teacher_logits)
     with distributed.cache_lock(ctx.cache_dir, "cap-banks"):
-        return build_loss(spec, model, teacher, data, ctx)
+        return build_loss(spec, model, teacher, data, ctx, teacher_logits)
 
 
 def provenance_fields() -> dict:

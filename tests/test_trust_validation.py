@@ -198,15 +198,16 @@ def test_valid_options_are_accepted(capsys, tiny_model_dir, tiny_glue, tmp_path)
 
 # `capbench run --dry-run` on the default model (offline package) and tests/conftest.py's tiny_glue,
 # computed before the validation existed. The cap_* ids were recomputed once when CAP's defaults changed
-# on purpose (issue 15: dropout on the anchor, snapshots at fractions of training); every other id is the
-# original.
+# on purpose (issue 15: dropout on the anchor, snapshots at fractions of training), and the `default` and
+# `overrides` ids when the default preset changed on purpose (issue 16: 800 length-grouped steps over the
+# whole train split, lr 1e-4, every evaluation row); every other id is the original.
 UNCHANGED_IDS = {
     "default": (
         [],
         [
-            "rte-dense-0-seed0-4916c3430d",
-            "rte-magnitude-0.5-seed0-cd82257196",
-            "rte-magnitude-0.9-seed0-a868fa0b75",
+            "rte-dense-0-seed0-78a1db7d05",
+            "rte-magnitude-0.5-seed0-72b2d5903b",
+            "rte-magnitude-0.9-seed0-5ecbbd7f16",
         ],
     ),
     "every method": (
@@ -270,9 +271,9 @@ UNCHANGED_IDS = {
             "temperature=0.2",
         ],
         [
-            "rte-dense-0-seed0-18a0d64a31",
-            "rte-magnitude-0.7-seed0-9c6a7d2c62",
-            "rte-cap_magnitude-0.7-seed0-e9d07f3f64",
+            "rte-dense-0-seed0-3c215b4cf7",
+            "rte-magnitude-0.7-seed0-ae22711db6",
+            "rte-cap_magnitude-0.7-seed0-8eec36d352",
         ],
     ),
 }

@@ -36,9 +36,10 @@ from torch import Tensor
 from capbench.cap.banks import MemoryBank, SnapshotBanks, build_bank, to_dtype
 from capbench.cap.config import MODULES, CapConfig
 from capbench.cap.contrastive import contrastive_log_probs, positive_mask, positive_mean_loss, self_pair_mask
-from capbench.cap.representation import classifier_dropout, model_inputs, represent, resolve_kind
+from capbench.cap.representation import classifier_dropout, represent, resolve_kind
 from capbench.distill import kd_loss as distill_kd_loss
 from capbench.errors import CapbenchError
+from capbench.teacher_logits import TeacherLogits
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -80,6 +81,7 @@ class CapContext:
     bank_dir: str | Path | None = None
     seed: int = 0
     num_labels: int | None = None
+    teacher_logits: Any = None  # capbench.teacher_logits.TeacherLogits of ``teacher`` (a cache), if given
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,10 @@ class CapLoss:
         ctx = context if context is not None else CapContext(**context_fields)
         self.model, self.config = model, config or CapConfig()
         self.teacher, self.loader = ctx.teacher, ctx.loader
+        self.teacher_logits = None
         if self.teacher is not None:
             self.teacher.eval()
+            self.teacher_logits = ctx.teacher_logits or TeacherLogits(self.teacher)
         self.num_labels = int(ctx.num_labels if ctx.num_labels is not None else model.config.num_labels)
         self.regression = self.num_labels == 1
         self.kind = resolve_kind(model, self.config.representation)
@@ -299,12 +303,9 @@ class CapLoss:
         return terms
 
     def _kd(self, outputs, batch: dict) -> Tensor:
-        if self.teacher.training:
-            self.teacher.eval()
-        device = next(self.teacher.parameters()).device
-        with torch.no_grad():
-            teacher_logits = self.teacher(**model_inputs(batch, device, self.teacher)).logits
-        self.teacher_forward_examples += teacher_logits.shape[0]
+        before = self.teacher_logits.computed_examples
+        teacher_logits = self.teacher_logits(batch)
+        self.teacher_forward_examples += self.teacher_logits.computed_examples - before
         student_logits = outputs.logits
         return kd_loss(student_logits, teacher_logits.to(student_logits.device), self.config.kd_temperature)
 

@@ -25,7 +25,7 @@ def _bank_dir(ctx, role: str, model_digest: str, data, spec, cfg: CapConfig):
     return ctx.cache_dir / "cap_banks" / digest, key
 
 
-def cap_loss_for_cell(spec, model, teacher, data, ctx) -> CapLoss:
+def cap_loss_for_cell(spec, model, teacher, data, ctx, teacher_logits=None) -> CapLoss:
     """The CAP loss composer of a cell; `model` is the pre-trained model about to be pruned (epoch 0 = PrC)."""
     cfg = CapConfig.from_options(spec.cap)
     loader = make_loader(data.train, data.tokenizer, TrainConfig(**spec.train).eval_batch_size, shuffle=False)
@@ -43,7 +43,7 @@ def cap_loss_for_cell(spec, model, teacher, data, ctx) -> CapLoss:
             mmap=cfg.bank_on_disk,
             meta={k: v for k, v in meta.items() if k != "dtype"},
         )
-    return CapLoss(model, cfg, CapContext(teacher=teacher, loader=loader, seed=spec.seed, **banks))
+    return CapLoss(model, cfg, CapContext(teacher=teacher, loader=loader, seed=spec.seed, teacher_logits=teacher_logits, **banks))
 
 
 def check_snapshot_budgets(method_specs: dict, tasks, source, preset) -> None:
@@ -68,6 +68,6 @@ def check_snapshot_budgets(method_specs: dict, tasks, source, preset) -> None:
         if preset.max_train_examples is not None:
             rows = min(rows, preset.max_train_examples)
         per_epoch = max(1, math.ceil(rows / cfg.batch_size))
-        steps = max(1, math.ceil(per_epoch * cfg.epochs))
+        steps = cfg.run_steps(per_epoch)
         for method, cap in configs.items():
             cap.check_snapshots(steps, per_epoch, where=f"{method} on {task.name} ({rows} train rows)")
