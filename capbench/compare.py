@@ -331,7 +331,7 @@ def cmd_compare(args) -> int:
     records = load_records(*args.runs, skip_bad=args.skip_bad_records, bad=bad)
     if not records:
         raise CapbenchError(f"no records under {', '.join(map(str, args.runs))}")
-    current = summarize(records)
+    current = summarize(records, run_dirs=args.runs)
     changes = {} if args.allow_spec_change and "configs" not in baseline else spec_changes(baseline, current)
     if changes and not args.allow_spec_change:
         fields = sorted({f for fs in changes.values() for f in fs})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
@@ -86,3 +88,58 @@ def compute_metrics(names, predictions, references) -> dict[str, float | None]:
             raise ValueError(f"{name} is {value} on finite predictions")
         values[name] = value
     return values
+
+
+# ----------------------------------------------------------------------------------------------- chance
+
+LABEL_FREE_CHANCE = ("matthews_correlation", "pearson", "spearmanr")  # chance is 0 whatever the labels
+
+
+def chance_score(metric: str, labels=None) -> float:
+    """The score of `metric` that needs no model, on an evaluation split with these `labels`:
+
+    - accuracy: the majority-class rate of `labels` (always predicting the most frequent class);
+    - f1: always predicting the positive class (label 1): 2p / (1 + p), p the positive rate of `labels`;
+    - matthews_correlation, pearson, spearmanr: 0 (no association), `labels` are not needed.
+
+    Raises ValueError for another metric, or for accuracy/f1 without labels.
+    """
+    if metric in LABEL_FREE_CHANCE:
+        return 0.0
+    if metric not in ("accuracy", "f1"):
+        raise ValueError(f"no chance rule for metric {metric!r}")
+    labels = np.asarray(labels if labels is not None else [])
+    if labels.size == 0:
+        raise ValueError(f"chance {metric} needs the evaluation labels")
+    if metric == "accuracy":
+        return float(np.unique(labels, return_counts=True)[1].max() / labels.size)
+    positive = float(np.mean(labels == 1))
+    return 2 * positive / (1 + positive)
+
+
+def chance_sampling_error(metric: str, chance: float, rows: int) -> float:
+    """The standard error of a chance-level score measured on `rows` evaluation rows.
+
+    accuracy and f1: the binomial sqrt(c (1 - c) / rows) of the chance rate c; matthews_correlation,
+    pearson and spearmanr: 1 / sqrt(rows), the standard error of a correlation with no true association.
+    """
+    if rows <= 0:
+        return 0.0
+    if metric in LABEL_FREE_CHANCE:
+        return 1 / math.sqrt(rows)
+    return math.sqrt(max(chance * (1 - chance), 0.0) / rows)
+
+
+def chance_margin(metric: str, chance: float, rows: int, seed_std: float = 0.0, seeds: int = 1) -> float:
+    """How far from chance a mean score still counts as chance: 2 x max(seed standard error, sampling
+    standard error). The seed standard error is seed_std / sqrt(seeds) when there are 2 or more seeds (else
+    0); the sampling standard error is `chance_sampling_error(metric, chance, rows)`."""
+    seed_error = seed_std / math.sqrt(seeds) if seeds >= 2 and seed_std else 0.0
+    return 2 * max(seed_error, chance_sampling_error(metric, chance, rows))
+
+
+def versus_chance(value: float, chance: float, margin: float) -> str:
+    """ "at" when |value - chance| <= margin, "below" when value is further below chance, else "above"."""
+    if abs(value - chance) <= margin:
+        return "at"
+    return "below" if value < chance else "above"

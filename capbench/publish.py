@@ -30,7 +30,7 @@ def publish(
     records = load_records(*run_dirs, skip_bad=skip_bad_records, bad=bad)
     if not records:
         raise CapbenchError(f"no records under {', '.join(map(str, run_dirs))}; run `capbench run` first")
-    frames = {"records": records_frame(records)}
+    frames = {"records": records_frame(records, run_dirs)}
     summary = summarize(records, frames["records"])
     if bad:
         summary["provenance"]["bad_records"] = len(bad)

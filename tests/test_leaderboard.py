@@ -1,13 +1,19 @@
+import copy
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fixture_records import fixture_records, write_fixture_run
 
 from capbench.cli import main
 from capbench.errors import CapbenchError
-from capbench.report import summarize
+from capbench.predictions import write_predictions
+from capbench.report import render_markdown, summarize
+
+# rte's 256 evaluation rows in the golden run: a balanced split, so chance (majority class) is 50.0
+BALANCED = np.array([0, 1] * 128)
 
 GOLDEN = Path(__file__).parent / "golden"
 REGENERATE = os.environ.get("CAPBENCH_REGENERATE_GOLDEN") == "1"
@@ -20,8 +26,23 @@ def _check_golden(name: str, text: str) -> None:
     assert text == path.read_text(), f"{name} changed; rerun with CAPBENCH_REGENERATE_GOLDEN=1 if intended"
 
 
+def with_predictions(records: list[dict], records_dir: Path, labels: np.ndarray, task: str = "rte") -> list:
+    """The records, each finished one of `task` pointing at a predictions file of `labels` written to
+    `records_dir` (the per-example file the runner writes beside a record)."""
+    out = []
+    for record in copy.deepcopy(records):
+        if record["status"] == "done" and record["spec"]["task"] == task:
+            columns = {"idx": np.arange(len(labels)), "label": labels, "prediction": labels}
+            columns["logits"] = np.zeros((len(labels), 2), dtype=np.float32)
+            split = record["main_metric"]["split"]
+            record["predictions"] = write_predictions(records_dir, record["cell_id"], {split: columns})
+        out.append(record)
+    return out
+
+
 def test_markdown_and_json_match_golden_files(tmp_path, capsys):
-    run = write_fixture_run(tmp_path / "run")
+    records = with_predictions(fixture_records(), tmp_path / "run" / "records", BALANCED)
+    run = write_fixture_run(tmp_path / "run", records)  # mnli's predictions are missing: chance unknown
     out = tmp_path / "board.md"
     assert (
         main(
@@ -121,3 +142,55 @@ def test_measurement_fields_do_not_split_a_cell():
     probed["spec"]["probes"] = ["sentlen"]
     cell = summarize([*records[:3], probed, *records[4:]])["tasks"]["rte"]["rows"]["magnitude +KD"]["0.5"]
     assert cell["n"] == 2
+
+
+def _at_majority(records: list[dict], value: float, good: float) -> list[dict]:
+    """rte's finished cells all scoring `value` (what predicting the majority class scores), but
+    soft_movement's, which scores `good`."""
+    out = []
+    for record in copy.deepcopy(records):
+        if record["status"] == "done" and record["spec"]["task"] == "rte":
+            score = good if record["spec"]["method"] == "soft_movement" else value
+            record["main_metric"]["value"] = score
+        out.append(record)
+    return out
+
+
+def test_cells_at_chance_are_marked_and_a_dense_reference_at_chance_warns(tmp_path):
+    labels = np.array([0] * 200 + [1] * 56)  # majority class: 200/256
+    records_dir = tmp_path / "run" / "records"
+    records = with_predictions(_at_majority(fixture_records(), 200 / 256, 0.95), records_dir, labels)
+    run = write_fixture_run(tmp_path / "run", records)
+    summary = summarize(records, run_dirs=[run])
+    rte = summary["tasks"]["rte"]
+    assert rte["chance"] == [
+        {"split": "validation", "rows": 256, "value": pytest.approx(200 / 256, abs=1e-4)}
+    ]
+    assert rte["rows"]["dense"]["0"]["vs_chance"] == "at"
+    assert rte["rows"]["magnitude +KD"]["0.9"]["vs_chance"] == "at"
+    assert rte["rows"]["soft_movement +KD"]["0.9"]["vs_chance"] == "above"
+    retention = summary["tables"]["retention"]["rows"]
+    assert {
+        r["row"]: r.get("vs_chance") for r in retention if r["task"] == "rte" and r["sparsity_key"] == "0.9"
+    } == {
+        "magnitude +KD": "at",
+        "movement +KD": None,
+        "soft_movement +KD": "above",
+    }
+    text = render_markdown(summary)
+    lines = {line.split(" | ")[0]: line for line in text.split("## rte: accuracy")[1].splitlines()[:12]}
+    assert "≈ chance" in lines["| dense"] and "≈ chance" in lines["| magnitude +KD"]
+    assert "≈ chance" not in lines["| soft_movement +KD"]
+    assert "Chance: 78.1 (majority class, the 256 validation rows)." in text
+    assert "Dense reference is at chance on rte: results on this task do not measure pruning." in text
+    assert "Dense reference is at chance on mnli" not in text
+
+
+def test_chance_is_unknown_without_the_predictions_files(tmp_path):
+    records = _at_majority(fixture_records(), 200 / 256, 0.95)
+    summary = summarize(records, run_dirs=[write_fixture_run(tmp_path / "run", records)])
+    assert summary["tasks"]["rte"]["chance"] == [{"split": "validation", "rows": 256, "value": None}]
+    assert "vs_chance" not in summary["tasks"]["rte"]["rows"]["dense"]["0"]
+    text = render_markdown(summary)
+    assert "Chance: unknown (no per-example predictions of the 256 validation rows" in text
+    assert "≈ chance" not in text and "at chance on rte" not in text

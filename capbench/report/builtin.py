@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from capbench.leaderboard import DIGITS
+from capbench.metrics import chance_margin, versus_chance
 from capbench.report.tables import Col, Table, register_table, varies
 from capbench.spec import DENSE
 
@@ -77,10 +78,38 @@ def main_cell(group: pd.DataFrame) -> dict:
     dense_mean = first["dense_mean"]
     if dense_mean and not math.isnan(dense_mean) and cell["mean"] is not None:
         cell["retention"] = round(cell["mean"] / dense_mean, 4)
+    cell.update(chance_fields(first, cell))
     return cell
 
 
-RETENTION_FIELDS = ("status", "retention", "achieved_sparsity", "target_sparsity", "sparsity_granularity")
+def chance_fields(first: pd.Series, cell: dict) -> dict:
+    """{"vs_chance": "at" | "below" | "above", "chance_margin"} of a cell with a mean, when the chance score
+    of its split is known: "at" when |mean - chance| <= chance_margin = 2 x max(seed standard error, sampling
+    standard error of chance on the evaluation rows) (capbench.metrics.chance_margin); else {}."""
+    chance, rows = first.get("chance", math.nan), first.get("chance_rows")
+    if cell.get("mean") is None or chance is None or math.isnan(chance) or not rows:
+        return {}
+    margin = chance_margin(first["metric"], chance, int(rows), cell["std"], cell["n"])
+    return {
+        "vs_chance": versus_chance(cell["mean"], chance, margin),
+        "chance_margin": round(margin, DIGITS + 2),
+    }
+
+
+RETENTION_FIELDS = (
+    "status",
+    "retention",
+    "achieved_sparsity",
+    "target_sparsity",
+    "sparsity_granularity",
+    "vs_chance",
+)
+CHANCE_MARKS = {"at": "≈ chance", "below": "< chance"}  # shown after a cell's value; "above" shows nothing
+
+
+def chance_mark(cell: dict) -> str:
+    mark = CHANCE_MARKS.get(cell.get("vs_chance", ""))
+    return f" {mark}" if mark else ""
 
 
 def retention_cell(group: pd.DataFrame) -> dict:
@@ -97,7 +126,7 @@ def fmt_metric(cell: dict | None) -> str:
         return f"undefined: {cell['undefined']} (n={cell['n']})"
     spread = f" ± {100 * cell['std']:.{DIGITS - 1}f}" if cell["n"] > 1 else ""
     text = f"{100 * cell['mean']:.{DIGITS - 1}f}{spread} (n={cell['n']})"
-    return text + (f", {cell['failed']} failed" if cell.get("failed") else "")
+    return text + chance_mark(cell) + (f", {cell['failed']} failed" if cell.get("failed") else "")
 
 
 def fmt_retention(cell: dict | None) -> str:
@@ -108,7 +137,7 @@ def fmt_retention(cell: dict | None) -> str:
         parts.append(f"{100 * cell['retention']:.1f}%")
     if cell.get("achieved_sparsity") is not None:
         parts.append(f"s={cell['achieved_sparsity']:.3f}")
-    return " · ".join(parts) or "–"
+    return (" · ".join(parts) or "–") + chance_mark(cell)
 
 
 def _dense_first(row: dict) -> tuple:
@@ -117,6 +146,55 @@ def _dense_first(row: dict) -> tuple:
 
 def _sparsity_header(key: str) -> str:
     return "dense" if key == "0" else f"s={key}"
+
+
+CHANCE_RULES = {
+    "accuracy": "majority class",
+    "f1": "always the positive class",
+    "matthews_correlation": "no association",
+    "pearson": "no association",
+    "spearmanr": "no association",
+}
+CHANCE_NOISE = (
+    "≈ chance: the mean is within 2 × max(standard error over seeds, sampling standard error of chance on "
+    "the evaluation rows: sqrt(c(1-c)/rows) for accuracy and F1, 1/sqrt(rows) for correlations) of chance; "
+    "< chance: further below."
+)
+
+
+def _chance_line(metric: str | None, chance: dict) -> str:
+    rows = f"the {chance['rows']} {chance['split']} rows"
+    if chance["value"] is None:
+        return f"Chance: unknown (no per-example predictions of {rows} found beside the records)."
+    return f"Chance: {100 * chance['value']:.{DIGITS - 1}f} ({CHANCE_RULES.get(metric, metric)}, {rows})."
+
+
+def dense_at_chance(rows: list[dict]) -> bool:
+    """Whether the task's dense reference (its dense row at sparsity 0) is within noise of chance, or below."""
+    return any(r["row"] == DENSE and r.get("vs_chance") in ("at", "below") for r in rows)
+
+
+def main_chance_note(task: str, rows: list[dict], info: dict) -> str:
+    """The main table's note: chance per evaluation split (and rows), the "≈ chance" rule, and a warning
+    when the dense reference itself is at chance."""
+    chances = info.get("chance") or []
+    lines = [" ".join(_chance_line(info.get("metric"), c) for c in chances)]
+    if any(c["value"] is not None for c in chances):
+        lines[0] += " " + CHANCE_NOISE
+    if dense_at_chance(rows):
+        lines.append(
+            f"**Dense reference is at chance on {task}: results on this task do not measure pruning.**"
+        )
+    return "\n\n".join(line for line in lines if line)
+
+
+def retention_chance_note(task: str, rows: list[dict], info: dict) -> str:
+    """The retention table's note: chance as a share of the dense mean (the retention a chance model has)."""
+    dense = (info.get("rows") or {}).get(DENSE, {}).get("0", {}).get("mean")
+    known = [c for c in info.get("chance") or [] if c["value"] is not None]
+    if not dense or len(known) != 1:
+        return ""
+    return f"Chance = {100 * known[0]['value'] / dense:.1f}% of dense."
 
 
 METHOD = Col("method", lambda row: row["row"])
@@ -131,6 +209,7 @@ MAIN = Table(
     cells=(Col("{label}", fmt_metric),),
     per_task=True,
     order=_dense_first,
+    task_note=main_chance_note,
     **BY_SPARSITY,
 )
 RETENTION = Table(
@@ -142,6 +221,7 @@ RETENTION = Table(
     cells=(Col("{label}", fmt_retention),),
     per_task=True,
     order=_dense_first,
+    task_note=retention_chance_note,
     **BY_SPARSITY,
 )
 

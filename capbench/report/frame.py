@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -185,12 +186,16 @@ def record_row(record: Mapping) -> dict:
     return row
 
 
-def records_frame(records: list[Mapping]) -> pd.DataFrame:
+def records_frame(records: list[Mapping], run_dirs: Iterable[Path] = ()) -> pd.DataFrame:
     """One row per record, in the records' order, plus `dense_mean`: the task's dense mean main metric
-    (NaN when the task has no finished dense record, or one without a value)."""
+    (NaN when the task has no finished dense record, or one without a value), and `chance` / `chance_rows`:
+    the chance score of the record's main metric on its evaluation split and that split's rows (see
+    report/chance.py; the labels accuracy and F1 need are read from predictions files under `run_dirs`)."""
+    from capbench.report.chance import chances
+
     rows = [record_row(r) for r in records]
     if not rows:
-        return pd.DataFrame(columns=[*record_row({}), "dense_mean"])
+        return pd.DataFrame(columns=[*record_row({}), "dense_mean", "chance", "chance_rows"])
     frame = pd.DataFrame(rows)
     for name in RAW_COLUMNS:  # as written (an int stays an int in the JSON), not coerced to float
         frame[name] = pd.Series([row[name] for row in rows], index=frame.index, dtype=object)
@@ -200,4 +205,7 @@ def records_frame(records: list[Mapping]) -> pd.DataFrame:
         for task, group in dense.groupby("task", sort=False)
     }
     frame["dense_mean"] = frame["task"].map(means).astype(float)
+    found = chances(records, run_dirs)
+    frame["chance"] = pd.Series([c["value"] for c in found], index=frame.index, dtype=float)
+    frame["chance_rows"] = pd.Series([c["rows"] for c in found], index=frame.index, dtype=object)
     return frame

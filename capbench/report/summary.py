@@ -5,10 +5,15 @@ Summarizing is separate from running: the same records always give byte-identica
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
 import pandas as pd
 
 from capbench import __version__
 from capbench.errors import CapbenchError
+from capbench.leaderboard import DIGITS
 from capbench.report import builtin, papers  # noqa: F401  (they register the built-in tables)
 from capbench.report.frame import records_frame
 from capbench.report.tables import TABLES, section, table_json, task_section
@@ -52,23 +57,42 @@ def _task_main_metric(task: str, done: pd.DataFrame) -> dict:
     return {"metric": spec.main_metric, "split": spec.main_eval_split}
 
 
+def _task_chance(task: str, done: pd.DataFrame) -> list[dict]:
+    """The chance scores of the task's main metric: [{"split", "rows", "value"}] per evaluation split and
+    row count its finished records were evaluated on (value None when unknown: no labels found)."""
+    of_task = done[done["task"] == task]
+    found = {
+        (split, rows): None if math.isnan(value) else round(value, DIGITS + 2)
+        for split, rows, value in zip(
+            of_task["split"], of_task["chance_rows"], of_task["chance"], strict=True
+        )
+        if split is not None and rows is not None
+    }
+    return [{"split": s, "rows": int(r), "value": v} for (s, r), v in sorted(found.items())]
+
+
 def _tasks(frame: pd.DataFrame, main_rows: list[dict]) -> dict:
-    """summary["tasks"]: {task: {metric, split, rows: {row label: {sparsity key: cell}}}}."""
+    """summary["tasks"]: {task: {metric, split, chance: [{split, rows, value}], rows: {row label: {sparsity
+    key: cell}}}}."""
     done = frame[frame["status"] == "done"]
     tasks: dict = {}
     for row in main_rows:
-        task = tasks.setdefault(row["task"], {**_task_main_metric(row["task"], done), "rows": {}})
+        name = row["task"]
+        if name not in tasks:
+            tasks[name] = {**_task_main_metric(name, done), "chance": _task_chance(name, done), "rows": {}}
+        task = tasks[name]
         cell = {k: v for k, v in row.items() if k not in CELL_KEYS}
         task["rows"].setdefault(row["row"], {})[row["sparsity_key"]] = cell
     return dict(sorted(tasks.items()))
 
 
-def summarize(records: list[dict], frame: pd.DataFrame | None = None) -> dict:
+def summarize(records: list[dict], frame: pd.DataFrame | None = None, run_dirs: Iterable[Path] = ()) -> dict:
     """The leaderboard's numbers: provenance, per task/row/sparsity cells (`tasks`), the configurations the
     cells were run with (`configs`, by digest), and every declared table (`tables`: {name: {"keys": the
     fields naming a row, "rows": raw numbers}}).
-    `frame`: the records' frame, when the caller already built it."""
-    frame = records_frame(records) if frame is None else frame
+    `frame`: the records' frame, when the caller already built it; `run_dirs`: where the records' predictions
+    files are (for the chance scores of accuracy and F1; see report/chance.py)."""
+    frame = records_frame(records, run_dirs) if frame is None else frame
     tables = {
         t.name: table_json(t, frame)
         for t in TABLES

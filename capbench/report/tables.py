@@ -61,6 +61,8 @@ class Table:
     empty: str = ""  # the body when no row is left
     intro: Callable[[pd.DataFrame, pd.DataFrame], str] | None = None  # (frame, kept rows) -> text
     outro: Callable[[pd.DataFrame, pd.DataFrame], str] | None = None
+    # per-task tables: (task, the task's JSON rows, its summary["tasks"] entry) -> text above the table
+    task_note: Callable[[str, list[dict], dict], str] | None = None
 
 
 TABLES: list[Table] = []
@@ -160,9 +162,12 @@ def render_table(table: Table, rows: list[dict]) -> str:
 
 
 def task_section(table: Table, task: str, rows: list[dict], info: dict) -> list[str]:
-    """A per-task table's page lines for one task."""
+    """A per-task table's page lines for one task: title, the table's `task_note` (if any text), table.
+    `info`: the task's summary["tasks"] entry."""
     title = table.title.format(task=task, metric=info.get("metric"), split=info.get("split"))
-    return ["", title, "", render_table(table, [r for r in rows if r["task"] == task])]
+    mine = [r for r in rows if r["task"] == task]
+    note = table.task_note(task, mine, info) if table.task_note else ""
+    return ["", title, *(["", note] if note else []), "", render_table(table, mine)]
 
 
 def body(table: Table, frame: pd.DataFrame, rows: list[dict]) -> str:
