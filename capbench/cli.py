@@ -112,16 +112,28 @@ def cmd_leaderboard(args) -> int:
 def add_ls_parser(subparsers) -> None:
     p = subparsers.add_parser("ls", help="list tasks, methods or presets")
     p.add_argument("what", choices=["tasks", "methods", "presets"])
+    p.add_argument(
+        "--preset", help="with `ls tasks`: what the preset's dense reference reaches on each task (measured)"
+    )
     p.set_defaults(handler=cmd_ls)
 
 
 def cmd_ls(args) -> int:
     if args.what == "tasks":
+        from capbench.presets import get_preset
         from capbench.tasks import all_tasks
 
+        preset = get_preset(args.preset) if getattr(args, "preset", None) else None
         for name, task in all_tasks().items():
             kind = "regression" if task.regression else f"{task.num_labels} labels"
-            print(f"{name:6s} {kind:10s} main={task.main_metric:22s} eval={','.join(task.eval_splits)}")
+            line = f"{name:6s} {kind:10s} main={task.main_metric:22s} eval={','.join(task.eval_splits)}"
+            if preset is not None:
+                found = preset.signal_of(name)
+                if preset.no_signal:
+                    line += f"  [{preset.name}: NO SIGNAL on any task]"
+                else:
+                    line += f"  [{preset.name}: {found.describe() if found else 'not measured'}]"
+            print(line)
     elif args.what == "methods":
         from capbench.methods import all_methods
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def cells_from_args(args):
         learning_rate=args.learning_rate,
     )
     preset.validate()  # --epochs, --batch-size, ...: every setting in its domain before anything loads
+    if not getattr(args, "quiet", False):
+        for why in dict.fromkeys(filter(None, (preset.lacks_signal(t.name) for t in tasks))):
+            print(f"capbench: warning: {why}; its results do not measure pruning", file=sys.stderr)
     method_options = parse_key_values(args.method_option, "--method-option")
     cap_options = parse_key_values(args.cap_option, "--cap-option")
     specs = grid_method_specs(methods, method_options, args.kd == "on", cap_options, sparsities)

@@ -182,3 +182,57 @@ def test_steps_below_one_are_refused(tiny_model_dir, tiny_glue, tmp_path, capsys
     args = run_args(tiny_model_dir, tiny_glue, tmp_path / "a", tmp_path / "c", "--steps", value)
     assert main(args) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["continuous", "ties", "pruned", "pruned+ties"])
+def test_kth_smallest_equals_kthvalue(case):
+    from capbench.pruning.masks import kth_smallest
+
+    g = torch.Generator().manual_seed(hash(case) % 1000)
+    for _ in range(25):
+        n = int(torch.randint(70_000, 300_000, (1,), generator=g))
+        x = torch.randn(n, generator=g)
+        if "ties" in case:
+            x = (x * 3).round()
+        if "pruned" in case:
+            x[torch.rand(n, generator=g) < float(torch.rand(1, generator=g))] = -float("inf")
+        for k in (1, int(torch.randint(1, n + 1, (1,), generator=g)), n):
+            assert torch.equal(kth_smallest(x, k), x.kthvalue(k).values), (case, n, k)
+
+
+def test_a_weight_made_non_finite_is_caught_within_the_weight_check_interval(tmp_path):
+    from capbench.training import WEIGHT_CHECK_EVERY, TrainingDiverged
+
+    model = tiny_bert()
+    data = _dataset(16)
+    loader = make_loader(data, tiny_tokenizer(tmp_path), 8, shuffle=True, seed=0)
+
+    class PoisonAtStep3:
+        """A 'pruner' whose after_step writes inf into a weight the batches never use (the last position
+        embedding): the loss and gradients stay finite, only the weight check can see it."""
+
+        def attach(self, model, steps):
+            self.model = model
+
+        def score_parameters(self):
+            return []
+
+        def param_groups(self):
+            return []
+
+        def loss_terms(self, step):
+            return {}
+
+        def after_step(self, step):
+            if step == 2:
+                with torch.no_grad():
+                    self.model.bert.embeddings.position_embeddings.weight[-1, 0] = float("inf")
+
+    with pytest.raises(TrainingDiverged) as caught:
+        train(
+            model,
+            loader,
+            TrainConfig(max_steps=2 * WEIGHT_CHECK_EVERY, learning_rate=1e-3),
+            pruner=PoisonAtStep3(),
+        )
+    assert caught.value.step == WEIGHT_CHECK_EVERY and "is not finite" in str(caught.value)

@@ -43,7 +43,11 @@ def cap_loss_for_cell(spec, model, teacher, data, ctx, teacher_logits=None) -> C
             mmap=cfg.bank_on_disk,
             meta={k: v for k, v in meta.items() if k != "dtype"},
         )
-    return CapLoss(model, cfg, CapContext(teacher=teacher, loader=loader, seed=spec.seed, teacher_logits=teacher_logits, **banks))
+    return CapLoss(
+        model,
+        cfg,
+        CapContext(teacher=teacher, loader=loader, seed=spec.seed, teacher_logits=teacher_logits, **banks),
+    )
 
 
 def check_snapshot_budgets(method_specs: dict, tasks, source, preset) -> None:

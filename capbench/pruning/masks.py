@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -111,6 +112,42 @@ def n_pruned(numel: int, sparsity: float) -> int:
     return min(numel, max(0, int(round(sparsity * numel))))
 
 
+_SAMPLE = 4096  # strided sample that brackets the k-th value in kth_smallest
+_SMALL = 1 << 16
+
+
+def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest entry (1-based) of a 1-D float tensor: exactly ``values.kthvalue(k).values``.
+
+    ``kthvalue`` costs about 35 ns per entry on one CPU thread (20 ms for a 384x1536 matrix), which made the
+    per-step mask updates of magnitude pruning about a tenth of a MiniLM training step.  Here a strided,
+    sorted sample of 4,096 entries brackets the k/n quantile, one comparison pass counts the entries below
+    the bracket and gathers those inside it (about 3% of them), and ``kthvalue`` runs on that band only; when
+    the bracket misses (it cannot on a continuous distribution, it can with heavy ties) the full
+    ``kthvalue`` runs.  -inf entries (already pruned weights of hard methods) are set aside first.
+    """
+    n = values.numel()
+    if n <= _SMALL:
+        return values.kthvalue(k).values
+    stride = n // _SAMPLE
+    sample = values[::stride].sort().values
+    m = sample.numel()
+    if sample[0] == -math.inf:  # hard methods: the pruned entries, counted once and set aside
+        finite = values > -math.inf
+        n_inf = n - int(finite.sum())
+        if k <= n_inf:
+            return values.new_tensor(-math.inf)
+        if n_inf:
+            return kth_smallest(values[finite], k - n_inf)
+    at = int(k / n * m)
+    lo, hi = sample[max(0, at - 64)], sample[min(m - 1, at + 64)]
+    below = int((values < lo).sum())
+    band = values[(values >= lo) & (values <= hi)]
+    if below < k <= below + band.numel():
+        return band.kthvalue(k - below).values
+    return values.kthvalue(k).values
+
+
 def keep_top(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     """Bool mask keeping exactly ``n_keep`` highest entries (ties at the cut broken by position)."""
     flat = scores.detach().reshape(-1)
@@ -120,7 +157,7 @@ def keep_top(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
         return torch.ones_like(scores, dtype=torch.bool)
     if n_keep == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    cut = flat.float().kthvalue(numel - n_keep).values  # the largest pruned value
+    cut = kth_smallest(flat.float(), numel - n_keep)  # the largest pruned value
     keep = flat > cut
     missing = n_keep - int(keep.sum())
     if missing > 0:  # ties at the cut value: keep the first `missing` of them
