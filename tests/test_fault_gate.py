@@ -1,0 +1,88 @@
+"""The regression gate catches a broken method: each fault of tests/faults.py, planted in a fresh process,
+runs the `ci` grid with a cold cache, and `capbench compare --fail-on change` against the committed
+baseline (leaderboards/ci-baseline.json) must exit 1; the unmodified code must exit 0.
+
+About an hour on 2 cores (8 cold grids): ``pytest -m faultgate tests/test_fault_gate.py -s`` or
+``tox -e faultgate``; never part of the default run (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faults import FAULTS
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = REPO / "leaderboards" / "ci-baseline.json"
+BOARD = REPO / "leaderboards" / "ci-baseline.md"
+WORKFLOW = REPO / "examples" / "github-actions.yml"
+SHARED_GLUE = REPO.parent / "shared" / "glue"
+
+
+def ci_grid_arguments() -> list[str]:
+    """The `capbench run` arguments of the ci grid, from the baseline's regenerate line (one source), with
+    its --out and --data-dir left out."""
+    command = re.search(r"^- regenerate: `(.+)`$", BOARD.read_text(), re.M).group(1)
+    run = command.split(" && ")[0].split()
+    assert run[:2] == ["capbench", "run"], command
+    args = run[2:]
+    for flag in ("--out", "--data-dir"):
+        at = args.index(flag)
+        args = args[:at] + args[at + 2 :]
+    return args
+
+
+def test_the_example_workflow_runs_the_baseline_grid():
+    """examples/github-actions.yml runs exactly the grid the committed baseline was made from."""
+    text = WORKFLOW.read_text()
+    assert "leaderboards/ci-baseline.json" in text and "--fail-on change" in text
+    flat = " ".join(line.strip().rstrip("\\").strip() for line in text.splitlines())
+    assert " ".join(a for a in ci_grid_arguments() if a != "--quiet") in flat
+
+
+def _compare(runs: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "capbench", "compare", "--baseline", str(BASELINE), "--runs", str(runs)]
+        + ["--fail-on", "change"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+
+
+@pytest.mark.faultgate
+@pytest.mark.skipif(not SHARED_GLUE.is_dir(), reason=f"offline GLUE pack not found at {SHARED_GLUE}")
+@pytest.mark.parametrize("fault", ["none", *FAULTS])
+def test_compare_fails_on_each_planted_fault_and_passes_the_clean_code(fault, tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"  # a cold cache: teachers and banks retrained
+    args = [
+        *ci_grid_arguments(),
+        "--data-dir",
+        str(SHARED_GLUE),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+    ]
+    started = time.perf_counter()
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.faults", fault, "run", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    verdict = _compare(out)
+    summary = next((line for line in verdict.stdout.splitlines() if "regressed" in line), "")
+    print(
+        f"\nFAULT {fault}: compare exit {verdict.returncode} ({time.perf_counter() - started:.0f} s)\n"
+        f"{verdict.stdout}"
+    )
+    expected = 0 if fault == "none" else 1
+    assert verdict.returncode == expected, (summary, verdict.stdout[-3000:], verdict.stderr[-2000:])
