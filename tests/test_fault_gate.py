@@ -8,6 +8,8 @@ About an hour on 2 cores (8 cold grids): ``pytest -m faultgate tests/test_fault_
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -46,6 +48,13 @@ def test_the_example_workflow_runs_the_baseline_grid():
     assert " ".join(a for a in ci_grid_arguments() if a != "--quiet") in flat
 
 
+def baseline_threads() -> str:
+    """The torch thread count the baseline ran with: results depend on it (reduction order), so the gate
+    runs the grid with the same count, whatever this test process uses."""
+    (line,) = json.loads(BASELINE.read_text())["provenance"]["machines"]
+    return re.search(r"(\d+) threads", line).group(1)
+
+
 def _compare(runs: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "capbench", "compare", "--baseline", str(BASELINE), "--runs", str(runs)]
@@ -71,11 +80,14 @@ def test_compare_fails_on_each_planted_fault_and_passes_the_clean_code(fault, tm
         str(cache),
     ]
     started = time.perf_counter()
+    threads = baseline_threads()
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     run = subprocess.run(
         [sys.executable, "-m", "tests.faults", fault, "run", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
+        env=env,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     verdict = _compare(out)
