@@ -20,7 +20,11 @@ def _check_cap_records(records, sparsity):
         assert report["bank_dtype"] == "float16" and report["bank_bytes_total"] > 0
         assert set(report["bank_bytes"]) == {"prc", "snc", "fic"}
         assert report["extra_forward_examples"]["prc"] > 0 or report["bank_build_seconds"]["prc"] == 0.0
-        assert report["teacher_forward_examples"] > 0  # KD rides along with the contrastive terms
+        # KD rides along with the contrastive terms: the teacher's logits computed here or reused from the cache
+        # an earlier student of the same teacher left (capbench.teacher_logits)
+        used = record["train"]["teacher_logits"]
+        assert used["computed_batches"] + used["reused_batches"] > 0
+        assert (report["teacher_forward_examples"] > 0) == (used["computed_batches"] > 0)
         magnitudes = record["train"]["loss_term_magnitudes"]  # mean |term| over the last 10% of steps
         assert {"ce", "kd", "prc_unsup", "prc_sup", "fic_unsup", "fic_sup"} <= set(magnitudes), method
         assert all(value >= 0 for value in magnitudes.values())
