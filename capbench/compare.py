@@ -186,10 +186,20 @@ def _number(value) -> float | None:
     return float(value) if ok else None
 
 
+def _field(row: dict, path: str):
+    """A row's field by dotted path into nested objects (``loss_terms.prc_unsup``); None where absent."""
+    value = row
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 def _gate_row(gate: str, keys: list[str], base: dict, new: dict | None, tol: float, lower: bool) -> dict:
     label = ", ".join(str(base.get(k)) for k in keys if k not in ("task", "sparsity", "sparsity_key"))
     field = gate.split(":")[0].split(".", 1)[1]
-    before, after = _number(base.get(field)), _number((new or {}).get(field))
+    before, after = _number(_field(base, field)), _number(_field(new or {}, field))
     row = {
         "task": str(base.get("task", "")),
         "method": f"{gate.split(':')[0]} {label}".strip(),
@@ -218,7 +228,8 @@ def _gate_row(gate: str, keys: list[str], base: dict, new: dict | None, tol: flo
 
 def compare_table_field(baseline: dict, current: dict, gate: str, tol: float) -> list[dict]:
     """Rows of a `--gate TABLE.FIELD[:lower]` check: every baseline row of the table, matched to the current
-    row of the same keys; the field regresses when it falls (rises, with `:lower`) by more than `tol`."""
+    row of the same keys; the field regresses when it falls (rises, with `:lower`) by more than `tol`.
+    FIELD may be a dotted path into a nested field, e.g. ``cap_ablation.loss_terms.prc_unsup:lower``."""
     spec, _, direction = gate.partition(":")
     name, _, field = spec.partition(".")
     tables = baseline.get("tables") or {}

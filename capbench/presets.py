@@ -240,6 +240,15 @@ PRESETS = {
             eval_batch_size=128,
             group_by_length=True,
         ),
+        signals=(
+            TaskSignal(
+                "sst2",
+                True,
+                "88.0 (seed 0), 89.4 (seed 2) on all 872 rows",
+                "50.9 (majority class)",
+                "runs of 2026-11-30, docs/presets.md",
+            ),
+        ),
     ),
     "ci": Preset(
         name="ci",
@@ -261,6 +270,15 @@ PRESETS = {
             warmup_ratio=0.1,
             eval_batch_size=128,
             group_by_length=True,
+        ),
+        signals=(
+            TaskSignal(
+                "sst2",
+                True,
+                "86.6 (seed 0); magnitude 0.9 78.0, random 0.9 52.4",
+                "50.9 (majority class)",
+                "leaderboards/ci-baseline.md",
+            ),
         ),
     ),
     "paper": Preset(

@@ -80,3 +80,22 @@ def test_fail_on_change_also_fails_an_improvement(tmp_path, capsys):
     assert main(["compare", "--baseline", str(baseline), "--runs", str(run), "--fail-on", "change"]) == 1
     same = write_fixture_run(tmp_path / "same", records)
     assert main(["compare", "--baseline", str(baseline), "--runs", str(same), "--fail-on", "change"]) == 0
+
+
+def test_a_gate_field_may_be_a_dotted_path_into_a_nested_field():
+    from capbench.compare import compare_table_field
+
+    def board(prc_unsup):
+        row = {
+            "task": "sst2",
+            "row": "cap_magnitude",
+            "sparsity_key": "0.9",
+            "loss_terms": {"prc_unsup": prc_unsup},
+        }
+        return {"tables": {"cap_ablation": {"keys": ["task", "row", "sparsity_key"], "rows": [row]}}}
+
+    gate = "cap_ablation.loss_terms.prc_unsup:lower"
+    (same,) = compare_table_field(board(0.85), board(0.851), gate, 0.01)
+    (worse,) = compare_table_field(board(0.85), board(0.95), gate, 0.01)
+    (gone,) = compare_table_field(board(0.85), {"tables": {}}, gate, 0.01)
+    assert (same["status"], worse["status"], gone["status"]) == ("unchanged", "regressed", "missing")
