@@ -46,6 +46,22 @@ def test_the_example_workflow_runs_the_baseline_grid():
     assert "leaderboards/ci-baseline.json" in text and "--fail-on change" in text
     flat = " ".join(line.strip().rstrip("\\").strip() for line in text.splitlines())
     assert " ".join(a for a in ci_grid_arguments() if a != "--quiet") in flat
+    assert " ".join(GATES) in flat
+
+
+# CAP's contrastive terms can train the model without moving its accuracy by one evaluation row (cut from
+# the graph at the ci budget: cap_magnitude 77.87 either way), so the gate also reads their balance at the end
+# of training: cut from the graph, prc/snc/fic_unsup end 0.115/0.079/0.057 higher. A clean rerun on the same
+# machine is bit-identical; the tolerance leaves room for another machine's floating-point noise.
+GATES = [
+    *(
+        a
+        for t in ("prc_unsup", "snc_unsup", "fic_unsup")
+        for a in ("--gate", f"cap_ablation.loss_terms.{t}:lower")
+    ),
+    "--gate-tol",
+    "0.03",
+]
 
 
 def baseline_threads() -> str:
@@ -58,7 +74,7 @@ def baseline_threads() -> str:
 def _compare(runs: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "capbench", "compare", "--baseline", str(BASELINE), "--runs", str(runs)]
-        + ["--fail-on", "change"],
+        + ["--fail-on", "change", *GATES],
         capture_output=True,
         text=True,
         cwd=REPO,
