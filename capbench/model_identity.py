@@ -50,6 +50,13 @@ def _files_sha256(paths: list[Path], root: Path) -> str:
     return digest.hexdigest()[:20]
 
 
+def weights_sha256(directory: str | Path) -> str | None:
+    """sha256 (20 hex digits) of a saved model's weight files (``weight_files``); None when it has none."""
+    directory = Path(directory)
+    files = weight_files(directory)
+    return _files_sha256(files, directory) if files else None
+
+
 def weight_files(directory: Path) -> list[Path]:
     """The files `from_pretrained` reads weights from, safetensors first (as capbench loads them)."""
     safetensors = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.safetensors.index.json"))

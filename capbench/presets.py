@@ -202,6 +202,20 @@ PAPER_METHOD_OPTIONS = (
 )
 
 
+def _cpu_steps(steps: int) -> TrainConfig:
+    """The CPU recipe of `default` and `ci`: ``steps`` length-grouped AdamW steps of 32 at lr 1e-4, 10%
+    warm-up, evaluation batches of 128."""
+    return TrainConfig(
+        epochs=1.0,
+        max_steps=steps,
+        batch_size=32,
+        learning_rate=1e-4,
+        warmup_ratio=0.1,
+        eval_batch_size=128,
+        group_by_length=True,
+    )
+
+
 PRESETS = {
     "smoke": Preset(
         name="smoke",
@@ -231,15 +245,7 @@ PRESETS = {
         # A plain loop on the offline MiniLM plateaus on MNLI (carved train) at 64.6-66.9 after 450-550 steps
         # at lr 1e-4 and reaches SST-2 87.2 at 400 (../shared/notes/cpu-training-facts.md); 800 steps leave a
         # margin for the pruned cells, whose pruning ramp takes the first part of the run.
-        train=TrainConfig(
-            epochs=1.0,
-            max_steps=800,
-            batch_size=32,
-            learning_rate=1e-4,
-            warmup_ratio=0.1,
-            eval_batch_size=128,
-            group_by_length=True,
-        ),
+        train=_cpu_steps(800),
         signals=(
             TaskSignal(
                 "sst2",
@@ -262,15 +268,7 @@ PRESETS = {
         max_seq_length=128,
         # SST-2 dense, seed 0 (2026-11-30): 84.9 after 200 steps at lr 2e-4, 85.7 after 250 at 2e-4, 86.6 after
         # 300 at 1e-4 (magnitude 0.9 with KD: 77.5): 300 at 1e-4 keeps a margin above the bar of 85.
-        train=TrainConfig(
-            epochs=1.0,
-            max_steps=300,
-            batch_size=32,
-            learning_rate=1e-4,
-            warmup_ratio=0.1,
-            eval_batch_size=128,
-            group_by_length=True,
-        ),
+        train=_cpu_steps(300),
         signals=(
             TaskSignal(
                 "sst2",

@@ -12,6 +12,7 @@ replaced) drops it, and a file naming other weights is ignored.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from capbench.model_identity import weights_sha256
 from capbench.training import model_inputs
 
 CACHE_FILE = "teacher_logits.npz"
@@ -36,19 +38,6 @@ def batch_key(inputs: dict) -> str:
     return digest.hexdigest()
 
 
-def weights_file_digest(directory: Path) -> str | None:
-    """sha256 of the teacher's weights file in ``directory`` (model.safetensors, else pytorch_model.bin)."""
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        path = Path(directory) / name
-        if path.is_file():
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(block)
-            return digest.hexdigest()
-    return None
-
-
 class TeacherLogits:
     """``teacher_logits(batch) -> Tensor [batch, num_labels]`` (float32, no grad), cached per batch.
 
@@ -59,10 +48,20 @@ class TeacherLogits:
     def __init__(self, teacher: torch.nn.Module, directory: str | Path | None = None):
         self.teacher = teacher.eval()
         self.directory = Path(directory) if directory is not None else None
-        self.weights = weights_file_digest(self.directory) if self.directory is not None else None
-        self.store: dict[str, np.ndarray] = self._load()
+        self._store: dict[str, np.ndarray] | None = None  # read on first use: cells without KD never pay
         self._new: set[str] = set()
         self.computed = self.reused = self.computed_examples = 0
+
+    @functools.cached_property
+    def weights(self) -> str | None:
+        """The teacher's weights digest (capbench.model_identity.weights_sha256) the cache is keyed by."""
+        return weights_sha256(self.directory) if self.directory is not None else None
+
+    @property
+    def store(self) -> dict[str, np.ndarray]:
+        if self._store is None:
+            self._store = self._load()
+        return self._store
 
     @property
     def path(self) -> Path | None:

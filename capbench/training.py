@@ -185,10 +185,6 @@ def model_inputs(batch: dict, model=None) -> dict:
     return {k: v for k, v in batch.items() if k in keys}
 
 
-def total_steps(loader: DataLoader, epochs: float) -> int:
-    return max(1, math.ceil(len(loader) * epochs))
-
-
 class CrossEntropyLoss:
     """The default loss composer: the model's own task loss (CE, or MSE for regression)."""
 
@@ -299,8 +295,7 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
     loss_fn = loss_fn or CrossEntropyLoss()
     # An iterative pruner (first_order procedure=iterative) plans [(sparsity, retraining steps)]: before each
     # retraining, an importance pass and a pruning step, then a fresh optimizer and schedule.
-    plan = pruner.plan(len(loader), cfg.run_epochs(len(loader))) if hasattr(pruner, "plan") else None
-    steps = cfg.run_steps(len(loader)) if plan is None else sum(n for _, n in plan)
+    plan, steps = _plan(loader, cfg, pruner)
     boundaries = _phase_starts(plan)
     if pruner is not None:
         pruner.attach(model, steps)
@@ -381,10 +376,15 @@ def _phase_starts(plan) -> dict[int, tuple[float, int]]:
     return starts
 
 
-def planned_steps(loader: DataLoader, cfg: TrainConfig, pruner=None) -> int:
-    """The optimizer steps ``train`` will take (an iterative pruner's plan, else ``cfg.epochs``)."""
+def _plan(loader: DataLoader, cfg: TrainConfig, pruner=None) -> tuple[list | None, int]:
+    """(an iterative pruner's plan or None, the optimizer steps of the run)."""
     plan = pruner.plan(len(loader), cfg.run_epochs(len(loader))) if hasattr(pruner, "plan") else None
-    return cfg.run_steps(len(loader)) if plan is None else sum(n for _, n in plan)
+    return plan, cfg.run_steps(len(loader)) if plan is None else sum(n for _, n in plan)
+
+
+def planned_steps(loader: DataLoader, cfg: TrainConfig, pruner=None) -> int:
+    """The optimizer steps ``train`` will take (an iterative pruner's plan, else ``cfg.run_steps``)."""
+    return _plan(loader, cfg, pruner)[1]
 
 
 def importance_pass(model, loader: DataLoader, loss_fn, pruner) -> str:
