@@ -128,10 +128,10 @@ def cmd_ls(args) -> int:
             kind = "regression" if task.regression else f"{task.num_labels} labels"
             line = f"{name:6s} {kind:10s} main={task.main_metric:22s} eval={','.join(task.eval_splits)}"
             if preset is not None:
-                found = preset.signal_of(name)
                 if preset.no_signal:
                     line += f"  [{preset.name}: NO SIGNAL on any task]"
                 else:
+                    found = preset.signal_of(name)
                     line += f"  [{preset.name}: {found.describe() if found else 'not measured'}]"
             print(line)
     elif args.what == "methods":

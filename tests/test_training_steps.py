@@ -108,6 +108,22 @@ def test_evaluation_sorted_by_length_gives_the_rows_in_their_order(tmp_path):
     np.testing.assert_allclose(logits[restore], plain_logits, atol=1e-5)
 
 
+def test_a_bank_of_length_sorted_batches_holds_each_row_where_the_in_order_bank_does(tmp_path):
+    from capbench.cap.banks import build_bank
+
+    model = tiny_bert()
+    data = _dataset(37)
+    tok = tiny_tokenizer(tmp_path)
+    in_order = build_bank(model, make_loader(data, tok, 8, shuffle=False), "mean")
+    loader, order = eval_loader(data, tok, 8)
+    assert order.tolist() != list(range(37))  # the rows really are visited in another order
+    sorted_bank = build_bank(model, loader, "mean")
+    assert torch.equal(sorted_bank.labels, in_order.labels)
+    torch.testing.assert_close(
+        sorted_bank.get(torch.arange(37)), in_order.get(torch.arange(37)), atol=2e-3, rtol=0
+    )
+
+
 def test_cached_teacher_logits_are_bit_for_bit_the_forward_pass_and_follow_the_weights(tmp_path):
     teacher = tiny_bert(num_labels=3).eval()
     teacher.save_pretrained(tmp_path)
