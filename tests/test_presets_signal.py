@@ -18,12 +18,14 @@ def test_ls_tasks_shows_the_measured_signal_per_task(capsys, monkeypatch):
     measured = (
         TaskSignal("sst2", True, "88.0 ± 0.7 (3 seeds)", "50.9 (majority)", "runs/x"),
         TaskSignal("rte", False, "52.7 (3 seeds)", "52.7 (majority)", "runs/y"),
+        TaskSignal("mnli", True, "65.5", "35.4", "runs/z", "at 0.9 magnitude 47 > random 41"),
     )
     monkeypatch.setitem(presets.PRESETS, "default", replace(presets.PRESETS["default"], signals=measured))
     assert main(["ls", "tasks", "--preset", "default"]) == 0
     out = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "[default: signal: dense 88.0 ± 0.7 (3 seeds); chance 50.9 (majority)  (runs/x)]" in out["sst2"]
     assert "NO SIGNAL (dense at chance)" in out["rte"]
+    assert "chance 35.4; pruned: at 0.9 magnitude 47 > random 41  (runs/z)]" in out["mnli"]
     assert "[default: not measured]" in out["cola"]
 
 
