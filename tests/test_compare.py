@@ -17,6 +17,15 @@ def _ok(records):
     return [r for r in records if r["status"] == "done"]
 
 
+def _shifted_run(path, records, method, delta):
+    """A run of ``records`` with ``method``'s main metric moved by ``delta`` in every cell."""
+    shifted = copy.deepcopy(records)
+    for record in shifted:
+        if record["spec"]["method"] == method:
+            record["main_metric"]["value"] += delta
+    return write_fixture_run(path, shifted)
+
+
 def test_rerun_of_same_records_passes(tmp_path, capsys):
     records = _ok(fixture_records())
     baseline = _baseline(tmp_path, records)
@@ -28,11 +37,9 @@ def test_rerun_of_same_records_passes(tmp_path, capsys):
 def test_planted_regression_fails(tmp_path, capsys):
     records = _ok(fixture_records())
     baseline = _baseline(tmp_path, records)
-    planted = copy.deepcopy(records)
-    for record in planted:
-        if record["spec"]["method"] == "soft_movement":
-            record["main_metric"]["value"] -= 0.05  # single seed: beyond the 0.01 absolute tolerance
-    run = write_fixture_run(tmp_path / "new", planted)
+    run = _shifted_run(
+        tmp_path / "new", records, "soft_movement", -0.05
+    )  # single seed: beyond the 0.01 tolerance
     assert main(["compare", "--baseline", str(baseline), "--runs", str(run)]) == 1
     out = capsys.readouterr().out
     assert "| regressed | rte | soft_movement +KD | 0.9 |" in out
@@ -70,11 +77,7 @@ def test_loading_records_helper_roundtrip(tmp_path):
 def test_fail_on_change_also_fails_an_improvement(tmp_path, capsys):
     records = _ok(fixture_records())
     baseline = _baseline(tmp_path, records)
-    raised = copy.deepcopy(records)
-    for record in raised:
-        if record["spec"]["method"] == "soft_movement":
-            record["main_metric"]["value"] += 0.05  # a fault can raise a number too
-    run = write_fixture_run(tmp_path / "new", raised)
+    run = _shifted_run(tmp_path / "new", records, "soft_movement", +0.05)  # a fault can raise a number too
     assert main(["compare", "--baseline", str(baseline), "--runs", str(run)]) == 0
     assert "| improved | rte | soft_movement +KD | 0.9 |" in capsys.readouterr().out
     assert main(["compare", "--baseline", str(baseline), "--runs", str(run), "--fail-on", "change"]) == 1
