@@ -256,7 +256,8 @@ PRESETS = {
                 "88.5 (seeds 0-2: 88.0, 88.2, 89.4) on all 872 rows",
                 "50.9 (majority class)",
                 "runs/default-check, docs/presets.md",
-                "at 0.9 magnitude 78.9 and random 79.1 (seeds 0-2): NOT told apart at this sparsity",
+                "at 0.9 magnitude 78.9 and random 79.1 (seeds 0-2): NOT told apart at this sparsity; "
+                "movement collapses to the majority class (51.0, seed 0): not evidence about it at this budget",
             ),
             TaskSignal(
                 "mnli",
