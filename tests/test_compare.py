@@ -37,9 +37,8 @@ def test_rerun_of_same_records_passes(tmp_path, capsys):
 def test_planted_regression_fails(tmp_path, capsys):
     records = _ok(fixture_records())
     baseline = _baseline(tmp_path, records)
-    run = _shifted_run(
-        tmp_path / "new", records, "soft_movement", -0.05
-    )  # single seed: beyond the 0.01 tolerance
+    # single seed: beyond the 0.01 absolute tolerance
+    run = _shifted_run(tmp_path / "new", records, "soft_movement", -0.05)
     assert main(["compare", "--baseline", str(baseline), "--runs", str(run)]) == 1
     out = capsys.readouterr().out
     assert "| regressed | rte | soft_movement +KD | 0.9 |" in out

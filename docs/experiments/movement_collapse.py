@@ -76,7 +76,7 @@ def report(model_dirs: list[str]) -> None:
     for lin, m in mean_in.items():
         cells = []
         for k, (model, xs) in enumerate(zip(models, inputs, strict=True)):
-            w_trained = dict(model.named_parameters())[f"bert.{lin}.weight"].detach()
+            w_trained = model.get_parameter(f"bert.{lin}.weight").detach()
             t = pre_w[f"{lin}.weight"] * (w_trained != 0) * m
             coherence = (t.sum(1).abs() / t.abs().sum(1).clamp_min(1e-12)).mean().item()
             x = xs[lin]
@@ -97,9 +97,11 @@ def centred(argv: list[str]) -> int:
     from capbench.cli import main
     from capbench.pruning import masks
 
+    capbench_forward = masks.MaskedLinear.forward
+
     def forward(self, x):
         if self.scores is None or not torch.is_grad_enabled():
-            return F.linear(x, masks.masked_weight(self.weight, self.mask, None), self.bias)
+            return capbench_forward(self, x)
         y = F.linear(x, self.weight * self.mask, self.bias)  # the weights' gradient as before
         xc = x.detach() - x.detach().reshape(-1, x.shape[-1]).mean(0)
         ws = masks._MaskedWeight.apply(self.weight.detach(), self.scores, self.mask)
