@@ -42,7 +42,12 @@ def add_run_parser(subparsers) -> None:
     )
     p.add_argument("--method-option", action="append", metavar="KEY=VALUE", help="override a method default")
     p.add_argument("--cap-option", action="append", metavar="KEY=VALUE", help="override a CAP default")
-    p.add_argument("--probes", default="", help="probing tasks to run on every pruned model, e.g. sentlen")
+    p.add_argument(
+        "--probes",
+        default="",
+        help="linear probes on every finished model: 'default' (bigram_shift and transfer qnli, qqp; "
+        "docs/probes.md) or names such as bigram_shift,transfer:qnli",
+    )
     p.add_argument(
         "--probe-sizes", default="1200,300,600", help="train,dev,test examples per generated probe"
     )

@@ -68,15 +68,30 @@ def register_measurement(
 # ---------------------------------------------------------------------------------------------- built-ins
 
 
+def _wanted_probes(spec) -> list[str]:
+    """The result names the cell's probes give, in the spec's order."""
+    from capbench.probing.options import split_probe_names
+    from capbench.probing.runner_hook import cell_probes
+
+    generated, transfer = split_probe_names(cell_probes(spec))
+    return [*generated, *transfer]
+
+
 def needs_probes(spec, record: dict) -> bool:
-    return bool(spec.probes) and set(record.get("probes", {}).get("tasks", {})) != set(spec.probes)
+    """A cell asking for probes whose record lacks them, holds another set, or holds results from before
+    retention was measured against the embeddings baseline with floor models (no `floors`)."""
+    if not spec.probes:
+        return False
+    held = record.get("probes") or {}
+    return set(held.get("tasks", {})) != set(_wanted_probes(spec)) or "floors" not in held
 
 
 def _missing_probes(spec, record: dict) -> str:
-    held = set(record.get("probes", {}).get("tasks", {}))
-    lacking = [probe for probe in spec.probes if probe not in held]
-    # A record holding other probes is probed again for exactly the requested set.
-    return f"probes {','.join(lacking or spec.probes)}"
+    held = set((record.get("probes") or {}).get("tasks", {}))
+    wanted = _wanted_probes(spec)
+    lacking = [probe for probe in wanted if probe not in held]
+    # A record holding other probes (or old-style results) is probed again for exactly the requested set.
+    return f"probes {','.join(lacking or wanted)}"
 
 
 def _probe(record: dict, spec, ctx) -> dict:

@@ -70,11 +70,10 @@ def cells_from_args(args):
         overlaps += check_task_data(source, task, preset.max_train_examples, preset.max_eval_examples)
     report_overlap(overlaps, strict=getattr(args, "strict_data", False))  # eval rows seen in training
     check_snapshot_budgets(specs, tasks, source, preset)  # CAP with SnC must take a snapshot on this budget
-    probes = tuple(dict.fromkeys(p.strip() for p in args.probes.split(",") if p.strip()))
-    if probes:
-        from capbench.probing.options import split_probe_names
+    from capbench.probing.options import expand_probe_names, split_probe_names
 
-        split_probe_names(probes)  # unknown probe names fail here, before any training
+    probes = tuple(expand_probe_names(args.probes.split(",")))  # `default`: the spec names each probe
+    split_probe_names(probes)  # unknown probe names fail here, before any training
     base = dict(
         model=preset.model,
         preset=preset.name,

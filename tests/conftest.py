@@ -93,12 +93,21 @@ def tiny_model_dir(tmp_path) -> Path:
     return save_tiny_model_dir(tmp_path / "tiny-bert")
 
 
+# Markers of checks too long for the default run: they run only when asked for by marker.
+ON_REQUEST = {
+    "faultgate": "fault gate: runs the ci grid once per planted fault; pytest -m faultgate",
+    "probevalidity": "probe validity: probes MiniLM and two floor models (minutes); pytest -m probevalidity",
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``faultgate`` run whole grids (an hour on 2 cores): only when asked for by marker
-    (``pytest -m faultgate``, ``tox -e faultgate``), never in the default run."""
-    if "faultgate" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="fault gate: runs the ci grid once per planted fault; pytest -m faultgate")
-    for item in items:
-        if "faultgate" in item.keywords:
-            item.add_marker(skip)
+    """Tests marked ``faultgate`` (whole grids, an hour on 2 cores) or ``probevalidity`` (minutes) run only
+    when asked for by marker (``pytest -m faultgate``, ``tox -e faultgate``...), never in the default run."""
+    asked = config.getoption("-m") or ""
+    for marker, reason in ON_REQUEST.items():
+        if marker in asked:
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)

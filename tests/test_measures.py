@@ -104,13 +104,17 @@ def test_probes_run_with_a_tsv_data_dir(tiny_model_dir, tiny_glue, tmp_path, cap
     args = run_args(
         tiny_model_dir, tsv, out, tmp_path / "cache", "--methods", "magnitude", "--sparsity", "0.5"
     )
-    assert main([*args, "--probes", "sentlen,rte", "--probe-sizes", "60,30,30"]) == 0
+    assert main([*args, "--probes", "bigram_shift,rte,sst2", "--probe-sizes", "30,15,15"]) == 0
     records = load_records(out)
     assert len(records) == 2
     for record in records:
-        assert set(record["probes"]["tasks"]) == {"sentlen", "rte"}
-        assert record["probes"]["protocol"]["corpus"]["source"] == str(tsv.resolve())
-        assert record["probes"]["retention"]["summary"]["sentlen"] is not None
+        # an rte cell: no transfer probe on rte, and the probe corpus is the other tasks' (sst2's) sentences
+        assert set(record["probes"]["tasks"]) == {"bigram_shift", "sst2"}
+        corpus = record["probes"]["protocol"]["corpus"]
+        assert corpus["source"] == str(tsv.resolve())
+        assert corpus["n_sentences"] == len(source_sentences(tsv, ["sst2"]))
+        assert set(record["probes"]["retention"]["summary"]) == {"bigram_shift", "sst2"}
+        assert set(record["probes"]["floors"]) == {"random weights", "zeroed encoder"}
     capsys.readouterr()
     assert main(["leaderboard", "--runs", str(out)]) == 0
     assert "## Linear probes" in capsys.readouterr().out
@@ -142,12 +146,12 @@ def test_a_compacted_first_order_model_is_probed(tiny_model_dir, tiny_glue, tmp_
     args = run_args(
         tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "first_order", "--sparsity", "0.5"
     )
-    assert main([*args, "--probes", "sentlen", "--probe-sizes", "60,30,30"]) == 0
+    assert main([*args, "--probes", "bigram_shift", "--probe-sizes", "30,15,15"]) == 0
     pruned = next(r for r in load_records(out) if r["spec"]["method"] == "first_order")
     config = json.loads(Path(pruned["model_dir"], "config.json").read_text())
     assert config.get("capbench_structure"), "first_order should save a compacted model"
-    assert set(pruned["probes"]["tasks"]) == {"sentlen"}
-    layers = pruned["probes"]["tasks"]["sentlen"]["pooling"]["mean"]["layers"]
+    assert set(pruned["probes"]["tasks"]) == {"bigram_shift"}
+    layers = pruned["probes"]["tasks"]["bigram_shift"]["pooling"]["mean"]["layers"]
     assert len(layers) == config["num_hidden_layers"] + 1
 
     from capbench.models import load_classifier
@@ -213,8 +217,8 @@ def test_probes_run_with_the_hub_source(tiny_model_dir, tiny_glue, tmp_path, mon
     )
     at = args.index("--data-dir")
     del args[at : at + 2]
-    assert main([*args, "--probes", "sentlen,sst2", "--probe-sizes", "60,30,30"]) == 0
+    assert main([*args, "--probes", "bigram_shift,sst2", "--probe-sizes", "30,15,15"]) == 0
     records = load_records(out)
-    assert len(records) == 2 and all(set(r["probes"]["tasks"]) == {"sentlen", "sst2"} for r in records)
+    assert len(records) == 2 and all(set(r["probes"]["tasks"]) == {"bigram_shift", "sst2"} for r in records)
     assert records[0]["probes"]["protocol"]["corpus"]["source"] == "Hugging Face hub"
     assert ("cola", "train") in calls and ("sst2", "validation") in calls  # corpus and transfer probe

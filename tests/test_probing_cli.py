@@ -60,6 +60,7 @@ def test_probe_command_runs_on_the_tiny_model(tmp_path, corpus_file, tiny_glue, 
             str(out),
             "--plot",
             str(plot),
+            "--floors",
             "--quiet",
         ]
     )
@@ -73,6 +74,9 @@ def test_probe_command_runs_on_the_tiny_model(tmp_path, corpus_file, tiny_glue, 
     assert set(result["tasks"]) == {"sentlen", "word_content", "bigram_shift", "sst2"}
     assert result["tasks"]["sst2"]["kind"] == "transfer"
     assert set(result["retention"]["summary"]) == set(result["tasks"])
+    assert set(result["floors"]) == {"random weights", "zeroed encoder"}
+    assert "validity (pre-trained reference and floor models)" in printed
+    assert "| zeroed encoder |" in printed and "| random weights |" in printed
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -82,6 +86,11 @@ def test_probe_command_errors_are_one_line(tmp_path, corpus_file):
         args.handler(args)
     args = parse(["probe", "--model", "x", "--probe-corpus", str(tmp_path / "missing.txt")])
     with pytest.raises(CapbenchError, match="no such file"):
+        args.handler(args)
+    args = parse(
+        ["probe", "--model", "x", "--reference", "none", "--floors", "--probe-corpus", str(corpus_file)]
+    )
+    with pytest.raises(CapbenchError, match="--floors needs a reference model"):
         args.handler(args)
 
 

@@ -65,8 +65,10 @@ def test_c_is_chosen_on_dev_never_on_test(monkeypatch):
     on_test = [c for c, _, first in calls if np.isclose(first, test_first)]
     assert sorted(on_dev) == sorted(C_GRID)  # every candidate scored on dev
     assert on_test == [result["C"]]  # only the chosen probe ever sees test
-    assert len(calls) == len(C_GRID) + 1
-    assert calls[-1][2] == test_first  # and only after C was fixed
+    assert len(calls) == len(C_GRID) + 2  # + the chosen probe's train accuracy
+    test_at = [i for i, (_, _, first) in enumerate(calls) if np.isclose(first, test_first)]
+    dev_at = [i for i, (_, _, first) in enumerate(calls) if np.isclose(first, dev_first)]
+    assert test_at[0] > max(dev_at)  # and only after C was fixed
 
 
 def test_best_layer_is_chosen_on_dev():
@@ -74,3 +76,23 @@ def test_best_layer_is_chosen_on_dev():
     x = np.stack([features(t, True, seed=1), features(t, False, seed=2)])
     result = probe_layers(x, t, seeds=(0,), c_grid=(1.0,), control=False)
     assert result["best_layer"] == 0 and "selectivity" not in result["layers"][0]
+
+
+def test_control_is_probed_at_the_task_c_and_reports_train_accuracy(monkeypatch):
+    t = synthetic_task()
+    seen = []
+    real = probe_module.fit_fixed_c
+
+    def spy(x_train, y_train, x_test, y_test, c, max_iter=probe_module.MAX_ITER):
+        seen.append(c)
+        return real(x_train, y_train, x_test, y_test, c, max_iter)
+
+    monkeypatch.setattr(probe_module, "fit_fixed_c", spy)
+    x = features(t, True)[None]
+    result = probe_layers(x, t, seeds=(0, 1), c_grid=C_GRID)
+    layer = result["layers"][0]
+    assert seen == layer["C"]  # the control's C is the task's, per seed: never re-tuned on control labels
+    assert (
+        0.0 <= layer["control_train_acc"] <= 1.0 and layer["control_train_acc"] >= layer["control_acc"] - 0.2
+    )
+    assert 0.9 < layer["train_acc"] <= 1.0

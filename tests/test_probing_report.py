@@ -48,52 +48,151 @@ def test_probe_model_result_is_json_and_complete(results):
     )  # length is easy even at random init
 
 
-def test_retention_is_one_for_the_reference_itself(results):
+def test_retention_of_the_reference_itself_is_one_where_it_is_defined(results):
     reference, pruned = results
-    own = retention(reference, reference)
-    assert own["mean"] == 1.0 and set(own["summary"].values()) == {1.0}
-    assert all(r == 1.0 for t in own["tasks"].values() for p in t.values() for r in p["per_layer"])
+    own = retention(reference, reference, margin=-1.0)  # tiny random models: accept every probe
+    for task, value in own["summary"].items():
+        base = own["reference"]["baselines"][task]
+        assert value == pytest.approx(1.0) if base["gap"] > 0 else value is None
     assert own["protocol_match"]
-    other = retention(pruned, reference)
-    best = pruned["tasks"]["sentlen"]["pooling"]["mean"]["best"]["acc"]
-    ref_best = reference["tasks"]["sentlen"]["pooling"]["mean"]["best"]["acc"]
-    assert other["summary"]["sentlen"] == pytest.approx(best / ref_best)
+    other = retention(pruned, reference, margin=-1.0)
     assert "retention" in format_layer_table(pruned, other)
 
 
-def records(results):
-    reference, pruned = results
+def _layers(accs, devs=None, **extra):
+    devs = devs or accs
+    return [
+        {"layer": i, "acc": a, "accs": [a], "dev_acc": d, **extra} for i, (a, d) in enumerate(zip(accs, devs))
+    ]
+
+
+def _result(per_task: dict) -> dict:
+    return {
+        "primary_pooling": "mean",
+        "tasks": {
+            t: {"pooling": {"mean": {"layers": layers, "chance": 0.5, "sizes": {"test": 10000}}}}
+            for t, layers in per_task.items()
+        },
+        "summary": {},
+    }
+
+
+def test_retention_is_what_the_encoder_adds_at_the_reference_layer():
+    reference = _result(
+        {"bigram_shift": _layers([0.50, 0.70, 0.80, 0.75]), "sentlen": _layers([0.72, 0.70, 0.66, 0.60])}
+    )
+    # the model's own best layer (1, by dev) is ignored: it is read at the reference's layer 2
+    model = _result(
+        {
+            "bigram_shift": _layers([0.50, 0.66, 0.65, 0.52], devs=[0.5, 0.7, 0.6, 0.5]),
+            "sentlen": _layers([0.72, 0.71, 0.71, 0.71]),
+        }
+    )
+    out = retention(model, reference)
+    bigram = out["tasks"]["bigram_shift"]["mean"]
+    assert bigram["layer"] == 2 and bigram["acc0"] == 0.5 and bigram["acc_ref"] == 0.8
+    assert bigram["retention"] == pytest.approx((0.65 - 0.5) / 0.3)
+    assert bigram["chance_corrected"] == pytest.approx((0.65 - 0.5) / 0.5)
+    assert bigram["per_layer"][1] == pytest.approx((0.66 - 0.5) / 0.3)
+    # sentlen: the reference's encoder adds nothing over its embeddings, so it cannot measure retention
+    assert out["valid"] == ["bigram_shift"] and "embeddings" in out["excluded"]["sentlen"]
+    assert out["mean"] == pytest.approx(bigram["retention"])
+    assert bigram["margin"] == pytest.approx(5 * (0.8 * 0.2 / 10000) ** 0.5)
+    # a model at its embeddings scores 0, whatever its raw accuracy
+    flat = retention(_result({"bigram_shift": _layers([0.5, 0.5, 0.5, 0.5])}), reference)
+    assert flat["mean"] == pytest.approx(0.0)
+
+
+def _probe_section(value: float, floors=(0.05, 0.02)) -> dict:
+    return {
+        "tasks": {"bigram_shift": {}},
+        "summary": {},
+        "retention": {
+            "pooling": "mean",
+            "valid": ["bigram_shift"],
+            "excluded": {"sentlen": "reference 0.700 within 0.098 of its embeddings 0.717"},
+            "mean": value,
+            "chance_corrected": value / 2,
+            "selectivity": 0.1,
+            "reference": {"baselines": {"bigram_shift": {"acc_ref": 0.65, "chance": 0.5}}},
+        },
+        "floors": {"random weights": {"mean": floors[0]}, "zeroed encoder": {"mean": floors[1]}},
+    }
+
+
+def records(values: dict) -> list[dict]:
+    """Done records of rte with probe sections: {(method, sparsity): [retention per seed]}."""
     out = []
-    for method, sparsity in (("magnitude", 0.5), ("magnitude", 0.9), ("cap", 0.9)):
-        out.append(
-            {
-                "status": "done",
-                "spec": {"task": "rte", "method": method, "sparsity": sparsity},
-                "probes": {**pruned, "retention": retention(pruned, reference)},
-            }
-        )
+    for (method, sparsity), per_seed in values.items():
+        for seed, value in enumerate(per_seed):
+            out.append(
+                {
+                    "status": "done",
+                    "cell_id": f"{method}-{sparsity}-{seed}",
+                    "spec": {"task": "rte", "method": method, "sparsity": sparsity, "seed": seed},
+                    "probes": _probe_section(value),
+                }
+            )
     out.append({"status": "failed", "spec": {"task": "rte", "method": "movement", "sparsity": 0.9}})
     return out
 
 
-def test_render_probe_table_rows_methods_columns_sparsities(results):
-    table = render_probe_table(records(results))
+def test_probe_table_shows_reference_floors_spread_and_paired_calls():
+    table = render_probe_table(
+        records(
+            {
+                ("magnitude", 0.5): [0.80, 0.82, 0.81],
+                ("magnitude", 0.9): [0.40, 0.45, 0.50],
+                ("cap_magnitude", 0.9): [0.60, 0.66, 0.70],
+                ("random", 0.9): [0.44, 0.40, 0.52],
+            }
+        )
+    )
     lines = table.splitlines()
-    assert lines[0] == "| method | 50% retention | 50% selectivity | 90% retention | 90% selectivity |"
-    assert lines[2].startswith("| pre-trained | 1.000 |")
-    assert any(line.startswith("| cap | - | - | ") for line in lines)
-    assert any(line.startswith("| magnitude | ") for line in lines) and "movement" not in table
+    header = next(line for line in lines if line.startswith("| row"))
+    assert "50% retention" in header and "90% chance-corr." in header and "90% select." in header
+    assert any(line.startswith("| pre-trained | 1.000 |") for line in lines)
+    assert any(line.startswith("| floor: random weights | 0.050 |") for line in lines)
+    assert any(line.startswith("| floor: zeroed encoder | 0.020 |") for line in lines)
+    assert "| magnitude | 0.810 ± 0.010 (3) |" in table
+    assert "movement" not in table and "sentlen: reference 0.700" in table
+    assert "rte 90%: cap_magnitude − magnitude: +0.203" in table and "cap_magnitude keeps more" in table
+    assert "rte 90%: random − magnitude: +0.003" in table and "not distinguishable from 0" in table
     assert render_probe_table([{"status": "done", "spec": {}}]) == ""
 
 
+def test_probe_table_never_calls_a_single_seed_and_flags_outdated_records():
+    recs = records({("magnitude", 0.9): [0.4], ("cap_magnitude", 0.9): [0.9]})
+    old = {"status": "done", "cell_id": "old", "spec": {"task": "rte", "method": "random", "sparsity": 0.9}}
+    old["probes"] = {"tasks": {}, "summary": {}, "retention": {"summary": {"sentlen": 1.02}, "mean": 1.02}}
+    table = render_probe_table([*recs, old])
+    assert "n = 1 seed, no interval; not called" in table
+    assert "1 record(s) hold probe results from before" in table and "1.020" not in table
+
+
+def _plot_records(results):
+    reference, pruned = results
+    out = []
+    for method, sparsity in (("magnitude", 0.5), ("magnitude", 0.9), ("cap", 0.9)):
+        probes = {**pruned, "retention": retention(pruned, reference, margin=-1.0), "floors": {}}
+        out.append(
+            {
+                "status": "done",
+                "spec": {"task": "rte", "method": method, "sparsity": sparsity},
+                "probes": probes,
+            }
+        )
+    return out
+
+
 def test_plot_layer_curves_png_and_svg(results, tmp_path):
-    png = plot_layer_curves(records(results), tmp_path / "curves.png")
+    png = plot_layer_curves(_plot_records(results), tmp_path / "curves.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     reference, pruned = results
     svg = plot_layer_curves({"pretrained": reference, "pruned": pruned}, tmp_path / "curves.svg")
     assert "<svg" in svg.read_text()
     with pytest.raises(CapbenchError, match=".png, .svg"):
-        plot_layer_curves(records(results), tmp_path / "curves.gif")
+        plot_layer_curves(_plot_records(results), tmp_path / "curves.gif")
 
 
 def test_unknown_probe_lists_the_known_ones():

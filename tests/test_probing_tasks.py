@@ -122,6 +122,27 @@ def test_resplit_keeps_class_sizes_and_seed_gives_back_original():
         assert np.array_equal(np.bincount(other.labels_of(split)), np.bincount(t.labels_of(split)))
 
 
+@pytest.mark.parametrize("name", PROBE_TASKS)
+def test_test_split_is_fixed_so_no_seed_chooses_on_a_test_row(name):
+    t = task(name)
+    test = set(t.indices("test"))
+    for seed in (0, 1, 2, 7):
+        other = t.resplit(seed)
+        assert set(other.indices("test")) == test  # seeds re-partition train/dev only
+        assert not set(other.indices("dev")) & test and not set(other.indices("train")) & test
+
+
+def test_default_control_is_learnable_by_word_identity():
+    from capbench.probing.tasks import DEFAULT_CONTROL
+
+    t = task("bigram_shift")
+    assert DEFAULT_CONTROL == "first" and t.meta["control"] == "first"
+    # a function of the first word type: every sentence starting with the same word has the same label
+    by_word: dict = {}
+    for text, label in zip(t.texts, t.control_labels, strict=True):
+        assert by_word.setdefault(first_word_type(text.split()), label) == label
+
+
 def test_too_small_corpus_and_unknown_probe_are_one_line_errors():
     with pytest.raises(CapbenchError, match="known probes: sentlen, word_content, bigram_shift"):
         make_task("parse_depth", tiny_corpus())

@@ -116,15 +116,17 @@ def test_run_with_probes_records_retention_and_renders_it(tiny_model_dir, tiny_g
     args = run_args(
         tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "magnitude", "--sparsity", "0.5"
     )
-    assert main([*args, "--probes", "sentlen,bigram_shift", "--probe-sizes", "60,30,30"]) == 0
+    assert main([*args, "--probes", "bigram_shift,sst2", "--probe-sizes", "30,15,15"]) == 0
     records = load_records(out)
     for record in records:
-        assert set(record["probes"]["tasks"]) == {"sentlen", "bigram_shift"}
+        assert set(record["probes"]["tasks"]) == {"bigram_shift", "sst2"}
         assert record["probes"]["retention"]["summary"]
     capsys.readouterr()
     assert main(["leaderboard", "--runs", str(out)]) == 0
     board = capsys.readouterr().out
-    assert "## Linear probes" in board and "| pre-trained |" in board
+    assert "## Linear probes" in board
+    # tiny random models: either a probe clears the margin (rows with floors), or the page says none does
+    assert ("| pre-trained |" in board and "| floor: zeroed encoder |" in board) or "No valid probe" in board
 
 
 def test_unknown_probe_fails_before_training(tiny_model_dir, tiny_glue, tmp_path, capsys):

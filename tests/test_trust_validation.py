@@ -386,9 +386,11 @@ def test_dry_run_names_missing_probes_and_speed(capsys, monkeypatch, tiny_model_
     argv = _base(tiny_model_dir, tiny_glue, tmp_path, *measure)
     dense, half, seventy, _ninety = _cells(argv)
     out = tmp_path / "run"
-    probes = {"tasks": {"sentlen": {}, "bigram_shift": {}}}
+    probes = {"tasks": {"sentlen": {}, "bigram_shift": {}}, "floors": {}}
     paths = {
-        dense.cell_id: _write_done(out, dense, probes={"tasks": {"sentlen": {}}}),  # dense: no speed asked
+        dense.cell_id: _write_done(
+            out, dense, probes={"tasks": {"sentlen": {}}, "floors": {}}
+        ),  # no speed asked
         half.cell_id: _write_done(out, half),
         seventy.cell_id: _write_done(out, seventy, probes=probes, speed={}),
     }

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from capbench.errors import CapbenchError
+from capbench.probing.probe_task import DEFAULT_CONTROL, DEFAULT_N_WORDS
 
 DEFAULT_REFERENCE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 PRUNED_ZERO_FRACTION = 0.05
@@ -52,7 +53,9 @@ def register(subparsers) -> None:
         "spec.model for a model saved by `capbench run`, else the default model if --model looks pruned; 'none'",
     )
     p.add_argument(
-        "--probes", default="sentlen,word_content,bigram_shift", help="comma-separated probe names"
+        "--probes",
+        default="default",
+        help="comma-separated probe names; 'default': bigram_shift and transfer qnli, qqp (docs/probes.md)",
     )
     p.add_argument(
         "--probe-corpus", help="text file with one sentence per line (default: the --data-dir sentences)"
@@ -71,20 +74,28 @@ def register(subparsers) -> None:
     )
     p.add_argument("--sizes", default="1200,300,600", help="train,dev,test examples per generated probe")
     p.add_argument(
-        "--transfer-sizes", default="1000,300,600", help="train,dev,test examples per transfer probe"
+        "--transfer-sizes", default="2000,500,1000", help="train,dev,test examples per transfer probe"
     )
-    p.add_argument("--words", type=int, default=10, help="number of word_content words (classes)")
+    p.add_argument(
+        "--words", type=int, default=DEFAULT_N_WORDS, help="number of word_content words (classes)"
+    )
     p.add_argument(
         "--control",
         choices=("chosen", "first"),
-        default="chosen",
-        help="control word per sentence: a generator-chosen word (default) or the first word",
+        default=DEFAULT_CONTROL,
+        help=f"control word per sentence: the first word or a generator-chosen word (default {DEFAULT_CONTROL})",
     )
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated probe data")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--cache-dir", type=Path, default=None, help="feature cache (default $CAPBENCH_CACHE/probe_features)"
+    )
+    p.add_argument(
+        "--floors",
+        action="store_true",
+        help="also probe the reference's floor models (random weights; encoder linears zeroed) and print "
+        "the validity table: pre-trained, random weights and zeroed encoder retention per probe",
     )
     p.add_argument("--out", help="write the result JSON here")
     p.add_argument("--plot", help="write per-layer curves here (.png, .svg or .pdf)")
@@ -229,6 +240,8 @@ def cmd_probe(args) -> int:
     probes = _probes(args)
     options = _options(args)
     corpus, data_dir = _corpus_inputs(args)
+    if args.floors and (args.reference or "").strip().lower() == "none":
+        raise CapbenchError("--floors needs a reference model: give --reference MODEL, not none")
     log = None if args.quiet else (lambda message: print(f"[probe] {message}", file=sys.stderr, flush=True))
     inputs = dict(
         probes=probes,
@@ -244,11 +257,26 @@ def cmd_probe(args) -> int:
         log(f"model {args.model}" + (f", reference {reference}" if reference else ""))
     result = probe_model(model, tokenizer, name=args.model, **inputs)
     reference_result = None
+    if args.floors and reference is None:
+        raise CapbenchError("--floors needs a reference model: give --reference MODEL")
     if reference is not None:
-        ref_model, ref_tokenizer = load_model(reference)
-        reference_result = probe_model(ref_model, ref_tokenizer, name=reference, **inputs)
+        from capbench.probing.runner_hook import floor_summary, reference_and_floors
+
+        floors: dict = {}
+        if args.floors:
+            reference_result, floors = reference_and_floors(reference, **inputs)
+        else:
+            ref_model, ref_tokenizer = load_model(reference)
+            reference_result = probe_model(ref_model, ref_tokenizer, name=reference, **inputs)
         result["retention"] = retention(result, reference_result)
+        if floors:
+            result["floors"] = {n: floor_summary(retention(f, reference_result)) for n, f in floors.items()}
     _write_outputs(args, result, reference_result)
+    if args.floors and reference_result is not None:
+        from capbench.probing.report import render_validity_table
+
+        sys.stdout.write("\nvalidity (pre-trained reference and floor models):\n\n")
+        sys.stdout.write(render_validity_table(reference_result, floors))
     if log:
         log(f"done in {time.perf_counter() - started:.1f}s")
     return 0

@@ -88,6 +88,12 @@ def _draw_panel(ax, task: str, series, reference: dict | None, pooling: str, con
         refs = reference.get("per_layer", {}).get(task, {}).get(pooling)
         if refs:
             ax.plot(range(len(refs)), refs, color="black", linestyle="--", linewidth=1.2, label="pre-trained")
+        base = reference.get("baselines", {}).get(task)
+        if (
+            base and reference.get("pooling", pooling) == pooling
+        ):  # retention reads every model at the reference layer, against the embeddings' accuracy
+            ax.axhline(base["acc0"], color="black", linestyle="-.", linewidth=0.8, label="embeddings (acc0)")
+            ax.axvline(base["layer"], color="black", linestyle=":", linewidth=0.8)
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle=":", linewidth=0.8)
     ax.set_title(f"{task} ({pooling})", fontsize=10)
@@ -104,7 +110,8 @@ def plot_layer_curves(
     controls: bool | None = None,
 ) -> Path:
     """Per-layer probe test accuracy, one panel per probe task: each record (method @ sparsity) or result
-    as a line, the pre-trained reference dashed black (from a retention), chance dotted grey; control
+    as a line, the pre-trained reference dashed black (from a retention) with its embeddings-only accuracy
+    (acc0, dash-dot) and the reference layer (dotted vertical) retention reads, chance dotted grey; control
     accuracy as thin dotted lines when there are at most two series (or `controls=True`).
     PNG, SVG or PDF by the file suffix; matplotlib's Agg canvas, no display needed."""
     from matplotlib.figure import Figure

@@ -2,7 +2,8 @@
 
 For every layer and seed: a StandardScaler fit on train, one LogisticRegression per C in the grid fit on
 train, the C with the best dev accuracy kept (ties go to the smaller C), and only that probe is scored on
-test. The test split is never seen before C is fixed. Seeds re-partition the task's examples
+test. A control task is probed at the task's C (not re-tuned), and its train accuracy is reported: a control
+the probe cannot fit even on train measures nothing (Hewitt & Liang 2019). The test split is never seen before C is fixed. Seeds re-partition the task's examples
 (`ProbeTask.resplit`); test accuracy is reported as mean and std (ddof=0) over seeds. The best layer is the
 one with the best mean *dev* accuracy, so choosing it does not peek at test either.
 
@@ -76,11 +77,35 @@ def fit_probe(
 
 def _fit_probe(x_train, y_train, x_dev, y_dev, x_test, y_test, c_grid, max_iter) -> dict:
     scaler = StandardScaler().fit(x_train)
-    c, clf, dev_scores = select_c(
-        scaler.transform(x_train), y_train, scaler.transform(x_dev), y_dev, c_grid, max_iter
-    )
+    x_train = scaler.transform(x_train)
+    c, clf, dev_scores = select_c(x_train, y_train, scaler.transform(x_dev), y_dev, c_grid, max_iter)
     test = accuracy(clf.predict(scaler.transform(x_test)), y_test)
-    return {"C": c, "dev_acc": max(dev_scores), "test_acc": test}
+    train = accuracy(clf.predict(x_train), y_train)
+    return {"C": c, "dev_acc": max(dev_scores), "test_acc": test, "train_acc": train}
+
+
+def fit_fixed_c(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    c: float,
+    max_iter: int = MAX_ITER,
+) -> dict:
+    """One probe at a given C (no selection): train and test accuracy. The control task's probe uses the
+    real task's C (Hewitt & Liang 2019 compare a task and its control at the same probe capacity)."""
+    with threadpool_limits(limits=1):
+        scaler = StandardScaler().fit(x_train)
+        x_train = scaler.transform(x_train)
+        clf = LogisticRegression(max_iter=max_iter, C=c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(x_train, y_train)
+        return {
+            "C": c,
+            "train_acc": accuracy(clf.predict(x_train), y_train),
+            "test_acc": accuracy(clf.predict(scaler.transform(x_test)), y_test),
+        }
 
 
 def probe_task(
@@ -92,6 +117,20 @@ def probe_task(
     return fit_probe(x[tr], task.labels[tr], x[dv], task.labels[dv], x[te], task.labels[te], c_grid, max_iter)
 
 
+def control_probe(features: np.ndarray, task: ProbeTask, c: float, max_iter: int = MAX_ITER) -> dict:
+    """The control task of `task` (its current split) probed at the real task's C, plus its coverage: the
+    fraction of test examples whose control word type also labels a train example (a control word never
+    seen in train cannot be memorised, so coverage bounds what the control can learn)."""
+    control = task.control()
+    tr, te = control.indices("train"), control.indices("test")
+    x = np.asarray(features, dtype=np.float32)
+    out = fit_fixed_c(x[tr], control.labels[tr], x[te], control.labels[te], c, max_iter)
+    if task.control_words is not None:
+        seen = {task.control_words[i] for i in tr}
+        out["coverage"] = float(np.mean([task.control_words[i] in seen for i in te])) if len(te) else 0.0
+    return out
+
+
 def _summary(runs: list[dict]) -> dict:
     accs = [r["test_acc"] for r in runs]
     return {
@@ -99,6 +138,7 @@ def _summary(runs: list[dict]) -> dict:
         "std": float(np.std(accs)),
         "accs": accs,
         "dev_acc": float(np.mean([r["dev_acc"] for r in runs])),
+        "train_acc": float(np.mean([r["train_acc"] for r in runs])),
         "C": [r["C"] for r in runs],
     }
 
@@ -119,19 +159,18 @@ def probe_layers(
     splits = [task.resplit(seed) for seed in seeds]
     layers = []
     for layer in range(features.shape[0]):
-        entry = {
-            "layer": layer,
-            **_summary([probe_task(features[layer], t, c_grid, max_iter) for t in splits]),
-        }
+        runs = [probe_task(features[layer], t, c_grid, max_iter) for t in splits]
+        entry = {"layer": layer, **_summary(runs)}
         if with_control:
-            runs = [probe_task(features[layer], t.control(), c_grid, max_iter) for t in splits]
-            summary = _summary(runs)
+            controls = [control_probe(features[layer], t, run["C"], max_iter) for t, run in zip(splits, runs)]
+            accs = [c["test_acc"] for c in controls]
             entry.update(
-                control_acc=summary["acc"],
-                control_std=summary["std"],
-                control_accs=summary["accs"],
-                control_dev_acc=summary["dev_acc"],
-                selectivity=entry["acc"] - summary["acc"],
+                control_acc=float(np.mean(accs)),
+                control_std=float(np.std(accs)),
+                control_accs=accs,
+                control_train_acc=float(np.mean([c["train_acc"] for c in controls])),
+                control_coverage=float(np.mean([c.get("coverage", np.nan) for c in controls])),
+                selectivity=entry["acc"] - float(np.mean(accs)),
             )
         layers.append(entry)
     best = max(layers, key=lambda e: (e["dev_acc"], -e["layer"]))
@@ -146,5 +185,9 @@ def probe_layers(
     }
     if with_control:
         result["control_chance"] = task.control().chance
-        result["best"].update(control_acc=best["control_acc"], selectivity=best["selectivity"])
+        result["best"].update(
+            control_acc=best["control_acc"],
+            control_train_acc=best["control_train_acc"],
+            selectivity=best["selectivity"],
+        )
     return result

@@ -24,7 +24,7 @@ DEFAULT_SKIP_TOP = 300
 MIN_WORDS, MAX_WORDS = 5, 40
 MIN_WORD_CHARS = 3
 CONTROL_MODES = ("chosen", "first")
-DEFAULT_CONTROL = "chosen"
+DEFAULT_CONTROL = "first"
 PUNCT = string.punctuation + "\u201c\u201d\u2018\u2019\u00ab\u00bb\u2026\u2013\u2014"
 
 
@@ -89,6 +89,8 @@ class ProbeTask:
     def resplit(self, seed: int) -> ProbeTask:
         """Same examples, re-partitioned with the same per-class split sizes (train/dev only if fixed_test).
 
+        With a fixed test split (every generated and transfer task) the dev examples of every seed are
+        disjoint from the one test split, so choosing C or a layer on dev never sees test rows.
         `resplit(self.seed)` gives back the generator's own split.
         """
         movable = ("train", "dev") if self.fixed_test else SPLITS
@@ -179,8 +181,12 @@ def _assemble(
     labels = np.asarray(labels, dtype=np.int64)
     mapping = control_mapping(control_words, len(classes), seed)
     control = np.asarray([mapping[w] for w in control_words], dtype=np.int64)
-    counts = {c: dict(per_class) for c in range(len(classes))}
-    split = assign_splits(labels, counts, _rng(seed, name, 1))
+    # the test split is drawn once, from its own stream; seeds re-partition train/dev only (resplit)
+    test_counts = {c: {"test": per_class["test"]} for c in range(len(classes))}
+    is_test = assign_splits(labels, test_counts, _rng(seed, name, 3)) == "test"
+    counts = {c: {s: per_class[s] for s in ("train", "dev")} for c in range(len(classes))}
+    split = assign_splits(labels, counts, _rng(seed, name, 1), candidates=~is_test)
+    split[is_test] = "test"
     return ProbeTask(
         name=name,
         classes=tuple(classes),
@@ -190,6 +196,7 @@ def _assemble(
         control_labels=control,
         control_words=tuple(control_words),
         seed=int(seed),
+        fixed_test=True,
         meta=meta,
     )
 

@@ -24,6 +24,7 @@ __all__ = [
     "plot_layer_curves",
     "probe_model",
     "render_probe_table",
+    "render_validity_table",
     "retention",
     "split_probe_names",
     "summarise",
@@ -46,9 +47,10 @@ def format_layer_table(result: Mapping, retention_result: Mapping | None = None)
                 head += f", control chance {res['control_chance']:.3f}"
             head += "  (sizes " + "/".join(str(res["sizes"][s]) for s in ("train", "dev", "test")) + ")"
             lines.append(head)
-            ret = None
+            ret, ref_layer = None, None
             if retention_result is not None:
-                ret = retention_result["tasks"].get(task, {}).get(pooling, {}).get("per_layer")
+                entry_ret = retention_result["tasks"].get(task, {}).get(pooling, {})
+                ret, ref_layer = entry_ret.get("per_layer"), entry_ret.get("layer")
             cols = (
                 ["layer", "acc", "std", "dev"]
                 + (["control", "select."] if control else [])
@@ -67,14 +69,46 @@ def format_layer_table(result: Mapping, retention_result: Mapping | None = None)
                 if ret:
                     cells.append(_fmt(ret[i]))
                 mark = "  <- best (dev)" if i == res["best_layer"] else ""
+                if retention_result is not None and i == ref_layer:
+                    mark += "  <- reference layer"
                 lines.append("  ".join(f"{c:>7s}" for c in cells) + mark)
     if retention_result is not None:
         lines.append(
-            f"\nretention vs {retention_result['reference']['model']} (best layer, {retention_result['pooling']}): "
-            + ", ".join(f"{t} {_fmt(v)}" for t, v in retention_result["summary"].items())
-            + f"; mean {_fmt(retention_result['mean'])}"
+            f"\nretention vs {retention_result['reference']['model']} ({retention_result['pooling']}; "
+            "(acc - acc0) / (acc_ref - acc0) at the reference's best encoder layer): "
+            + ", ".join(
+                f"{t} {_fmt(v)}" + ("" if t in retention_result["valid"] else " (not valid)")
+                for t, v in retention_result["summary"].items()
+            )
+            + f"; mean over valid probes {_fmt(retention_result['mean'])}"
         )
     return "\n".join(lines) + "\n"
+
+
+def render_validity_table(reference: Mapping, floors: Mapping[str, Mapping]) -> str:
+    """Markdown: the pre-trained reference and each floor model (rows) by probe (columns): retention, and
+    the accuracy at the reference layer against acc0 (the reference's embeddings). Probes the reference
+    does not clear by the margin are marked "(not valid)"."""
+    from capbench.report.markdown import markdown_table
+
+    own = retention(reference, reference)
+    tasks = list(own["summary"])
+    header = ["model", *(f"{t} retention" for t in tasks), "mean"]
+    base = own["reference"]["baselines"]
+    notes = [
+        f"{t}: layer {b['layer']}, acc_ref {b['acc_ref']:.3f}, acc0 {b['acc0']:.3f}, chance {b['chance']:.3f}, "
+        f"margin {b['margin']:.3f}" + ("" if b["valid"] else f" (not valid: {b['reason']})")
+        for t, b in base.items()
+    ]
+    rows = []
+    for name, result in [("pre-trained", reference), *floors.items()]:
+        ret = retention(result, reference)
+        cells = []
+        for t in tasks:
+            entry = ret["tasks"][t][ret["pooling"]]
+            cells.append(f"{_fmt(entry['retention'])} (acc {entry['acc']:.3f})")
+        rows.append([name, *cells, _fmt(ret["mean"])])
+    return markdown_table(header, rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
 def render_probe_table(records: Sequence[Mapping]) -> str:

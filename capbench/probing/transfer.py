@@ -23,7 +23,7 @@ from capbench.tasks import all_tasks, get_task
 # From the task YAMLs: every classification task is a transfer probe; its test split is its main eval split.
 TRANSFER_TASKS = tuple(name for name, task in all_tasks().items() if not task.regression)
 REGRESSION_TASKS = tuple(name for name, task in all_tasks().items() if task.regression)
-DEFAULT_TRANSFER_SIZES = {"train": 1000, "dev": 300, "test": 600}
+DEFAULT_TRANSFER_SIZES = {"train": 2000, "dev": 500, "test": 1000}
 
 
 def _examples(source: DataSource, config: str, split: str) -> tuple[list, np.ndarray]:

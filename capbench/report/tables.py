@@ -58,7 +58,7 @@ class Table:
     order: Callable[[dict], Any] | None = None  # sort key of JSON rows (default: keys, spread)
     extra_rows: Callable[[pd.DataFrame, list[dict]], list[dict]] | None = None
     missing: str = "–"  # a cell without records
-    empty: str = ""  # the body when no row is left
+    empty: str | Callable[[pd.DataFrame], str] = ""  # the body when no row is left (or its maker)
     intro: Callable[[pd.DataFrame, pd.DataFrame], str] | None = None  # (frame, kept rows) -> text
     outro: Callable[[pd.DataFrame, pd.DataFrame], str] | None = None
     # per-task tables: (task, the task's JSON rows, its summary["tasks"] entry) -> text above the table
@@ -173,7 +173,7 @@ def task_section(table: Table, task: str, rows: list[dict], info: dict) -> list[
 def body(table: Table, frame: pd.DataFrame, rows: list[dict]) -> str:
     """A table's text under its title: intro, the table and outro, or `empty` without rows."""
     if not rows:
-        return table.empty
+        return table.empty(frame) if callable(table.empty) else table.empty
     sub = kept(table, frame)
     if table.split_by:
         parts = [

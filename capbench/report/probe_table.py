@@ -1,0 +1,214 @@
+"""The leaderboard's `probes` table: retention of what the encoder adds, with its floors and paired differences.
+
+Rows: the pre-trained reference (retention 1 by definition), the two floor models (random weights, zeroed
+encoder; see capbench.probing.floors), then every method; columns per sparsity: retention as mean ± std over
+fine-tuning seeds (n), the chance-corrected accuracy and the selectivity at the reference layer. Under the
+table, paired differences over seeds (each CAP variant against its criterion, every other method against
+magnitude) with a 95% t-interval; a difference is called only when its interval excludes 0.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from capbench.report.tables import Col, Table, varies
+from capbench.spec import DENSE
+
+PRETRAINED = "pre-trained"
+FLOOR_PREFIX = "floor: "
+BASELINE = "magnitude"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _nanmean(series: pd.Series) -> float | None:
+    values = series.dropna()
+    return float(np.mean(list(values))) if len(values) else None
+
+
+def probe_cell(group: pd.DataFrame) -> dict:
+    """One (task, row, sparsity) cell: retention mean/std over seeds with n and per seed, and the means of
+    chance-corrected accuracy and selectivity."""
+    values = list(group["probe_retention"].dropna())
+    by_seed = {
+        str(seed): float(value)
+        for seed, value in zip(group["seed"], group["probe_retention"])
+        if value == value
+    }
+    return {
+        "method": group.iloc[0]["method"],
+        "retention": float(np.mean(values)) if values else None,
+        "retention_std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+        "retention_by_seed": by_seed,
+        "chance_corrected": _nanmean(group["probe_chance_corrected"]),
+        "selectivity": _nanmean(group["probe_selectivity"]),
+    }
+
+
+def _reference_rows(kept: pd.DataFrame, rows: list[dict]) -> list[dict]:
+    """The pre-trained reference and the floor models: rows of their own per task, repeated per sparsity."""
+    sparsities = sorted({row["sparsity"] for row in rows})
+    extra = []
+    for task, group in kept.groupby("task", sort=True):
+        first = group.iloc[0]
+        fixed = {
+            PRETRAINED: {"retention": 1.0, "chance_corrected": first["probe_reference_chance_corrected"]},
+            **{FLOOR_PREFIX + name: {"retention": value} for name, value in first["probe_floors"].items()},
+        }
+        for row, values in fixed.items():
+            for sparsity in sparsities:
+                extra.append(
+                    {"task": task, "row": row, "sparsity": sparsity, "method": row, "n": None}
+                    | {k: (None if v is None or v != v else v) for k, v in values.items()}
+                )
+    return extra + rows
+
+
+def _order(row: dict) -> tuple:
+    kind = 0 if row["row"] == PRETRAINED else 1 if row["row"].startswith(FLOOR_PREFIX) else 2
+    return (row["task"], kind, row["row"] != DENSE, row["row"], row["sparsity"])
+
+
+def show_retention(row: dict) -> str:
+    value = row.get("retention")
+    if value is None:
+        return "-"
+    if not row.get("n"):
+        return _fmt(value)
+    spread = row.get("retention_std")
+    return f"{value:.3f} ± {spread:.3f} ({row['n']})" if spread is not None else f"{value:.3f} (1)"
+
+
+def baseline_of(method: str, methods: set[str]) -> str | None:
+    """The row a method is compared with: a CAP variant's own criterion, else magnitude."""
+    if method.startswith("cap_") and method[4:] in methods:
+        return method[4:]
+    if method not in (BASELINE, DENSE) and BASELINE in methods:
+        return BASELINE
+    return None
+
+
+def paired_difference(mine: dict[str, float], theirs: dict[str, float], level: float = 0.95) -> dict:
+    """Retention difference paired by fine-tuning seed: mean, the t-interval at `level`, and whether it is
+    called (interval excludes 0). Fewer than two shared seeds: no interval, never called."""
+    seeds = sorted(set(mine) & set(theirs))
+    diffs = [mine[s] - theirs[s] for s in seeds]
+    out = {"n": len(diffs), "diff": float(np.mean(diffs)) if diffs else None, "low": None, "high": None}
+    if len(diffs) >= 2:
+        half = (
+            scipy_stats.t.ppf(0.5 + level / 2, len(diffs) - 1)
+            * statistics.stdev(diffs)
+            / math.sqrt(len(diffs))
+        )
+        out.update(low=out["diff"] - half, high=out["diff"] + half)
+    out["called"] = out["low"] is not None and (out["low"] > 0 or out["high"] < 0)
+    return out
+
+
+def paired_lines(rows: list[dict]) -> list[str]:
+    """Markdown lines: every (row, its baseline) pair per task and sparsity, with the paired interval."""
+    lines = []
+    cells = [r for r in rows if r.get("n")]
+    keyed = {(r["task"], r["sparsity"], r["method"]): r for r in cells if r["row"] == r["method"]}
+    for row in sorted(cells, key=lambda r: (r["task"], r["sparsity"], r["row"])):
+        methods = {m for (t, s, m) in keyed if t == row["task"] and s == row["sparsity"]}
+        base = baseline_of(row["method"], methods)
+        other = keyed.get((row["task"], row["sparsity"], base)) if base else None
+        if other is None or row["row"] != row["method"]:
+            continue
+        d = paired_difference(row["retention_by_seed"], other["retention_by_seed"])
+        if d["diff"] is None:
+            continue
+        where = f"{row['task']} {100 * float(row['sparsity']):g}%: {row['method']} − {base}"
+        if d["low"] is None:
+            lines.append(f"- {where}: {d['diff']:+.3f} (n = {d['n']} seed, no interval; not called)")
+            continue
+        verdict = (
+            f"{row['method'] if d['diff'] > 0 else base} keeps more"
+            if d["called"]
+            else "not distinguishable from 0"
+        )
+        lines.append(
+            f"- {where}: {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] (95% t, n = {d['n']} seeds): {verdict}"
+        )
+    return lines
+
+
+def _intro(frame: pd.DataFrame, kept: pd.DataFrame) -> str:
+    names: list[str] = []
+    for joined in kept["probe_names"]:
+        names += [n for n in str(joined).split(", ") if n and n not in names]
+    excluded = sorted({e for e in kept["probe_excluded"] if e})
+    text = (
+        "Retention = (acc − acc₀) / (acc_ref − acc₀) at the pre-trained model's best encoder layer (chosen on "
+        "dev), where acc₀ is the pre-trained model's embeddings-only accuracy: 1 keeps what the pre-trained "
+        "encoder adds, 0 is no better than the embeddings. Floor rows are broken encoders (random weights; "
+        "encoder linears zeroed). Chance-corr. = (acc − chance) / (1 − chance); selectivity = task − control "
+        f"accuracy (generated probes). {kept.iloc[0]['probe_pooling']} pooling; mean over the probes "
+        f"{', '.join(names) or '(none valid)'}; retention as mean ± std over fine-tuning seeds (n)."
+    )
+    if excluded:
+        text += " Left out (reference too close to chance or its embeddings): " + "; ".join(excluded) + "."
+    return text
+
+
+def _outro(frame: pd.DataFrame, kept: pd.DataFrame) -> str:
+    from capbench.report.tables import table_rows
+
+    parts = []
+    lines = paired_lines(table_rows(PROBES, frame))
+    if lines:
+        parts.append("Paired differences in retention (by fine-tuning seed):\n\n" + "\n".join(lines))
+    outdated = int(frame["probe_outdated"].sum()) if "probe_outdated" in frame else 0
+    if outdated:
+        parts.append(
+            f"{outdated} record(s) hold probe results from before retention was measured against the "
+            "embeddings baseline; `capbench run --probes ...` on their run directory measures them again."
+        )
+    return "\n\n".join(parts)
+
+
+def _empty(frame: pd.DataFrame) -> str:
+    """Why a page with probe results has no probe row: outdated records, or no probe valid for its reference."""
+    current = frame[frame["has_probes"].astype(bool) & ~frame["probe_outdated"].astype(bool)]
+    excluded = sorted({e for e in current.get("probe_excluded", pd.Series(dtype=object)).dropna() if e})
+    parts = []
+    if excluded:
+        parts.append(
+            "No valid probe: the pre-trained reference does not clear chance and its own embeddings by the "
+            "retention margin on any probe of these records (" + "; ".join(excluded) + ")."
+        )
+    outro = _outro(frame, current) if len(frame) else ""
+    return "\n\n".join(p for p in (*parts, outro) if p)
+
+
+PROBES = Table(
+    name="probes",
+    title="## Linear probes: what the pruned encoder keeps of the pre-trained one",
+    keys=("task", "row"),
+    aggregate=probe_cell,
+    lead=(Col("task", lambda row: row["task"], when=varies("task")), Col("row", lambda row: row["row"])),
+    cells=(
+        Col("{label} retention", show_retention, align="right"),
+        Col("{label} chance-corr.", lambda row: _fmt(row.get("chance_corrected")), align="right"),
+        Col("{label} select.", lambda row: _fmt(row.get("selectivity")), align="right"),
+    ),
+    spread="sparsity",
+    spread_label=lambda s: f"{100 * float(s):g}%",
+    where=lambda f: f["status"].eq("done") & f["probe_retention"].notna(),
+    present=lambda f: bool(f["has_probes"].any()),
+    order=_order,
+    extra_rows=_reference_rows,
+    missing="-",
+    empty=_empty,
+    intro=_intro,
+    outro=_outro,
+)
