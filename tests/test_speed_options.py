@@ -16,13 +16,21 @@ def test_options_normalise_token_counts_and_derive_policy_and_rounds():
     assert options.token_counts == ("1x8", "1x16", "2x4")
     assert options.model_token_counts == ("2x8",) and options.block_sizes == (4,)
     assert options.policy == FormatPolicy(block_sizes=(4,), min_sparsity=0.5, max_block_density=0.5)
-    assert options.rounds(1.5) == Rounds(repeats=5, warmup=1, budget=1.5)
+    assert options.rounds(1.5) == Rounds(
+        repeats=40, warmup=2, budget=1.5, min_repeats=6, target_spread=0.03, confidence=0.95
+    )
+    assert options.calibration_rounds().min_repeats == 9 and options.calibration_rounds().budget == 0.75
+    assert options.model_rounds().min_repeats == 6 and options.model_rounds().budget == 40.0
     assert replace(options, repeats=2).token_counts == options.token_counts
     hash(options)  # frozen: usable as a key
     with pytest.raises(ValueError, match="BATCHxSEQ"):
         BenchOptions(token_counts=["lots"])
     with pytest.raises(ValueError, match="at least 1"):
         BenchOptions(repeats=0)
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        BenchOptions(threads=0)
+    with pytest.raises(ValueError, match="warmup"):
+        BenchOptions(warmup=-1)
 
 
 def test_one_machine_description_for_records_and_speed():

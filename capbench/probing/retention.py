@@ -163,7 +163,7 @@ def retention(result: Mapping, reference_result: Mapping, margin: float | None =
             "baselines": {
                 t: {
                     k: headline[t][k]
-                    for k in ("layer", "acc0", "acc_ref", "chance", "gap", "valid", "reason")
+                    for k in ("layer", "acc0", "acc_ref", "chance", "gap", "margin", "valid", "reason")
                 }
                 for t in headline
             },

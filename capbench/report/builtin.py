@@ -11,6 +11,7 @@ import pandas as pd
 
 from capbench.leaderboard import DIGITS
 from capbench.metrics import chance_margin, versus_chance
+from capbench.report.probe_table import PROBES
 from capbench.report.tables import Col, Table, register_table, varies
 from capbench.spec import DENSE
 
@@ -225,71 +226,6 @@ RETENTION = Table(
     **BY_SPARSITY,
 )
 
-# ------------------------------------------------------------------------------------------------- probes
-
-
-def _fmt(value, digits: int = 3) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def _nanmean(series: pd.Series) -> float | None:
-    values = series.dropna()
-    return float(np.mean(list(values))) if len(values) else None
-
-
-def probe_cell(group: pd.DataFrame) -> dict:
-    return {
-        "retention": _nanmean(group["probe_retention"]),
-        "selectivity": _nanmean(group["probe_selectivity"]),
-        "n": len(group),
-    }
-
-
-def _pretrained_rows(kept: pd.DataFrame, rows: list[dict]) -> list[dict]:
-    """The pre-trained reference: a row of its own per task (retention 1 by definition)."""
-    sparsities = sorted({row["sparsity"] for row in rows})
-    extra = []
-    for task, group in kept.groupby("task", sort=True):
-        selectivity = group.iloc[0]["probe_reference_selectivity"]
-        for sparsity in sparsities:
-            extra.append(
-                {"task": task, "row": "pre-trained", "sparsity": sparsity, "retention": 1.0}
-                | {"selectivity": None if math.isnan(selectivity) else selectivity}
-            )
-    return extra + rows
-
-
-def _probe_note(frame: pd.DataFrame, kept: pd.DataFrame) -> str:
-    names: list[str] = []
-    for joined in kept["probe_names"]:
-        names += [n for n in joined.split(", ") if n not in names]
-    return (
-        "Retention = probe accuracy / pre-trained model's probe accuracy; selectivity = task - control "
-        f"accuracy; best layer (chosen on dev), {kept.iloc[0]['probe_pooling']} pooling, mean over "
-        f"{', '.join(names)}."
-    )
-
-
-PROBES = Table(
-    name="probes",
-    title="## Linear probes: task-agnostic knowledge retained",
-    keys=("task", "row"),
-    aggregate=probe_cell,
-    lead=(Col("task", lambda row: row["task"], when=varies("task")), METHOD),
-    cells=(
-        Col("{label} retention", lambda row: _fmt(row["retention"]), align="right"),
-        Col("{label} selectivity", lambda row: _fmt(row["selectivity"]), align="right"),
-    ),
-    spread="sparsity",
-    spread_label=lambda s: f"{100 * float(s):g}%",
-    where=lambda f: f["status"].eq("done") & f["probe_retention"].notna(),
-    present=lambda f: bool(f["has_probes"].any()),
-    order=lambda r: (r["task"], r["row"] != "pre-trained", r["row"] != DENSE, r["row"], r["sparsity"]),
-    extra_rows=_pretrained_rows,
-    missing="-",
-    outro=_probe_note,
-)
-
 # -------------------------------------------------------------------------------------------------- speed
 
 
@@ -299,8 +235,16 @@ def _sfmt(x, spec: str = ".2f", suffix: str = "") -> str:
     return f"{x:{spec}}{suffix}"
 
 
+def _or_none(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+SPEED_BATCHES = ("1", "32")  # the batch sizes the table shows (bench_model's default whole-model shapes)
+
+
 def speed_cell(group: pd.DataFrame) -> dict:
     first = group.iloc[0]
+    shapes = first["speed_shapes"] if isinstance(first["speed_shapes"], dict) else {}
     return {
         "measured_speedup": first["speed_measured"],
         "theoretical_speedup": first["speed_theoretical"],
@@ -310,22 +254,44 @@ def speed_cell(group: pd.DataFrame) -> dict:
         "sparse_not_faster": bool(first["speed_not_faster"]),
         "token_count": first["speed_token_count"],
         "machine": first["speed_machine"],
+        **{f"batch_{b}": shapes.get(b) for b in SPEED_BATCHES},
+        "ceiling": first["speed_ceiling"],
+        "attainable_speedup": first["speed_attainable"],
+        "fraction_of_attainable": first["speed_of_attainable"],
+        "busy": _or_none(first["speed_busy"]),
+        "busy_reason": _or_none(first["speed_busy_reason"]),
+        "inputs": first["speed_inputs"],
+        "schema": int(first["speed_schema"]),
     }
 
 
 def _speed_intro(frame: pd.DataFrame, kept: pd.DataFrame) -> str:
     machines = list(dict.fromkeys(kept["speed_machine"]))
-    shapes = sorted(set(kept["speed_token_count"]))
+    inputs = list(dict.fromkeys(kept["speed_inputs"]))
     where = f"Speed on {machines[0]}" if len(machines) == 1 else "Speed on: " + "; ".join(machines)
     return (
-        f"{where}\n\nWhole-model forward at {', '.join(shapes)} (batch x seq) vs the dense model, best kernel "
-        "format per layer; median of per-round ratios. Theoretical = 1/(1-s) from non-zero encoder-linear FLOPs."
+        f"{where}\n\nWhole-model forward at batch 1 and batch 32 vs the dense model, on "
+        f"{'; '.join(inputs)}; each layer in the kernel format a separate calibration run chose. Speedup: "
+        "median of per-round ratios [95% interval of the median]; IQR and rounds per batch (b=1 / b=32). "
+        "Ceiling: dense / the same model with its encoder linears free; attainable = 1/((1-f) + f(1-s)) with "
+        "f = 1 - 1/ceiling the linears' measured share of the forward; % of attainable = measured / "
+        "attainable. BUSY: other processes used the cores during the measurement (not comparable). "
+        "— : not in the record (older measurements)."
     )
 
 
 def _speed_outro(frame: pd.DataFrame, kept: pd.DataFrame) -> str:
     missing = int((frame["status"] == "done").sum()) - len(kept)
-    return f"{missing} done cell(s) have no speed measurement." if missing else ""
+    lines = [f"{missing} done cell(s) have no speed measurement."] if missing else []
+    old = int((kept["speed_schema"] < 2).sum())
+    if old:
+        lines.append(
+            f"{old} measurement(s) come from the first speed harness (threads not pinned, one warm-up, five "
+            "fixed rounds, each layer's format chosen on speedups within their noise, machine load not "
+            "read): their differences may be machine load; `capbench bench --runs RUNDIR --force` measures "
+            "them again."
+        )
+    return "\n\n".join(lines)
 
 
 def _speed_sparsity(row: dict) -> str:
@@ -333,9 +299,36 @@ def _speed_sparsity(row: dict) -> str:
     return _sfmt(target if target is not None else row["achieved_sparsity"], ".2f")
 
 
-def _of_theoretical(row: dict) -> str:
-    fraction = row["fraction_of_theoretical"]
-    return _sfmt(fraction * 100 if fraction is not None else None, ".0f", "%")
+def _batch_speedup(batch: str):
+    def show(row: dict) -> str:
+        shape = row.get(f"batch_{batch}") or {}
+        text = _sfmt(shape.get("speedup"), ".2f", "x")
+        ci = shape.get("ci")
+        if text != "—" and ci and None not in ci:
+            text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+        return text
+
+    return show
+
+
+def _per_batch(field: str, spec: str, suffix: str = "", scale: float = 1.0):
+    """One per-shape field at both batches: "value at b=1 / value at b=32"."""
+
+    def show(row: dict) -> str:
+        values = []
+        for batch in SPEED_BATCHES:
+            value = (row.get(f"batch_{batch}") or {}).get(field)
+            values.append(_sfmt(None if value is None else value * scale, spec, suffix))
+        return " / ".join(values)
+
+    return show
+
+
+def _speed_note(row: dict) -> str:
+    notes = ["BUSY"] if row.get("busy") else []
+    if row["sparse_not_faster"]:
+        notes.append("sparse, not faster")
+    return ", ".join(notes)
 
 
 SPEED = Table(
@@ -347,11 +340,15 @@ SPEED = Table(
         Col("task", lambda r: r["task"]),
         Col("method", lambda r: r["method"]),
         Col("sparsity", _speed_sparsity),
-        Col("measured", lambda r: _sfmt(r["measured_speedup"], ".2f", "x")),
-        Col("theoretical", lambda r: _sfmt(r["theoretical_speedup"], ".1f", "x")),
-        Col("% of theor.", _of_theoretical),
+        Col("batch 1 [95% CI]", _batch_speedup("1")),
+        Col("batch 32 [95% CI]", _batch_speedup("32")),
+        Col("IQR", _per_batch("iqr", ".2f")),
+        Col("rounds", _per_batch("rounds", ".0f")),
+        Col("ceiling", _per_batch("ceiling", ".2f", "x")),
+        Col("attainable", _per_batch("attainable", ".2f", "x")),
+        Col("% of attainable", _per_batch("of_attainable", ".0f", "%", 100.0)),
         Col("format", lambda r: r["format"]),
-        Col("note", lambda r: "sparse, not faster" if r["sparse_not_faster"] else ""),
+        Col("note", _speed_note),
         Col("machine", lambda r: r["machine"], when=varies("machine")),
     ),
     where=lambda f: f["status"].eq("done") & f["speed_measured"].notna(),

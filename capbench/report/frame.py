@@ -83,29 +83,45 @@ def _cap(spec: Mapping, record: Mapping) -> dict:
 
 
 def _probes(record: Mapping) -> dict:
+    """Probe columns: retention against the embeddings baseline at the reference layer (mean over the valid
+    probes), chance-corrected accuracy and selectivity there, the reference's own, and the floor models'.
+    Records probed before that definition (no `floors`) count as `probe_outdated` and show no number."""
     probes = record.get("probes")
     done = record.get("status") == "done" and isinstance(probes, Mapping) and "retention" in probes
+    empty = {"has_probes": bool(probes), "probe_retention": math.nan, "probe_outdated": False}
     if not done:
-        return {"has_probes": bool(probes), "probe_retention": math.nan, "probe_selectivity": math.nan}
-    names = [task for task, summary in probes["summary"].items() if "selectivity" in summary]
-    names = names or sorted(probes["retention"]["summary"])
-    reference = probes["retention"].get("reference", {}).get("summary", {})
+        return empty
+    ret = probes["retention"]
+    if "floors" not in probes or "valid" not in ret:
+        return {**empty, "probe_outdated": True}
+    baselines = (ret.get("reference") or {}).get("baselines") or {}
+    reference_cc = [
+        (b["acc_ref"] - b["chance"]) / (1 - b["chance"]) for t, b in baselines.items() if t in ret["valid"]
+    ]
     return {
         "has_probes": True,
-        "probe_names": ", ".join(names),
-        "probe_pooling": probes["retention"].get("pooling", "mean"),
-        "probe_retention": _mean(probes["retention"]["summary"].get(n) for n in names),
-        "probe_selectivity": _mean(probes["summary"].get(n, {}).get("selectivity") for n in names),
-        "probe_reference_selectivity": _mean(reference.get(n, {}).get("selectivity") for n in names),
+        "probe_outdated": False,
+        "probe_names": ", ".join(ret["valid"]),
+        "probe_excluded": "; ".join(f"{t}: {why}" for t, why in sorted(ret.get("excluded", {}).items())),
+        "probe_pooling": ret.get("pooling", "mean"),
+        "probe_retention": _number(ret.get("mean")),
+        "probe_chance_corrected": _number(ret.get("chance_corrected")),
+        "probe_selectivity": _number(ret.get("selectivity")),
+        "probe_reference_chance_corrected": _mean(reference_cc),
+        "probe_floors": {name: floor.get("mean") for name, floor in sorted(probes["floors"].items())},
     }
 
 
 def _speed(record: Mapping) -> dict:
+    """The speed measurement's headline (the largest whole-model shape) and, per batch size, its speedup
+    with interval, IQR, rounds, ceiling and share of the attainable speedup; records of speed schema 1 lack
+    the interval, ceiling, attainable and machine load (None, shown as "—")."""
     speed = record.get("speed")
     if not isinstance(speed, Mapping):
         speed = {}
     summary = speed.get("summary") or {}
     fraction = summary.get("fraction_of_theoretical")
+    busy = summary.get("busy", speed.get("busy"))
     return {
         "has_speed": bool(speed),
         "speed_measured": _number(summary.get("measured_speedup")),
@@ -116,7 +132,65 @@ def _speed(record: Mapping) -> dict:
         "speed_not_faster": bool(summary.get("sparse_not_faster")),
         "speed_token_count": str(summary.get("token_count", "?")),
         "speed_machine": _machine_line(speed.get("machine") or {}) if summary else None,
+        "speed_shapes": _speed_shapes(speed, summary) if summary else None,
+        "speed_ceiling": _number(summary.get("ceiling")),
+        "speed_attainable": _number(summary.get("attainable_speedup")),
+        "speed_of_attainable": _number(summary.get("fraction_of_attainable")),
+        "speed_busy": busy if isinstance(busy, bool) else None,
+        "speed_busy_reason": summary.get("busy_reason", speed.get("busy_reason")),
+        "speed_inputs": _speed_inputs(speed) if summary else None,
+        "speed_schema": speed.get("schema", 1) if summary else None,
     }
+
+
+def _finite(value) -> float | None:
+    number = _number(value)
+    return None if math.isnan(number) else number
+
+
+def _speed_shape(row: Mapping) -> dict:
+    """One whole-model shape's numbers from its `speed["model"]` row (schema 1 rows lack the new ones)."""
+    pruned = (row.get("models") or {}).get("pruned") or {}
+    ci = pruned.get("speedup_ci")
+    return {
+        "speedup": _finite(pruned.get("speedup")),
+        "ci": [_finite(v) for v in ci] if isinstance(ci, list) and len(ci) == 2 else None,
+        "iqr": _finite(pruned.get("speedup_iqr")),
+        "rounds": row.get("rounds"),
+        "ceiling": _finite(row.get("ceiling")),
+        "attainable": _finite(row.get("attainable_speedup")),
+        "of_attainable": _finite(row.get("fraction_of_attainable")),
+    }
+
+
+def _speed_shapes(speed: Mapping, summary: Mapping) -> dict[str, dict]:
+    """{batch size (as text): numbers} of every whole-model shape; the headline shape from the summary alone
+    where the record has no per-shape rows."""
+    out: dict[str, dict] = {}
+    for row in (speed.get("model") or {}).values():
+        if isinstance(row, Mapping) and row.get("batch") is not None:
+            out.setdefault(str(row["batch"]), _speed_shape(row))
+    label = str(summary.get("token_count", ""))
+    batch = label.split("x", 1)[0] if "x" in label else None
+    if batch and batch not in out and summary.get("measured_speedup") is not None:
+        ci = summary.get("measured_speedup_ci")
+        out[batch] = {
+            "speedup": _finite(summary.get("measured_speedup")),
+            "ci": [_finite(v) for v in ci] if isinstance(ci, list) and len(ci) == 2 else None,
+            "iqr": _finite(summary.get("measured_speedup_iqr")),
+            "rounds": summary.get("rounds"),
+            "ceiling": _finite(summary.get("ceiling")),
+            "attainable": _finite(summary.get("attainable_speedup")),
+            "of_attainable": _finite(summary.get("fraction_of_attainable")),
+        }
+    return out
+
+
+def _speed_inputs(speed: Mapping) -> str:
+    """What the model was timed on (the record's own phrase; speed schema 1 timed random ids)."""
+    inputs = speed.get("inputs")
+    label = inputs.get("label") if isinstance(inputs, Mapping) else None
+    return label or "random token ids (no padding)"
 
 
 def _machine_line(machine: Mapping) -> str:

@@ -41,6 +41,11 @@ class KernelFormat:
         self.reason = reason
         self.stored = 0  # number of stored weight values (incl. zeros kept inside blocks)
 
+    @property
+    def column_major_output(self) -> bool:
+        """Whether outputs come back column-major (the next linear then receives a column-major input)."""
+        return False
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.available:
             raise RuntimeError(f"format {self.name} is unavailable: {self.reason}")
@@ -103,6 +108,10 @@ class _SparseLeftFormat(KernelFormat):
         self.sparse_weight = sparse_weight
         self.bias_col = None if bias is None else bias.reshape(-1, 1)
         self.contiguous = contiguous
+
+    @property
+    def column_major_output(self) -> bool:
+        return not self.contiguous
 
     def _forward2d(self, x):
         if self.bias_col is None:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
 import torch
 from torch import nn
 
-from capbench.layout import Layout, input_names, max_positions, set_path
+from capbench.layout import Layout, max_positions, set_path
 from capbench.speed.formats import DEFAULT_POLICY, FormatPolicy, KernelFormat, build_formats
+from capbench.speed.inputs import ModelInputs, Sentences, model_inputs, random_inputs
 from capbench.speed.kernels import iter_encoder_linears, layout_free_output
 from capbench.speed.options import DEFAULT_MODEL_TOKEN_COUNTS, parse_token_count, token_count_label
 from capbench.speed.timing import Clock, Rounds, summarize, time_interleaved
 
-MODEL_ROUNDS = Rounds(repeats=5)  # whole-model timing: 5 interleaved rounds after 1 warm-up forward
+MODEL_ROUNDS = Rounds(repeats=5)  # time_models' default: 5 interleaved rounds after 1 warm-up forward
 
 
 class FormatLinear(nn.Module):
@@ -84,19 +85,6 @@ def format_counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-def model_inputs(model: nn.Module, batch: int, seq: int, seed: int = 0) -> dict:
-    """Random token ids (no padding) of shape batch x seq, with the inputs the model's family takes."""
-    config = model.config
-    g = torch.Generator().manual_seed(seed)
-    low = min(5, config.vocab_size - 1)
-    input_ids = torch.randint(low, config.vocab_size, (batch, seq), generator=g)
-    device = next(model.parameters()).device
-    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-    if "token_type_ids" in input_names(model):
-        inputs["token_type_ids"] = torch.zeros_like(input_ids)
-    return {k: v.to(device) for k, v in inputs.items()}
-
-
 def check_shape(model: nn.Module, spec) -> tuple[int, int]:
     batch, seq = parse_token_count(spec)
     limit = max_positions(model.config)
@@ -105,18 +93,48 @@ def check_shape(model: nn.Module, spec) -> tuple[int, int]:
     return batch, seq
 
 
-def _model_row(timing: dict, batch: int, seq: int) -> dict:
-    """Latency statistics, throughput (from the median latency) and speedup of each timed model."""
-    row = {"batch": batch, "seq": seq, "rounds": timing["rounds"], "threads": timing["threads"], "models": {}}
+_SCALED = ("median", "q1", "q3", "iqr", "mad", "min", "max", "mean", "ci_low", "ci_high")
+
+
+def _per_forward(stats: dict, forwards: int) -> dict:
+    """Statistics of a call's seconds -> of one forward's (a call runs `forwards` forwards back to back)."""
+    return {k: (v / forwards if k in _SCALED else v) for k, v in stats.items()}
+
+
+def _model_row(timing: dict, inputs: ModelInputs) -> dict:
+    """Latency per forward, throughput (from the median call time) and speedup of each timed model."""
+    described = inputs.description
+    row = {
+        "batch": inputs.batch,
+        "seq": inputs.seq,
+        "inputs": described,
+        "forwards": inputs.forwards,
+        "rounds": timing["rounds"],
+        "stop": timing["stop"],
+        "threads": timing["threads"],
+        "models": {},
+    }
     for name, t in timing["times"].items():
+        call = t["median"]
+        speedup = timing["speedup"][name]
         row["models"][name] = {
-            "latency_s": t,
-            "sequences_per_s": batch / t["median"] if t["median"] > 0 else None,
-            "tokens_per_s": batch * seq / t["median"] if t["median"] > 0 else None,
-            "speedup": timing["speedup"][name]["median"],
-            "speedup_iqr": timing["speedup"][name]["iqr"],
+            "latency_s": _per_forward(t, inputs.forwards),
+            "sequences_per_s": described["sequences"] / call if call > 0 else None,
+            "tokens_per_s": described["tokens"] / call if call > 0 else None,
+            "speedup": speedup["median"],
+            "speedup_iqr": speedup["iqr"],
+            "speedup_ci": [speedup["ci_low"], speedup["ci_high"]],
+            "speedup_ci_coverage": speedup["ci_coverage"],
         }
     return row
+
+
+def _runs(model: nn.Module, batches: list[dict]) -> Callable[[], None]:
+    def run() -> None:
+        for batch in batches:
+            model(**batch)
+
+    return run
 
 
 def time_models(
@@ -127,23 +145,27 @@ def time_models(
     baseline: str | None = None,
     clock: Clock = time.perf_counter,
     seed: int = 0,
+    sentences: Sentences | None = None,
 ) -> dict:
     """End-to-end forward latency of each model, interleaved, per batch x sequence shape.
 
-    Returns per shape: latency statistics (seconds per forward), throughput (sequences and tokens per second
-    from the median latency) and the speedup of each model vs `baseline` (median of per-round ratios).
+    Each model runs the same inputs (`capbench.speed.inputs.model_inputs`: the sentences in batches of the
+    shape's batch size, cut at its sequence length, or random ids of exactly that shape). Returns per shape:
+    latency statistics (seconds per forward), throughput (sequences and real tokens per second from the median
+    call), the inputs used, why rounds stopped, and the speedup of each model vs `baseline` (median of
+    per-round ratios, with its interval).
     """
     baseline = baseline or next(iter(models))
     out: dict = {}
     for spec in token_counts:
         batch, seq = check_shape(models[baseline], spec)
-        inputs = {name: model_inputs(m, batch, seq, seed) for name, m in models.items()}
-        fns = {name: (lambda m=m, i=inputs[name]: m(**i)) for name, m in models.items()}
+        inputs = {name: model_inputs(m, batch, seq, sentences, seed) for name, m in models.items()}
+        fns = {name: _runs(m, inputs[name].batches) for name, m in models.items()}
         for m in models.values():
             m.eval()
         with torch.inference_mode():
             timing = time_interleaved(fns, rounds, baseline=baseline, number=1, clock=clock)
-        out[token_count_label(spec)] = _model_row(timing, batch, seq)
+        out[token_count_label(spec)] = _model_row(timing, inputs[baseline])
     return out
 
 
@@ -207,6 +229,7 @@ def time_breakdown(
     warmup: int = 1,
     clock: Clock = time.perf_counter,
     seed: int = 0,
+    inputs: dict | None = None,
 ) -> dict:
     """Where one forward's time goes: embeddings, encoder linears, attention core, the rest.
 
@@ -214,10 +237,11 @@ def time_breakdown(
     self-attention module; the attention core is self-attention minus its Q/K/V projections (scores,
     softmax, weighted sum, reshapes). "other" is the rest of the forward: layer norms, activations, residual
     adds, pooler and classifier, Python overhead. Seconds are medians over `repeats` forwards; fractions are
-    of the median total.
+    of the median total. `inputs`: one batch to run (default: random ids of `token_count`).
     """
-    batch, seq = check_shape(model, token_count)
-    inputs = model_inputs(model, batch, seq, seed)
+    if inputs is None:
+        batch, seq = check_shape(model, token_count)
+        inputs = random_inputs(model, batch, seq, seed).batches[0]
     model.eval()
     timer = _PartTimer(model, clock)
     try:

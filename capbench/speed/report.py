@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable
 
 from capbench.provenance import machine_line
+from capbench.speed.inputs import describe_inputs
 
 
 def format_label(counts: dict[str, int], compacted: bool) -> str:
@@ -45,7 +46,7 @@ def _timed_formats(layers: list[dict]) -> list[str]:
 def _layer_block(layers: list[dict], label: str, names: list[str]) -> str:
     """The per-layer table at one token count."""
     sparse = [n for n in names if n != "dense"]
-    header = ["layer", "shape", "sparsity", "ideal", "dense ms", *sparse, "best"]
+    header = ["layer", "shape", "sparsity", "ideal", "input", "dense ms", *sparse, "best"]
     rows = []
     for layer in layers:
         row = layer["token_counts"].get(label)
@@ -58,14 +59,17 @@ def _layer_block(layers: list[dict], label: str, names: list[str]) -> str:
                 "x".join(map(str, layer["shape"])),
                 _fmt(layer["sparsity"], ".3f"),
                 _fmt(layer["theoretical_speedup"], ".1f", "x"),
+                row.get("input_layout", "row-major"),
                 _fmt(results["dense"]["median_s"] * 1e3, ".3f"),
                 *[_fmt(results[n]["speedup"], ".2f", "x") if n in results else "—" for n in sparse],
                 f"{row['best']} ({row['best_speedup']:.2f}x)",
             ]
         )
-    return f"Per-layer speedup vs dense at {label} tokens (median of per-round ratios):\n\n" + markdown_table(
-        header, rows
+    intro = (
+        f"Calibration at {label} tokens: per-layer speedup vs dense (median of per-round ratios); a sparse "
+        "format is chosen only when its interval of the median clears the minimum gain:"
     )
+    return intro + "\n\n" + markdown_table(header, rows)
 
 
 def _format_notes(layers: list[dict]) -> list[str]:
@@ -97,53 +101,110 @@ def render_layer_table(speed: dict) -> str:
     return "\n\n".join(blocks) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
-def render_model_table(speed: dict) -> str:
-    """Whole-model latency/throughput per shape, the summary line and the time breakdown."""
-    header = ["shape", "dense ms", "pruned ms", "speedup", "IQR", "pruned tokens/s", "formats"]
+def _pct(x) -> str:
+    return _fmt(None if x is None else x * 100, ".0f", "%")
+
+
+def interval(speedup, ci) -> str:
+    """ "1.46x [1.43, 1.49]": a speedup with its interval (just the speedup where there is none)."""
+    text = _fmt(speedup, ".2f", "x")
+    if ci and ci[0] is not None and ci[1] is not None and text != "—":
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    return text
+
+
+def busy_line(speed: dict) -> str:
+    """The machine-load verdict of a measurement, loud when busy."""
+    busy = speed.get("busy")
+    reason = speed.get("busy_reason") or ""
+    if busy:
+        return f"**BUSY machine: {reason}. These numbers are not comparable; rerun on an idle machine.**"
+    if busy is None:
+        return f"Machine load: {reason or 'not recorded'}."
+    return f"Machine load: idle ({reason})."
+
+
+def _model_rows(speed: dict) -> list[list[str]]:
     rows = []
+    compacted = (speed.get("summary") or {}).get("compacted", False)
     for label, row in (speed.get("model") or {}).items():
         d, p = row["models"]["dense"], row["models"]["pruned"]
+        spread = p["speedup_iqr"] / p["speedup"] if p.get("speedup") else None
+        stop = (row.get("stop") or {}).get("reason")
         rows.append(
             [
                 label,
                 _fmt(d["latency_s"]["median"] * 1e3, ".1f"),
                 _fmt(p["latency_s"]["median"] * 1e3, ".1f"),
-                _fmt(p["speedup"], ".2f", "x"),
-                _fmt(p["speedup_iqr"], ".2f"),
-                _fmt(p["tokens_per_s"], ",.0f"),
-                format_label(row["formats"], speed["summary"].get("compacted", False)),
+                interval(p["speedup"], p.get("speedup_ci")),
+                _fmt(p["speedup_iqr"], ".3f"),
+                _pct(spread),
+                f"{row.get('rounds', '?')}" + (f" ({stop})" if stop else ""),
+                interval(row.get("ceiling"), row.get("ceiling_ci")),
+                _fmt(row.get("attainable_speedup"), ".2f", "x"),
+                _pct(row.get("fraction_of_attainable")),
+                format_label(row["formats"], compacted),
             ]
         )
-    parts = [f"Whole model vs dense on {machine_line(speed['machine'])}:", markdown_table(header, rows)]
+    return rows
+
+
+def _summary_line(s: dict) -> str:
+    line = (
+        f"Summary at {s['token_count']}: sparsity {s['sparsity']:.3f}, measured "
+        f"{interval(s['measured_speedup'], s.get('measured_speedup_ci'))}, ceiling (linears free) "
+        f"{_fmt(s.get('ceiling'), '.2f', 'x')}, attainable at this sparsity "
+        f"{_fmt(s.get('attainable_speedup'), '.2f', 'x')} ({_pct(s.get('fraction_of_attainable'))} of it); "
+        f"linears only 1/(1-s) {_fmt(s['theoretical_speedup'], '.2f', 'x')}, encoder FLOPs incl. attention "
+        f"{_fmt(s.get('theoretical_model_speedup'), '.2f', 'x')}"
+    )
+    if s.get("sparse_not_faster"):
+        line += " — SPARSE BUT NOT FASTER"
+    return line
+
+
+def _breakdown_table(b: dict) -> str:
+    header = ["part", "dense ms", "dense %", "pruned ms", "pruned %"]
+    rows = []
+    for part in ("encoder_linears", "attention_core", "embeddings", "other", "total"):
+        ds, ps = b["dense"]["seconds"][part], b["pruned"]["seconds"][part]
+        df = b["dense"]["fractions"].get(part, 1.0) if part != "total" else 1.0
+        pf = b["pruned"]["fractions"].get(part, 1.0) if part != "total" else 1.0
+        rows.append(
+            [part, _fmt(ds * 1e3, ".1f"), _fmt(df * 100, ".0f"), _fmt(ps * 1e3, ".1f"), _fmt(pf * 100, ".0f")]
+        )
+    return f"Where the time goes at {b['token_count']}:\n\n" + markdown_table(header, rows)
+
+
+def render_model_table(speed: dict) -> str:
+    """Whole-model latency and speedup per shape (interval, IQR, rounds and why they stopped, ceiling,
+    attainable and the share of it reached), the machine-load verdict, the summary line and the breakdown."""
+    header = [
+        "shape",
+        "dense ms",
+        "pruned ms",
+        "speedup [95% CI]",
+        "IQR",
+        "IQR/median",
+        "rounds (stop)",
+        "ceiling",
+        "attainable",
+        "% of attainable",
+        "formats",
+    ]
+    settings = speed.get("settings") or {}
+    threads = settings.get("threads", (speed.get("machine") or {}).get("threads", "?"))
+    intro = (
+        f"Whole model vs dense on {machine_line(speed['machine'])}, {threads} threads pinned; timed on "
+        f"{describe_inputs(speed.get('inputs'))}. Ceiling: the same model with its encoder linears free."
+    )
+    parts = [busy_line(speed), intro, markdown_table(header, _model_rows(speed))]
     s = speed.get("summary") or {}
     if s.get("measured_speedup") is not None:
-        line = (
-            f"Summary at {s['token_count']}: sparsity {s['sparsity']:.3f}, measured {s['measured_speedup']:.2f}x, "
-            f"theoretical 1/(1-s) {_fmt(s['theoretical_speedup'], '.2f', 'x')} "
-            f"(encoder incl. attention core {_fmt(s.get('theoretical_model_speedup'), '.2f', 'x')}), "
-            f"{_fmt((s.get('fraction_of_theoretical') or 0) * 100, '.0f', '%')} of theoretical"
-        )
-        if s.get("sparse_not_faster"):
-            line += " — SPARSE BUT NOT FASTER"
-        parts.append(line)
+        parts.append(_summary_line(s))
     b = speed.get("breakdown") or {}
     if b:
-        header = ["part", "dense ms", "dense %", "pruned ms", "pruned %"]
-        rows = []
-        for part in ("encoder_linears", "attention_core", "embeddings", "other", "total"):
-            ds, ps = b["dense"]["seconds"][part], b["pruned"]["seconds"][part]
-            df = b["dense"]["fractions"].get(part, 1.0) if part != "total" else 1.0
-            pf = b["pruned"]["fractions"].get(part, 1.0) if part != "total" else 1.0
-            rows.append(
-                [
-                    part,
-                    _fmt(ds * 1e3, ".1f"),
-                    _fmt(df * 100, ".0f"),
-                    _fmt(ps * 1e3, ".1f"),
-                    _fmt(pf * 100, ".0f"),
-                ]
-            )
-        parts.append(f"Where the time goes at {b['token_count']}:\n\n" + markdown_table(header, rows))
+        parts.append(_breakdown_table(b))
     return "\n\n".join(parts)
 
 

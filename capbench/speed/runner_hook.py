@@ -1,34 +1,44 @@
-"""`capbench run --speed`: time a finished cell's model against its dense model (`record["speed"]`)."""
+"""`capbench run --speed`: time a finished cell's model against its dense model (`record["speed"]`), on
+sentences of the cell's own evaluation split."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
-from capbench.speed.options import DEFAULT_MODEL_TOKEN_COUNTS, DEFAULT_TOKEN_COUNTS, BenchOptions
+from capbench.speed.options import BenchOptions, parse_token_count
 
-# Per-cell settings: the token counts of the issue, 5 interleaved rounds, at most ~2 s of rounds per layer
-# and token count once 3 rounds are done. About 2-5 minutes per MiniLM cell on 2 shared cores.
-RUN_OPTIONS = BenchOptions(
-    token_counts=DEFAULT_TOKEN_COUNTS,
-    model_token_counts=DEFAULT_MODEL_TOKEN_COUNTS,
-    repeats=5,
-    warmup=1,
-    layer_budget=2.0,
-)
+# Per-cell settings: bench_model's defaults (threads pinned to 1, 2 warm-ups,
+# 6-40 rounds until the spread is under 3%, 0.75 s per layer and calibration shape, 40 s per whole-model
+# shape) on 32 evaluation sentences. About 1-3 minutes per MiniLM cell on 2 cores.
+RUN_OPTIONS = BenchOptions()
 
 
 def speed_record(record: dict, spec, ctx) -> dict:
-    """`bench_model` on the cell's saved model vs `record["dense_model_dir"]` (None: itself, run densely)."""
-    from capbench.models import load_classifier
+    """`bench_model` on the cell's saved model vs `record["dense_model_dir"]` (None: itself, run densely),
+    timed on `RUN_OPTIONS.sentences` rows of the task's main evaluation split from the run's data source, cut
+    at the cell's `max_seq_length`."""
+    from capbench.models import load_classifier, load_tokenizer
     from capbench.speed.bench import bench_model
+    from capbench.speed.inputs import task_sentences
     from capbench.tasks import get_task
 
     num_labels = get_task(spec.task).num_labels
     model = load_classifier(record["model_dir"], num_labels)
     dense_dir = record.get("dense_model_dir")
     dense = load_classifier(dense_dir, num_labels) if dense_dir else None
+    tokenizer = load_tokenizer(record["model_dir"])
+    options = RUN_OPTIONS
+    seq = getattr(spec, "max_seq_length", None)
+    if seq:  # the sentences are cut where the cell's training and evaluation cut them
+        options = replace(options, model_token_counts=tuple(f"{b}x{seq}" for b in _batches(options)))
+    sentences = task_sentences(ctx.source, spec.task, tokenizer, options.sentences, options.seed)
     progress = None
     if getattr(ctx, "show_progress", False):
         cell = record.get("cell_id", "")
         progress = lambda msg: print(f"  [speed {cell}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    return bench_model(model, dense, RUN_OPTIONS, progress=progress)
+    return bench_model(model, dense, options, progress=progress, sentences=sentences)
+
+
+def _batches(options: BenchOptions) -> list[int]:
+    return [parse_token_count(label)[0] for label in options.model_token_counts]

@@ -30,8 +30,15 @@ DEFAULT_CASES = {
     "block4": ("csr", "bsr"),
     "rows": ("csr", "compact"),
 }
-# Sweep settings: no time budget, BSR at 4x4 and 16x16, no format skipped (the sweep is about where they pay).
-SWEEP_OPTIONS = BenchOptions(layer_budget=None, block_sizes=(4, 16), min_sparsity=0.0, max_block_density=1.0)
+# Sweep settings: three token counts, at most 2 s of rounds per case, BSR at 4x4 and 16x16, no format skipped
+# (the sweep is about where they pay).
+SWEEP_OPTIONS = BenchOptions(
+    token_counts=("1x128", "32x128", "128x128"),
+    layer_budget=2.0,
+    block_sizes=(4, 16),
+    min_sparsity=0.0,
+    max_block_density=1.0,
+)
 
 
 def _row(shape: tuple[str, int, int], kind: str, s: float, formats: dict, label: str, timed: dict) -> dict:
@@ -68,7 +75,8 @@ def sweep(
 ) -> list[dict]:
     """One row per (shape, mask kind, sparsity, token count): each format's speedup vs dense.
 
-    Timed at `options.token_counts`, `options.repeats` rounds, at most `options.layer_budget` seconds each;
+    Timed at `options.token_counts`, rounds as `options.calibration_rounds()` says (the stopping rule
+    on spread, at most `options.repeats` rounds and `options.layer_budget` seconds per case);
     `cases` maps a mask kind to the format families timed on it (default `DEFAULT_CASES`).
     `large_sparsities` limits token counts above `large_tokens` to those sparsities (they cost the most).
     """
@@ -77,7 +85,7 @@ def sweep(
     large = {t for t in labels if math.prod(int(v) for v in t.split("x")) > large_tokens}
     large_set = None if large_sparsities is None else {round(s, 6) for s in large_sparsities}
     policy = replace(options.policy, check=False)
-    rounds = options.rounds(options.layer_budget)
+    rounds = options.calibration_rounds()
     rows = []
     for shape_name, out_features, in_features in shapes:
         weight = weight_like_trained(out_features, in_features, seed=out_features * 7 + in_features)

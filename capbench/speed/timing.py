@@ -1,8 +1,11 @@
-"""Timing harness: warm-up, interleaved rounds, robust statistics, an injectable clock.
+"""Timing harness: warm-up, interleaved rounds, a stopping rule on spread, an injectable clock.
 
 Every candidate is timed once per round, in a rotating order, so slow drift of the machine (other jobs,
 frequency changes) hits all candidates alike. Speedups are taken *within* a round (baseline time / candidate
-time) and summarised across rounds by their median: ratios stay meaningful even when absolute times drift.
+time) and summarised across rounds by their median, IQR and a distribution-free interval of the median
+(`capbench.speed.stats`): ratios stay meaningful even when absolute times drift. Rounds go on until every
+ratio's spread (IQR / median) is at most `Rounds.target_spread`, or a cap (rounds or seconds) is reached,
+never fewer than `Rounds.min_repeats`; why they stopped is part of the result.
 The clock is a plain callable returning seconds; tests pass a fake one, so the arithmetic is checked without
 the wall clock.
 """
@@ -12,44 +15,21 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
+from capbench.speed.stats import CONFIDENCE, quantile, relative_spread, summarize
+
 Clock = Callable[[], float]
 
+__all__ = ["DEFAULT_ROUNDS", "Clock", "Rounds", "quantile", "summarize", "time_interleaved"]
 
-def quantile(sorted_values: Sequence[float], p: float) -> float:
-    """Quantile with linear interpolation between order statistics (numpy's default method)."""
-    if not sorted_values:
-        raise ValueError("quantile of an empty sample")
-    pos = p * (len(sorted_values) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    frac = pos - lo
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
-
-
-def summarize(samples: Sequence[float]) -> dict:
-    """Median, spread (IQR and MAD), min, max and mean of a sample."""
-    values = sorted(float(v) for v in samples)
-    if not values:
-        raise ValueError("no samples to summarize")
-    median = quantile(values, 0.5)
-    q1, q3 = quantile(values, 0.25), quantile(values, 0.75)
-    mad = quantile(sorted(abs(v - median) for v in values), 0.5)
-    return {
-        "n": len(values),
-        "median": median,
-        "q1": q1,
-        "q3": q3,
-        "iqr": q3 - q1,
-        "mad": mad,
-        "min": values[0],
-        "max": values[-1],
-        "mean": sum(values) / len(values),
-    }
+# Why rounds stopped (the result's stop["reason"]).
+STOP_SPREAD = "spread"  # every watched ratio's IQR / median reached the target
+STOP_ROUNDS = "max_rounds"
+STOP_SECONDS = "max_seconds"
 
 
 def _calibrate(fn: Callable[[], object], clock: Clock, min_time: float) -> int:
@@ -64,19 +44,47 @@ def _calibrate(fn: Callable[[], object], clock: Clock, min_time: float) -> int:
 
 @dataclass(frozen=True)
 class Rounds:
-    """How a set of candidates is timed: `repeats` interleaved rounds after `warmup` calls each; with a
-    `budget` (seconds of timing) rounds stop early once it is spent and `min_repeats` rounds are done;
-    calibrated candidates run often enough per measurement to last `min_time`."""
+    """How a set of candidates is timed: `warmup` calls each, then interleaved rounds until the stopping rule.
+
+    - at least `min_repeats` rounds (capped by `repeats`) and `min_seconds` of rounds, at most `repeats`
+      rounds once `min_seconds` are spent (the time floor comes first: a short window samples one moment of
+      a drifting machine however tight its spread);
+    - in between, stop as soon as every watched speedup ratio has IQR / median <= `target_spread` (None:
+      no spread rule), or once `budget` seconds of rounds are spent (None: no time cap);
+    - calibrated candidates run often enough per measurement to last `min_time` seconds;
+    - statistics carry the `confidence` interval of each median (`capbench.speed.stats.median_ci`).
+    """
 
     repeats: int = 7
     warmup: int = 1
     budget: float | None = None
     min_repeats: int = 3
     min_time: float = 2e-3
+    target_spread: float | None = None
+    confidence: float = CONFIDENCE
+    min_seconds: float = 0.0
 
     def __post_init__(self):
         if self.repeats < 1:
             raise ValueError("repeats must be at least 1")
+        if self.min_repeats < 1:
+            raise ValueError("min_repeats must be at least 1")
+        if self.warmup < 0:
+            raise ValueError("warmup must be at least 0")
+        if self.target_spread is not None and self.target_spread <= 0:
+            raise ValueError("target_spread must be positive (or None)")
+
+    def settings(self) -> dict:
+        """The stopping rule as recorded beside a measurement."""
+        return {
+            "warmup": self.warmup,
+            "min_rounds": min(self.min_repeats, self.repeats),
+            "max_rounds": self.repeats,
+            "max_seconds": self.budget,
+            "min_seconds": self.min_seconds,
+            "target_spread": self.target_spread,
+            "confidence": self.confidence,
+        }
 
 
 DEFAULT_ROUNDS = Rounds()
@@ -99,19 +107,35 @@ def _call_counts(fns: Mapping[str, Callable[[], object]], rounds: Rounds, number
     return numbers
 
 
+def _ratios(samples: dict[str, list[float]], baseline: str, name: str) -> list[float]:
+    return [b / t if t > 0 else math.inf for b, t in zip(samples[baseline], samples[name], strict=True)]
+
+
+def _spread(samples: dict[str, list[float]], baseline: str, watch: list[str]) -> float:
+    """The largest IQR / median over the watched candidates' per-round speedup ratios (0 when none)."""
+    return max((relative_spread(_ratios(samples, baseline, name)) for name in watch), default=0.0)
+
+
 def _run_rounds(
-    fns: Mapping[str, Callable[[], object]], numbers: dict[str, int], rounds: Rounds, clock: Clock
-) -> tuple[int, dict[str, list[float]]]:
-    """(rounds done, seconds per call of each callable per round), the order rotating by one each round."""
+    fns: Mapping[str, Callable[[], object]],
+    numbers: dict[str, int],
+    rounds: Rounds,
+    clock: Clock,
+    baseline: str,
+    watch: list[str],
+) -> tuple[int, dict[str, list[float]], dict]:
+    """(rounds done, seconds per call of each callable per round, why rounds stopped), the order rotating by
+    one each round."""
     names = list(fns)
     samples: dict[str, list[float]] = {name: [] for name in names}
     gc_was_enabled = gc.isenabled()  # no gc.collect(): it costs ~0.2 s with transformers imported
     gc.disable()
-    done = 0
+    done, reason, spread = 0, STOP_ROUNDS, None
+    minimum = min(rounds.min_repeats, rounds.repeats)
+    start = clock()
     try:
-        start = clock()
-        for r in range(rounds.repeats):
-            k = r % len(names)
+        while True:
+            k = done % len(names)
             for name in names[k:] + names[:k]:
                 fn, n = fns[name], numbers[name]
                 t0 = clock()
@@ -119,12 +143,26 @@ def _run_rounds(
                     fn()
                 samples[name].append((clock() - t0) / n)
             done += 1
-            if rounds.budget is not None and done >= rounds.min_repeats and clock() - start > rounds.budget:
+            elapsed = clock() - start
+            if rounds.budget is not None and elapsed > rounds.budget and done >= minimum:
+                reason = STOP_SECONDS
+                break
+            if done < minimum or elapsed < rounds.min_seconds:
+                continue
+            if rounds.target_spread is not None:
+                spread = _spread(samples, baseline, watch)
+                if spread <= rounds.target_spread:
+                    reason = STOP_SPREAD
+                    break
+            if done >= rounds.repeats:
+                reason = STOP_ROUNDS
                 break
     finally:
         if gc_was_enabled:
             gc.enable()
-    return done, samples
+    if spread is None and watch and done > 0:
+        spread = _spread(samples, baseline, watch)
+    return done, samples, {"reason": reason, "spread": spread, "seconds": clock() - start}
 
 
 def time_interleaved(
@@ -135,16 +173,20 @@ def time_interleaved(
     number: int | Mapping[str, int] | None = None,
     clock: Clock = time.perf_counter,
     keep_samples: bool = False,
+    watch: list[str] | None = None,
 ) -> dict:
     """Time each callable in `fns` over interleaved `rounds`.
 
     Per round every callable runs `number` times back to back (the per-call time is the elapsed time divided
     by `number`); the order rotates by one position each round. `number=None` picks it per callable from the
-    first warm-up call so a measurement lasts at least `rounds.min_time`.
+    first warm-up call so a measurement lasts at least `rounds.min_time`. `watch` names the candidates whose
+    speedup spread the stopping rule reads (default: all but the baseline).
 
-    Returns ``{"rounds", "threads", "number", "times": {name: stats}, "speedup": {name: stats}}``, where
-    times are seconds per call and `speedup` holds, for every callable, the statistics over rounds of
-    ``time[baseline] / time[name]`` (greater than 1 means faster than the baseline).
+    Returns ``{"rounds", "threads", "number", "baseline", "stop", "times": {name: stats},
+    "speedup": {name: stats}}``: times are seconds per call; `speedup` holds, for every callable, the
+    statistics (`capbench.speed.stats.summarize`, with the interval of the median) over rounds of
+    ``time[baseline] / time[name]`` (greater than 1 means faster than the baseline); `stop` is
+    ``{"reason": "spread" | "max_rounds" | "max_seconds", "spread": largest IQR/median, "seconds"}``.
     """
     names = list(fns)
     if not names:
@@ -152,19 +194,17 @@ def time_interleaved(
     baseline = names[0] if baseline is None else baseline
     if baseline not in fns:
         raise ValueError(f"baseline {baseline!r} is not one of {names}")
+    watch = [n for n in names if n != baseline] if watch is None else list(watch)
     numbers = _call_counts(fns, rounds, number, clock)
-    done, samples = _run_rounds(fns, numbers, rounds, clock)
-    base = samples[baseline]
+    done, samples, stop = _run_rounds(fns, numbers, rounds, clock, baseline, watch)
     result = {
         "rounds": done,
         "threads": torch.get_num_threads(),
         "number": numbers,
         "baseline": baseline,
-        "times": {name: summarize(samples[name]) for name in names},
-        "speedup": {
-            name: summarize([b / t if t > 0 else math.inf for b, t in zip(base, samples[name], strict=True)])
-            for name in names
-        },
+        "stop": stop,
+        "times": {name: summarize(samples[name], rounds.confidence) for name in names},
+        "speedup": {name: summarize(_ratios(samples, baseline, name), rounds.confidence) for name in names},
     }
     if keep_samples:
         result["samples"] = samples
