@@ -12,6 +12,7 @@ from capbench.speed.options import BenchOptions
 from capbench.speed.report import render_layer_table, render_model_table
 from capbench.speed.timing import Rounds
 from capbench.testing import random_batch, tiny_bert
+from tests.speed_fakes import prune
 
 FAST = BenchOptions(
     repeats=1,
@@ -22,14 +23,6 @@ FAST = BenchOptions(
     threads=1,
     model_min_seconds=0,
 )
-
-
-def _prune_unstructured(model, sparsity=0.9, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, m in iter_encoder_linears(model):
-            m.weight[torch.rand(m.weight.shape, generator=g) < sparsity] = 0
-    return model
 
 
 def _prune_structured(model):
@@ -78,7 +71,7 @@ def test_compaction_rounds_width_and_survives_all_heads_dead():
 
 @pytest.mark.parametrize("fmt", ["csr", "bsr4", "compact"])
 def test_realised_model_gives_same_logits(fmt):
-    model = _prune_unstructured(tiny_bert(), 0.9)
+    model = prune(tiny_bert(), 0.9)
     if fmt == "compact":
         model = _prune_structured(model)
     batch = random_batch(model)
@@ -112,7 +105,7 @@ def test_time_models_and_breakdown():
 
 def test_bench_model_unstructured_record_is_json():
     dense = tiny_bert()
-    pruned = _prune_unstructured(tiny_bert(), 0.9)
+    pruned = prune(tiny_bert(), 0.9)
     speed = bench_model(pruned, dense, replace(FAST, min_sparsity=0.0))
     text = json.dumps(speed, allow_nan=False)
     assert json.loads(text) == speed

@@ -5,26 +5,7 @@ import torch
 from capbench.speed.formats import KernelFormat
 from capbench.speed.kernels import parse_token_count, time_formats, token_count_label
 from capbench.speed.timing import Rounds, quantile, summarize, time_interleaved
-
-
-class FakeClock:
-    """A clock that only moves when the timed functions say so: checks arithmetic, never wall time."""
-
-    def __init__(self):
-        self.t = 0.0
-        self.calls = []
-
-    def __call__(self):
-        return self.t
-
-    def costing(self, name, costs):
-        costs = list(costs)
-
-        def fn():
-            self.calls.append(name)
-            self.t += costs.pop(0) if len(costs) > 1 else costs[0]
-
-        return fn
+from tests.speed_fakes import FakeClock
 
 
 def test_summarize_matches_numpy():

@@ -148,19 +148,30 @@ def _finite(value) -> float | None:
     return None if math.isnan(number) else number
 
 
+def _shape_numbers(speedup, ci, iqr, rounds, ceiling, attainable, of_attainable) -> dict:
+    return {
+        "speedup": _finite(speedup),
+        "ci": [_finite(v) for v in ci] if isinstance(ci, list) and len(ci) == 2 else None,
+        "iqr": _finite(iqr),
+        "rounds": rounds,
+        "ceiling": _finite(ceiling),
+        "attainable": _finite(attainable),
+        "of_attainable": _finite(of_attainable),
+    }
+
+
 def _speed_shape(row: Mapping) -> dict:
     """One whole-model shape's numbers from its `speed["model"]` row (schema 1 rows lack the new ones)."""
     pruned = (row.get("models") or {}).get("pruned") or {}
-    ci = pruned.get("speedup_ci")
-    return {
-        "speedup": _finite(pruned.get("speedup")),
-        "ci": [_finite(v) for v in ci] if isinstance(ci, list) and len(ci) == 2 else None,
-        "iqr": _finite(pruned.get("speedup_iqr")),
-        "rounds": row.get("rounds"),
-        "ceiling": _finite(row.get("ceiling")),
-        "attainable": _finite(row.get("attainable_speedup")),
-        "of_attainable": _finite(row.get("fraction_of_attainable")),
-    }
+    return _shape_numbers(
+        pruned.get("speedup"),
+        pruned.get("speedup_ci"),
+        pruned.get("speedup_iqr"),
+        row.get("rounds"),
+        row.get("ceiling"),
+        row.get("attainable_speedup"),
+        row.get("fraction_of_attainable"),
+    )
 
 
 def _speed_shapes(speed: Mapping, summary: Mapping) -> dict[str, dict]:
@@ -173,16 +184,15 @@ def _speed_shapes(speed: Mapping, summary: Mapping) -> dict[str, dict]:
     label = str(summary.get("token_count", ""))
     batch = label.split("x", 1)[0] if "x" in label else None
     if batch and batch not in out and summary.get("measured_speedup") is not None:
-        ci = summary.get("measured_speedup_ci")
-        out[batch] = {
-            "speedup": _finite(summary.get("measured_speedup")),
-            "ci": [_finite(v) for v in ci] if isinstance(ci, list) and len(ci) == 2 else None,
-            "iqr": _finite(summary.get("measured_speedup_iqr")),
-            "rounds": summary.get("rounds"),
-            "ceiling": _finite(summary.get("ceiling")),
-            "attainable": _finite(summary.get("attainable_speedup")),
-            "of_attainable": _finite(summary.get("fraction_of_attainable")),
-        }
+        out[batch] = _shape_numbers(
+            summary.get("measured_speedup"),
+            summary.get("measured_speedup_ci"),
+            summary.get("measured_speedup_iqr"),
+            summary.get("rounds"),
+            summary.get("ceiling"),
+            summary.get("attainable_speedup"),
+            summary.get("fraction_of_attainable"),
+        )
     return out
 
 
