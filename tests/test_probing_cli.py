@@ -115,3 +115,32 @@ def test_reference_auto_comes_from_the_run_record_or_is_none(tmp_path):
             if isinstance(module, torch.nn.Linear):
                 module.weight[module.weight.abs() < module.weight.abs().median()] = 0
     assert looks_pruned(model)
+
+
+def test_a_run_model_is_probed_without_its_own_task(tmp_path, tiny_glue):
+    from capbench.probing.corpus import source_sentences
+
+    model_dir = save_tiny_model_dir(tmp_path / "run" / "models" / "rte-magnitude-0.9-s0", seed=0)
+    (tmp_path / "run" / "records").mkdir()
+    record = {"spec": {"model": str(model_dir), "task": "rte"}, "status": "done"}
+    (tmp_path / "run" / "records" / "rte-magnitude-0.9-s0.json").write_text(json.dumps(record))
+    out = tmp_path / "probe.json"
+    argv = ["probe", "--model", str(model_dir), "--reference", "none", "--data-dir", str(tiny_glue)]
+    argv += ["--probes", "bigram_shift", "--transfer", "rte,sst2", "--sizes", "30,15,15"]
+    argv += [
+        "--transfer-sizes",
+        "20,10,16",
+        "--seeds",
+        "0",
+        "--pooling",
+        "mean",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    argv += ["--cache-dir", str(tmp_path / "cache")]
+    args = parse(argv)
+    assert args.handler(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result["tasks"]) == {"bigram_shift", "sst2"}  # no transfer probe on the fine-tuned task
+    assert result["protocol"]["corpus"]["n_sentences"] == len(source_sentences(tiny_glue, ["sst2"]))

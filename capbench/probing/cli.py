@@ -110,13 +110,25 @@ def _sizes(text: str, flag: str) -> dict[str, int]:
     return dict(zip(("train", "dev", "test"), values, strict=True))
 
 
-def _record_model(model_dir: Path) -> str | None:
-    """spec.model of the record `capbench run` wrote beside a saved model (<out>/models/<cell> -> records/<cell>.json)."""
+def _record_spec(model_dir: Path, key: str) -> str | None:
+    """spec[key] of the record `capbench run` wrote beside a saved model (<out>/models/<cell> ->
+    records/<cell>.json), or None."""
     record = model_dir.parent.parent / "records" / f"{model_dir.name}.json"
     try:
-        return json.loads(record.read_text())["spec"]["model"]
+        return json.loads(record.read_text())["spec"][key]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _record_model(model_dir: Path) -> str | None:
+    """spec.model of the record `capbench run` wrote beside a saved model."""
+    return _record_spec(model_dir, "model")
+
+
+def fine_tuned_task(model: str) -> str | None:
+    """The task a model saved by `capbench run` was fine-tuned on (its record's spec.task), else None."""
+    local = Path(model).expanduser()
+    return _record_spec(local.resolve(), "task") if local.is_dir() else None
 
 
 def looks_pruned(model) -> bool:
@@ -167,12 +179,15 @@ def choose_reference(args, model) -> str | None:
     return None
 
 
-def _probes(args) -> list[str]:
+def _probes(args, task: str | None = None) -> list[str]:
+    """The probes of the command line; without a transfer probe on `task` (the model's own fine-tuning
+    task), as `capbench run --probes` does."""
     from capbench.probing.options import probe_names, split_probe_names
+    from capbench.tasks import get_task
 
-    probes = probe_names(_names(args.probes), _names(args.transfer))
-    split_probe_names(probes)  # unknown names fail here, before any model is loaded
-    return probes
+    generated, transfer = split_probe_names(probe_names(_names(args.probes), _names(args.transfer)))
+    own = get_task(task).config if task else None
+    return probe_names(generated, [t for t in transfer if t != own])
 
 
 def _corpus_inputs(args) -> tuple[str | None, str | None]:
@@ -192,8 +207,9 @@ def _corpus_inputs(args) -> tuple[str | None, str | None]:
     return corpus, data_dir
 
 
-def _options(args):
-    """The probing protocol of the command line (`ProbeOptions`)."""
+def _options(args, task: str | None = None, data_dir=None):
+    """The probing protocol of the command line (`ProbeOptions`); a GLUE corpus leaves out `task`'s
+    sentences unless --corpus-configs names the configs."""
     from capbench.probing.options import ProbeOptions
 
     poolings = _names(args.pooling)
@@ -208,10 +224,19 @@ def _options(args):
         data_seed=args.data_seed,
         n_words=args.words,
         control=args.control,
-        corpus_configs=_names(args.corpus_configs) or None,
+        corpus_configs=_names(args.corpus_configs) or _corpus_configs(task, data_dir),
         max_length=args.max_length,
         batch_size=args.batch_size,
     )
+
+
+def _corpus_configs(task: str | None, data_dir) -> list[str] | None:
+    if task is None or data_dir is None:
+        return None
+    from capbench.data.sources import detect_source
+    from capbench.probing.runner_hook import corpus_configs
+
+    return corpus_configs(detect_source(data_dir), task)
 
 
 def _write_outputs(args, result: dict, reference_result: dict | None) -> None:
@@ -237,9 +262,10 @@ def cmd_probe(args) -> int:
     from capbench.probing.run import load_model, probe_model
 
     started = time.perf_counter()
-    probes = _probes(args)
-    options = _options(args)
+    task = fine_tuned_task(args.model)
+    probes = _probes(args, task)
     corpus, data_dir = _corpus_inputs(args)
+    options = _options(args, task, data_dir if corpus is None else None)
     if args.floors and (args.reference or "").strip().lower() == "none":
         raise CapbenchError("--floors needs a reference model: give --reference MODEL, not none")
     log = None if args.quiet else (lambda message: print(f"[probe] {message}", file=sys.stderr, flush=True))
