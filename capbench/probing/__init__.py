@@ -7,7 +7,9 @@
 - `probe`: standardised logistic regression, C chosen on dev, mean +- std over seeds;
 - `options`: `ProbeOptions` (the protocol) and probe names;
 - `run`: `load_model` (the core loader) and `probe_model`;
-- `retention`: per-task summaries and retention against a reference;
+- `retention`: per-task summaries and retention against a reference: (acc - acc0) / (acc_ref - acc0) at the
+  reference's best encoder layer, acc0 its embeddings-only accuracy; probes under the margin left out;
+- `floors`: the random-weights and zeroed-encoder models every probe must score near 0;
 - `report`, `plots`: `format_layer_table`, `render_probe_table`, `plot_layer_curves`;
 - `runner_hook`: the `probes` measurement of `capbench run --probes` (registered in capbench.measure);
 - `cli`: `capbench probe`.
