@@ -70,11 +70,9 @@ def register_measurement(
 
 def _wanted_probes(spec) -> list[str]:
     """The result names the cell's probes give, in the spec's order."""
-    from capbench.probing.options import split_probe_names
-    from capbench.probing.runner_hook import cell_probes
+    from capbench.probing.runner_hook import cell_probes, result_names
 
-    generated, transfer = split_probe_names(cell_probes(spec))
-    return [*generated, *transfer]
+    return result_names(cell_probes(spec))
 
 
 def needs_probes(spec, record: dict) -> bool:

@@ -43,7 +43,7 @@ def test_default_probe_set_expands_and_a_cell_never_probes_its_own_task():
     generated, transfer = split_probe_names(["default"])
     assert generated == ["bigram_shift"] and transfer == ["qnli", "qqp"]
     probes = cell_probes(SimpleNamespace(probes=DEFAULT_PROBES, task="qqp"))
-    assert result_names(probes) == {"bigram_shift", "qnli"}
+    assert result_names(probes) == ["bigram_shift", "qnli"]
     with pytest.raises(CapbenchError, match="or 'default'"):
         split_probe_names(["defaults"])
 

@@ -78,10 +78,11 @@ def cell_probes(spec) -> list[str]:
     return probe_names(generated, [t for t in transfer if t != own])
 
 
-def result_names(probes) -> set[str]:
-    """The task names a probe result holds for these probe names (`transfer:sst2` is stored as `sst2`)."""
+def result_names(probes) -> list[str]:
+    """The task names a probe result holds for these probe names, in order (`transfer:sst2` is stored as
+    `sst2`)."""
     generated, transfer = split_probe_names(probes)
-    return {*generated, *transfer}
+    return [*generated, *transfer]
 
 
 def _model_identity(spec) -> dict:

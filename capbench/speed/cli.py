@@ -221,6 +221,7 @@ _AT_LEAST = (
     ("min_rounds", "--min-rounds", 1),
     ("repeats", "--max-rounds", 1),
     ("sentences", "--sentences", 1),
+    ("model_min_seconds", "--model-min-seconds", 0),
 )
 _POSITIVE = (
     ("target_spread", "--target-spread"),
@@ -232,9 +233,6 @@ _POSITIVE = (
 def check_args(args) -> None:
     """Every flag in its domain and the flags that need each other together; CapbenchError (one line,
     naming the flag and the fix) otherwise."""
-    floor = getattr(args, "model_min_seconds", 0.0)
-    if floor is not None and floor < 0:
-        raise CapbenchError(f"--model-min-seconds {floor}: must be at least 0, e.g. --model-min-seconds 10")
     for dest, flag, low in _AT_LEAST:
         value = getattr(args, dest, None)
         if value is not None and value < low:
