@@ -140,10 +140,14 @@ def cmd_ls(args) -> int:
                     line += f"  [{preset.name}: {found.describe() if found else 'not measured'}]"
             print(line)
     elif args.what == "methods":
-        from capbench.methods import all_methods
+        from capbench.methods import all_methods, criterion_of
+        from capbench.pruning.pruners import get_method, regime
 
         for name, description in sorted(all_methods().items()):
-            print(f"{name:16s} {description}")
+            method = get_method(criterion_of(name))
+            where = regime(method.name, method.defaults)  # the regime its defaults run in
+            source = f"; source: {method.source}" if method.source and not name.startswith("cap_") else ""
+            print(f"{name:16s} [{where}] {description}{source}")
     else:
         from capbench.presets import PRESETS
 

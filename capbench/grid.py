@@ -84,17 +84,18 @@ def check_probe_sizes(text: str) -> None:
 
 
 def expand_grid(
-    base: dict, data: dict, methods, sparsities, seeds, method_specs, cell_options=None
+    base: dict, data: dict, methods, sparsities, seeds, method_specs, cell_options=None, controls=()
 ) -> list[CellSpec]:
     """`data` maps each task to its data identity; `method_specs[name]` gives (method_options, kd, cap)
     for each method; `base` holds the shared fields. `cell_options(task, method, sparsity, options)`, if
-    given, returns a cell's method options (a preset's per-task values, ``Preset.cell_options``)."""
+    given, returns a cell's method options (a preset's per-task values, ``Preset.cell_options``).
+    ``controls``: (method, (method_options, kd, cap)) pairs added after the methods at every (task, seed,
+    sparsity), e.g. ``methods.regime_controls``."""
     cells = []
     for task, identity in data.items():
         for seed in seeds:
             cells.append(CellSpec(task=task, method=DENSE, sparsity=0.0, seed=seed, data=identity, **base))
-            for method in methods:
-                options, kd, cap = method_specs[method]
+            for method, (options, kd, cap) in [*((m, method_specs[m]) for m in methods), *controls]:
                 for sparsity in sparsities:
                     cells.append(
                         CellSpec(

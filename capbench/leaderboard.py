@@ -33,7 +33,25 @@ def row_label(spec: dict) -> str:
 
         variant = cap_variant(spec)
         return spec["method"] + (f" [{variant}]" if variant else "")
-    return spec["method"] + (" +KD" if spec.get("kd") else "")
+    return spec["method"] + (" +KD" if spec.get("kd") else "") + regime_suffix(spec)
+
+
+def regime_suffix(spec: dict) -> str:
+    """' [one-shot on fine-tuned]' (with its fine-tuning budget when not the preset's) for a one-shot cell;
+    '' for a method pruned gradually during fine-tuning: rows of different regimes never share a label."""
+    from capbench.methods import criterion_of
+    from capbench.pruning.pruners import PRUNING_METHODS, method_defaults, regime
+
+    criterion = criterion_of(spec["method"])
+    if criterion not in PRUNING_METHODS:
+        return ""
+    options = {**method_defaults(criterion), **(spec.get("method_options") or {})}
+    name = regime(criterion, options)
+    if name == "gradual":
+        return ""
+    steps = options.get("finetune_steps")
+    budget = "" if steps is None else (", no fine-tuning" if steps == 0 else f", {steps} fine-tuning steps")
+    return f" [{name}{budget}]"
 
 
 def sparsity_key(value: float) -> str:

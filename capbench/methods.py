@@ -127,7 +127,28 @@ def grid_method_specs(
     specs = {method: method_spec(method, overrides, kd, cap_overrides) for method in methods}
     for method, (options, _, _) in specs.items():
         pruners.check_initial_sparsity(method, options, sparsities, overrides, flag="--method-option")
+        pruners.check_pattern(method, options, sparsities, overrides, flag="--method-option")
     return specs
+
+
+CONTROL = "magnitude"
+
+
+def regime_controls(specs: dict, kd: bool) -> list[tuple[str, tuple[dict, dict | None, dict | None]]]:
+    """The control rows a grid gets for its one-shot-on-fine-tuned cells (issue "Today's baselines"): one-shot
+    magnitude (per matrix) on the same fine-tuned teacher with the same fine-tuning budget and KD, one per
+    distinct ``finetune_steps`` among those cells.  Returns (grid method, (options, kd, cap)) pairs."""
+    pruners = _pruners()
+    budgets = []
+    for method, (options, _, _) in specs.items():
+        full = {**pruners.method_defaults(criterion_of(method)), **options}
+        if pruners.start_of(full) == pruners.FINETUNED and full.get("finetune_steps") not in budgets:
+            budgets.append(full.get("finetune_steps"))
+    controls = []
+    for steps in budgets:
+        overrides = {"oneshot": True, "start": pruners.FINETUNED, "finetune_steps": steps}
+        controls.append((CONTROL, method_spec(CONTROL, overrides, kd, {})))
+    return controls
 
 
 def cap_variant(spec: dict) -> str:

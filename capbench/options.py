@@ -39,6 +39,8 @@ def parse_key_values(pairs: list[str] | None, flag: str) -> dict[str, str]:
 
 def coerce(value: Any, kind: str) -> Any:
     """A KEY=VALUE value (text, or already a Python value from YAML or the API) as an option of ``kind``."""
+    if isinstance(value, str) and kind in ("choice", "str"):  # text as typed: YAML 1.1 reads 2:4 as 124
+        return value.strip() or None
     if isinstance(value, str):
         value = yaml.safe_load(value) if value.strip() else None
     if kind == "bool":
@@ -113,7 +115,7 @@ class OptionRule:
             return f"one of {', '.join(self.choices)}"
         if self.kind == "steps":
             return "a fraction of training in [0, 1) or a whole number of steps, e.g. 0.1"
-        noun = "a whole number" if self.kind == "int" else "a finite number"
+        noun = "a whole number" if self.kind in ("int", "optional_int") else "a finite number"
         if self.low is not None and self.high is not None:
             left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
             return f"{noun} in {left}{_number(self.low)}, {_number(self.high)}{right}"
@@ -122,6 +124,8 @@ class OptionRule:
         return noun
 
     def accepts(self, value) -> bool:
+        if self.kind == "optional_int" and value is None:
+            return True
         if self.kind == "bool":
             return isinstance(value, bool)
         if self.kind == "choice":
@@ -130,7 +134,7 @@ class OptionRule:
             return False
         if self.kind == "steps":
             return value >= 0 and (value < 1 or float(value).is_integer())
-        if self.kind == "int" and not float(value).is_integer():
+        if self.kind in ("int", "optional_int") and not float(value).is_integer():
             return False
         if self.low is not None and (value <= self.low if self.open_low else value < self.low):
             return False

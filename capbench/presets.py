@@ -205,6 +205,22 @@ PAPER_METHOD_OPTIONS = (
 )
 
 
+# oBERT on a 2-core CPU (docs/methods.md "oBERT at CPU size"): the recipe's 1,024 gradients and Fisher blocks
+# of 50 cost about an hour more per MNLI cell and, for bert-base, 17 GB of blocks; these keep the method (a
+# block empirical Fisher, OBS scores and updates, 7 pruning steps) at 64 gradients of 16 rows and blocks of 16
+# weights: 0.68 GB of blocks for MiniLM's 10.6M pruned weights.
+OBERT_CPU = MethodOptions(
+    ("obert",),
+    {"num_grads": 64, "fisher_block_size": 16},
+    "CPU-sized oBERT: docs/methods.md; the paper preset keeps the recipe's 1024 gradients and blocks of 50",
+)
+OBERT_SMOKE = MethodOptions(
+    ("obert",),
+    {"num_grads": 8, "fisher_block_size": 8, "pruning_steps": 2},
+    "plumbing only: a few gradients and two pruning steps",
+)
+
+
 def _cpu_steps(steps: int) -> TrainConfig:
     """The CPU recipe of `default` and `ci`: ``steps`` length-grouped AdamW steps of 32 at lr 1e-4, 10%
     warm-up, evaluation batches of 128."""
@@ -233,6 +249,7 @@ PRESETS = {
         # 3e-4: with tens of steps, MiniLM's fresh classifier head barely moves at 1e-4 (sst2, 256 rows, 32
         # steps: 59.5% at 1e-4 vs 77.0% at 3e-4, measured 2026-11-22).
         train=TrainConfig(epochs=1.0, batch_size=16, learning_rate=3e-4, warmup_ratio=0.1),
+        method_options=(OBERT_SMOKE,),
         no_signal=True,
     ),
     "default": Preset(
@@ -249,6 +266,7 @@ PRESETS = {
         # at lr 1e-4 and reaches SST-2 87.2 at 400 (../shared/notes/cpu-training-facts.md); 800 steps leave a
         # margin for the pruned cells, whose pruning ramp takes the first part of the run.
         train=_cpu_steps(800),
+        method_options=(OBERT_CPU,),
         signals=(
             TaskSignal(
                 "sst2",
@@ -283,6 +301,7 @@ PRESETS = {
         # SST-2 dense, seed 0 (2026-11-30): 84.9 after 200 steps at lr 2e-4, 85.7 after 250 at 2e-4, 86.6 after
         # 300 at 1e-4 (magnitude 0.9 with KD: 77.5): 300 at 1e-4 keeps a margin above the bar of 85.
         train=_cpu_steps(300),
+        method_options=(OBERT_CPU,),
         signals=(
             TaskSignal(
                 "sst2",

@@ -72,6 +72,9 @@ class Record:
     teacher: dict | None = None
     method_config: dict | None = None
     cap: dict | None = None
+    # One-shot cells: {start, regime, prune_seconds, calibration, after_pruning {metrics, main_metric},
+    # finetune_steps}: the accuracy right after pruning, before any fine-tuning.
+    oneshot: dict | None = None
     train: dict | None = None
     timings: dict | None = None
     # failed

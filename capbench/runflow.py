@@ -14,7 +14,7 @@ from capbench.data.sources import detect_source
 from capbench.errors import CapbenchError
 from capbench.grid import check_probe_sizes, expand_grid, parse_seeds, parse_shard, parse_sparsities, shard
 from capbench.layout import max_positions
-from capbench.methods import check_methods, grid_method_specs
+from capbench.methods import check_methods, grid_method_specs, regime_controls
 from capbench.model_identity import model_identity
 from capbench.models import load_config, resolve_model_path
 from capbench.options import parse_key_values
@@ -98,6 +98,7 @@ def cells_from_args(args):
         cell_options=lambda task, method, sparsity, options: preset.cell_options(
             task, method, sparsity, options, method_options
         ),
+        controls=regime_controls(specs, args.kd == "on"),
     )
     if shard_slice is not None:
         cells = shard(cells, *shard_slice)

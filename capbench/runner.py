@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +216,78 @@ def prune_and_train(spec: CellSpec, ctx: RunContext, data: TaskData, teacher, te
     return model, stats, pruner, sections
 
 
+def uses_oneshot_path(spec: CellSpec) -> bool:
+    """A calibrated one-shot method (Wanda, SparseGPT), or any one-shot method started from the fine-tuned
+    model: pruned once, evaluated, then fine-tuned (``prune_oneshot_and_finetune``)."""
+    from capbench.methods import criterion_of
+    from capbench.pruning.pruners import FINETUNED, get_method, start_of
+
+    pruner = get_method(criterion_of(spec.method)).pruner
+    return bool(getattr(pruner, "post_training", False)) or start_of(spec.method_options) == FINETUNED
+
+
+def prune_oneshot_and_finetune(
+    spec: CellSpec, ctx: RunContext, data: TaskData, teacher, teacher_dir
+) -> tuple:
+    """A one-shot cell: the starting model (the dense fine-tuned teacher with ``start=finetuned``, else the
+    pre-trained model) pruned once, from calibration rows where the method needs them (a seeded sample of
+    the train split: ``calibration_size`` rows, the cell's seed), evaluated right after pruning, then
+    fine-tuned with the cell's loss (KD, or CAP) for ``finetune_steps`` (None: the preset's steps; 0: none)
+    with the masks fixed.  Returns what ``prune_and_train`` does, with a ``oneshot`` record section."""
+    from capbench.pruning.calibration import calibration_batches
+    from capbench.pruning.pruners import FINETUNED, regime, start_of
+
+    start = start_of(spec.method_options)
+    if start == FINETUNED:
+        model = load_classifier(str(teacher_dir), data.task.num_labels)  # a copy: the teacher stays for KD
+    else:
+        model = load_pretrained(spec, data.task)
+    logits = TeacherLogits(teacher, teacher_dir)
+    loss_fn = build_loss_locked(spec, model, teacher, data, ctx, logits)
+    pruner = build_pruner(spec)
+    cfg, loader = _train_loader(spec, data)
+    chosen = pruner.options.get("finetune_steps")
+    steps = cfg.run_steps(len(loader)) if chosen is None else int(chosen)
+    pruner.attach(model, max(1, steps))
+    pruned_at = time.perf_counter()
+    if getattr(pruner, "post_training", False):
+        size = int(pruner.options["calibration_size"])
+        batches = calibration_batches(data.train, data.tokenizer, size, spec.seed, cfg.eval_batch_size)
+        pruner.calibrate(batches)
+        pruner.info["calibration"]["seed"] = spec.seed
+    prune_seconds = time.perf_counter() - pruned_at
+    after = evaluate(model, data, spec)
+    stats = {"steps": 0, "seconds": 0.0}
+    if steps > 0:
+        cfg = replace(cfg, max_steps=steps)
+        with _progress(ctx, steps, f"{spec.method} {spec.sparsity:g} {spec.task} fine-tune") as bar:
+            stats = train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=bar)
+        if distributed.is_main() and (logits.computed or logits.reused):
+            with distributed.cache_lock(ctx.cache_dir, "teacher-logits"):
+                logits.save()
+            stats["teacher_logits"] = logits.report()
+    model = pruner.finalize(model)
+    split, name = data.task.main_eval_split, data.task.main_metric
+    sections = {
+        "method_config": pruner.config(),
+        "oneshot": {
+            "start": start,
+            "regime": regime(pruner.name, pruner.options),
+            "prune_seconds": prune_seconds,
+            "calibration": pruner.info.get("calibration"),
+            "after_pruning": {
+                "metrics": after.metrics,
+                "main_metric": {"name": name, "split": split, "value": after.metrics[split][name]},
+            },
+            "finetune_steps": steps,
+        },
+    }
+    if hasattr(loss_fn, "cost_report"):
+        sections["cap"] = {"config": spec.cap, **loss_fn.cost_report()}
+        loss_fn.close()
+    return model, stats, pruner, sections
+
+
 def main_metric_of(task: TaskSpec, evaluation: Evaluation) -> dict:
     """{name, split, value} of the task's main metric, with `undefined` (the reason) when it has no value."""
     split, name = task.main_eval_split, task.main_metric
@@ -239,7 +311,8 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
     if spec.method == DENSE:
         model, stats = teacher, {"steps": 0, "seconds": teacher_info["train_seconds"]}
     else:
-        model, stats, pruner, more = prune_and_train(spec, ctx, data, teacher, teacher_info["path"])
+        run = prune_oneshot_and_finetune if uses_oneshot_path(spec) else prune_and_train
+        model, stats, pruner, more = run(spec, ctx, data, teacher, teacher_info["path"])
         sections.update(more)
     trained = time.perf_counter()
     evaluation = evaluate(model, data, spec)

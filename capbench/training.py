@@ -297,7 +297,7 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
     # retraining, an importance pass and a pruning step, then a fresh optimizer and schedule.
     plan, steps = _plan(loader, cfg, pruner)
     boundaries = _phase_starts(plan)
-    if pruner is not None:
+    if pruner is not None and pruner.model is not model:  # a one-shot pruner may be attached already
         pruner.attach(model, steps)
     if hasattr(loss_fn, "attach"):
         loss_fn.attach(steps, len(loader))
@@ -314,8 +314,12 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
     while step < steps:
         if step in boundaries:  # iterative: importance pass, prune, fresh optimizer and schedule
             sparsity, length = boundaries[step]
-            importance_pass(model, loader, loss_fn, pruner)
-            pruner.prune_step(step, sparsity)
+            if sparsity > 0:  # a phase at sparsity 0 is dense fine-tuning before the first step (obert)
+                if hasattr(pruner, "collect"):  # the pruner gathers its own statistics (obert's gradients)
+                    pruner.collect(model, loader, loss_fn)
+                else:
+                    importance_pass(model, loader, loss_fn, pruner)
+                pruner.prune_step(step, sparsity)
             optimizer = _optimizer(model, cfg, pruner)
             scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * length), length)
             model.train()

@@ -15,6 +15,8 @@ def train_with(model, pruner, steps):
     loss terms, step, after_step, finalize."""
     model.train()
     pruner.attach(model, steps)
+    if getattr(pruner, "post_training", False):  # one-shot post-training methods: pruned once, then fixed
+        pruner.calibrate([random_batch(model, seed=100 + i) for i in range(2)])
     ids = {id(p) for p in pruner.score_parameters()}
     params = [p for p in model.parameters() if id(p) not in ids]
     opt = torch.optim.AdamW([{"params": params, "lr": 1e-3, "weight_decay": 0.01}, *pruner.param_groups()])
@@ -35,7 +37,8 @@ OVERRIDES = {"first_order": {"num_attention_heads": 8}}
 
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
-@pytest.mark.parametrize("method", list(METHODS))
+# obert plans its own pruning steps inside training.train (tests/test_oneshot_methods.py)
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "obert"])
 def test_smoke_every_method_hits_target(method, sparsity):
     model = tiny_bert(**OVERRIDES.get(method, {}))
     dense = dense_counts(model)
@@ -49,7 +52,9 @@ def test_smoke_every_method_hits_target(method, sparsity):
     config = pruner.config()
     json.dumps(config)
     assert config["method"] == method and config["sparsity"] == sparsity
-    assert config["total_steps"] == 12 and config["warmup_steps"] == 1 and config["cooldown_steps"] == 2
+    assert config["total_steps"] == 12
+    if not getattr(pruner, "post_training", False):  # the cubic schedule's window
+        assert config["warmup_steps"] == 1 and config["cooldown_steps"] == 2
     assert not config.get("forced_to_target_at_finalize")
     with torch.no_grad():
         logits = model(**random_batch(model)).logits

@@ -96,7 +96,7 @@ def summarize(records: list[dict], frame: pd.DataFrame | None = None, run_dirs: 
     tables = {
         t.name: table_json(t, frame)
         for t in TABLES
-        if t.source == "records" and (t.per_task or t.present(frame))
+        if t.source == "records" and t.present(frame)
     }
     configs = {d: c for d, c in zip(frame["config"], frame["configuration"], strict=True)}
     return {

@@ -34,13 +34,21 @@ from capbench.pruning.base import Pruner
 from capbench.pruning.schedule import DEFAULT_COOLDOWN, DEFAULT_WARMUP
 from capbench.registry import Registry
 
-BUILTIN = ("magnitude", "movement", "soft_movement", "first_order", "random")
+BUILTIN = ("magnitude", "movement", "soft_movement", "first_order", "random", "wanda", "sparsegpt", "obert")
 
 # Shared by every method: the sparsity schedule of the movement-pruning README commands (Sanh et al. 2020,
 # huggingface/transformers examples/research_projects/movement-pruning: initial_threshold=1 i.e. no initial
 # sparsity, initial_warmup=1 and final_warmup=2 times warmup_steps=5400 of about 55k steps: 10% warmup, 20%
 # cool-down).
 SCHEDULE = {"warmup": DEFAULT_WARMUP, "cooldown": DEFAULT_COOLDOWN, "initial_sparsity": 0.0}
+
+# Starting points (issue "Today's baselines"): prune during fine-tuning from the pre-trained model, or prune
+# the dense fine-tuned model once and fine-tune it with KD.  Results of the two regimes are never averaged.
+PRETRAINED, FINETUNED = "pretrained", "finetuned"
+STARTS = (PRETRAINED, FINETUNED)
+# Sparsity patterns of the one-shot post-training methods (Wanda main.py ``--sparsity_type``; SparseGPT
+# opt.py ``--prunen --prunem``).
+PATTERNS = ("unstructured", "2:4", "4:8")
 
 # Rules of the options several methods share; a method's own options declare their rules at registration.
 SHARED_RULES: dict[str, OptionRule] = {
@@ -56,6 +64,23 @@ SHARED_RULES: dict[str, OptionRule] = {
     "oneshot": OptionRule("bool", "prune to the target before training, then keep the mask"),
     "score_lr": OptionRule("float", "learning rate of the movement scores", 0, open_low=True),
     "score_init": OptionRule("float", "initial movement score"),
+    "start": OptionRule(
+        "choice",
+        "the starting point: prune during fine-tuning from the pre-trained model (pretrained), or prune the "
+        "dense fine-tuned model (the cached teacher) once, then fine-tune it with KD (finetuned)",
+        choices=STARTS,
+    ),
+    "finetune_steps": OptionRule(
+        "optional_int",
+        "optimizer steps of KD fine-tuning after a one-shot pruning (none: the preset's steps; 0: none)",
+        0,
+    ),
+    "calibration_size": OptionRule("int", "rows of the train split sampled (seeded) for calibration", 1),
+    "pattern": OptionRule(
+        "choice",
+        "unstructured, or N:M (N of every M consecutive weights of a row pruned; the sparsity must be N/M)",
+        choices=PATTERNS,
+    ),
 }
 
 
@@ -71,6 +96,8 @@ class PruningMethod:
     # Options added after cells were published: left out of a cell's spec while at their default (which
     # reproduces the behaviour from before they existed), so those cells keep their digests.
     omit_at_default: tuple[str, ...] = ()
+    # Where the method and its defaults come from (paper and code), shown by `capbench ls methods`.
+    source: str = ""
 
     @property
     def structured(self) -> bool:
@@ -101,6 +128,7 @@ def register_method(
     name: str | None = None,
     replace: bool = False,
     omit_at_default: tuple[str, ...] = (),
+    source: str = "",
 ) -> PruningMethod:
     """Register a pruning method; every default needs a rule (its own in ``rules`` or a SHARED_RULES one).
     ``omit_at_default``: options left out of cell specs while at their default (see ``spec_options``)."""
@@ -116,7 +144,9 @@ def register_method(
     unknown = [key for key in omit_at_default if key not in defaults]
     if unknown:
         raise CapbenchError(f"pruning method {name!r}: omit_at_default names no option {', '.join(unknown)}")
-    method = PruningMethod(name, pruner, description, copy.deepcopy(defaults), rules, tuple(omit_at_default))
+    method = PruningMethod(
+        name, pruner, description, copy.deepcopy(defaults), rules, tuple(omit_at_default), source
+    )
     return PRUNING_METHODS.register(name, method, replace=replace)
 
 
@@ -154,6 +184,25 @@ def spec_options(name: str, options: dict) -> dict:
         for key, value in options.items()
         if not (key in method.omit_at_default and value == method.defaults[key])
     }
+
+
+def start_of(options: dict) -> str:
+    """The starting point of a cell's method options: ``finetuned`` or ``pretrained`` (the default)."""
+    return options.get("start", PRETRAINED)
+
+
+def is_oneshot(name: str, options: dict) -> bool:
+    """True when the method prunes once and then keeps its masks (Wanda, SparseGPT, ``oneshot=true``)."""
+    return bool(getattr(get_method(name).pruner, "post_training", False) or options.get("oneshot", False))
+
+
+def regime(name: str, options: dict) -> str:
+    """The regime a cell's rows are labelled with and never averaged across: ``gradual`` (pruned during
+    fine-tuning from the pre-trained model), ``one-shot`` (pruned once at the pre-trained model, then
+    fine-tuned) or ``one-shot on fine-tuned`` (the dense fine-tuned model pruned once, then KD)."""
+    if start_of(options) == FINETUNED:
+        return "one-shot on fine-tuned"
+    return "one-shot" if is_oneshot(name, options) else "gradual"
 
 
 def coerce_options(name: str, overrides: dict) -> dict:
@@ -213,7 +262,37 @@ def check_options(
         if rule.kind == "int":
             resolved[key] = int(value)
     _check_window(resolved, overrides, flag, label)
+    _check_start(name, resolved, overrides, flag, label)
     return resolved
+
+
+def _check_start(name: str, resolved: dict, overrides: dict, flag: str | None, label: str) -> None:
+    """start=finetuned prunes the fine-tuned model once: the method must be one-shot."""
+    if start_of(resolved) == FINETUNED and not is_oneshot(name, resolved):
+        if "oneshot" in resolved:
+            fix = "add --method-option oneshot=true"
+        else:
+            fix = f"{name} prunes gradually during fine-tuning: use start=pretrained"
+        where = f"{flag} start=finetuned" if flag and "start" in overrides else f"{label}: start=finetuned"
+        raise CapbenchError(f"{where}: {label} is not one-shot here; {fix}")
+
+
+def check_pattern(
+    name: str, options: dict, sparsities, overrides: dict | None = None, flag: str | None = None
+) -> None:
+    """An N:M pattern fixes the sparsity at N/M: every target of the grid must equal it."""
+    pattern = options.get("pattern", "unstructured")
+    if pattern == "unstructured":
+        return
+    n, m = (int(x) for x in pattern.split(":"))
+    wrong = [s for s in sparsities if abs(s - n / m) > 1e-9]
+    if wrong:
+        given = flag and "pattern" in (overrides or {})
+        where = f"{flag} pattern={pattern}" if given else f"{name}: pattern {pattern}"
+        raise CapbenchError(
+            f"{where}: prunes exactly {n / m:g} of the weights, but --sparsity has "
+            f"{', '.join(f'{s:g}' for s in wrong)}; run it with --sparsity {n / m:g}"
+        )
 
 
 def _check_window(resolved: dict, overrides: dict, flag: str | None, label: str) -> None:
@@ -255,8 +334,9 @@ def make_pruner(name: str, sparsity: float, options: dict | None = None) -> Prun
         raise CapbenchError(f"sparsity must be in [0, 1), got {sparsity!r} (0.9 means 90% of weights pruned)")
     given = {k: v for k, v in (options or {}).items() if v is not None}
     resolved = check_options(name, {**method.defaults, **given})
-    if resolved.get("scope") == "auto":
-        resolved["scope"] = "global" if resolved.get("oneshot") or method.structured else "local"
+    if resolved.get("scope") == "auto":  # one-shot on the fine-tuned model: per matrix, as Wanda/SparseGPT
+        oneshot_global = resolved.get("oneshot") and start_of(resolved) != FINETUNED
+        resolved["scope"] = "global" if oneshot_global or method.structured else "local"
     if resolved.get("initial_sparsity", 0.0) > sparsity:
         raise CapbenchError(f"initial_sparsity {resolved['initial_sparsity']} exceeds the target {sparsity}")
     return method.pruner(float(sparsity), resolved)

@@ -54,4 +54,5 @@ register_method(
     DEFAULTS,
     RULES,
     omit_at_default=OMIT_AT_DEFAULT,
+    source="Michel et al. 2019 (arXiv 1905.10650); CAP authors' StructuredPruning (alibaba/AliceMind ContrastivePruning)",
 )

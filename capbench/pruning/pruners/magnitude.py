@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from capbench.pruning.base import UnstructuredPruner
 from capbench.pruning.criteria import MagnitudeCriterion
-from capbench.pruning.pruners import SCHEDULE, register_method
+from capbench.pruning.pruners import PRETRAINED, SCHEDULE, register_method
 
 
 class MagnitudePruner(UnstructuredPruner):
@@ -24,6 +24,10 @@ DEFAULTS = {
     "update_every": 1,
     # oneshot: prune to the target once before training, then a fixed mask.
     "oneshot": False,
+    # start=finetuned with oneshot=true: the dense fine-tuned model pruned once (per matrix, as Wanda and
+    # SparseGPT prune each layer to the target), then KD: the control row of that regime.
+    "start": PRETRAINED,
+    "finetune_steps": None,
 }
 
 register_method(
@@ -31,4 +35,6 @@ register_method(
     "gradual magnitude pruning on the cubic schedule (Zhu & Gupta 2017); oneshot: global "
     "magnitude at the start, then a fixed mask",
     DEFAULTS,
+    omit_at_default=("start", "finetune_steps"),
+    source="Zhu & Gupta 2017 (arXiv 1710.01878); movement-pruning masked_run_glue.py MagnitudeBinarizer",
 )

@@ -29,4 +29,5 @@ register_method(
     MovementPruner,
     "top-k movement pruning: learned scores, straight-through estimator (Sanh et al. 2020)",
     DEFAULTS,
+    source="Sanh et al. 2020 (arXiv 2005.07683); huggingface/transformers examples/research_projects/movement-pruning",
 )

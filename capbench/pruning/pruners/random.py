@@ -5,7 +5,7 @@ from __future__ import annotations
 from capbench.options import OptionRule
 from capbench.pruning.base import UnstructuredPruner
 from capbench.pruning.criteria import RandomCriterion
-from capbench.pruning.pruners import SCHEDULE, register_method
+from capbench.pruning.pruners import PRETRAINED, SCHEDULE, register_method
 
 
 class RandomPruner(UnstructuredPruner):
@@ -21,6 +21,8 @@ DEFAULTS = {
     "seed": 0,
     "update_every": 1,
     "oneshot": False,
+    "start": PRETRAINED,  # as magnitude: start=finetuned with oneshot=true prunes the fine-tuned model once
+    "finetune_steps": None,
 }
 
 register_method(
@@ -28,4 +30,6 @@ register_method(
     "random masks on the same schedule: the floor (ShrinkBench)",
     DEFAULTS,
     {"seed": OptionRule("int", "seed of the random masks", 0, 2**32 - 1)},
+    omit_at_default=("start", "finetune_steps"),
+    source="Blalock et al. 2020 (ShrinkBench, arXiv 2003.03033)",
 )

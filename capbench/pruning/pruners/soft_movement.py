@@ -182,4 +182,5 @@ register_method(
     "threshold is calibrated to the sparsity schedule",
     DEFAULTS,
     RULES,
+    source="Sanh et al. 2020 (arXiv 2005.07683); movement-pruning ThresholdBinarizer; CAP authors' UnstructuredPruning",
 )
