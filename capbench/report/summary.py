@@ -93,11 +93,7 @@ def summarize(records: list[dict], frame: pd.DataFrame | None = None, run_dirs: 
     `frame`: the records' frame, when the caller already built it; `run_dirs`: where the records' predictions
     files are (for the chance scores of accuracy and F1; see report/chance.py)."""
     frame = records_frame(records, run_dirs) if frame is None else frame
-    tables = {
-        t.name: table_json(t, frame)
-        for t in TABLES
-        if t.source == "records" and t.present(frame)
-    }
+    tables = {t.name: table_json(t, frame) for t in TABLES if t.source == "records" and t.present(frame)}
     configs = {d: c for d, c in zip(frame["config"], frame["configuration"], strict=True)}
     return {
         "capbench_version": __version__,
