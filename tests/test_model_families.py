@@ -34,6 +34,9 @@ METHODS = (
     "cap_movement",
     "cap_soft",
     "cap_first_order",
+    "wanda",
+    "sparsegpt",
+    "obert",
 )
 
 

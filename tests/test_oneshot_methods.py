@@ -238,3 +238,29 @@ def test_sequential_calibration_ignores_padding():
         {k: torch.nn.functional.pad(v, (0, 5)) if v.dim() == 2 else v for k, v in b.items()} for b in batches
     ]
     assert torch.allclose(totals(batches), totals(longer), atol=1e-4)
+
+
+def test_ls_methods_names_each_regime_and_source(capsys):
+    from capbench.cli import main
+
+    assert main(["ls", "methods"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "[one-shot on fine-tuned]" in lines["wanda"] and "locuslab/wanda" in lines["wanda"]
+    assert "[one-shot on fine-tuned]" in lines["sparsegpt"] and "IST-DASLab/sparsegpt" in lines["sparsegpt"]
+    assert "[gradual]" in lines["obert"] and "sparseml" in lines["obert"]
+    assert "[gradual]" in lines["magnitude"]
+
+
+def test_finetune_steps_zero_keeps_the_one_shot_model_as_pruned(tiny_model_dir, tiny_glue, tmp_path):
+    from capbench.cli import main
+    from capbench.records import load_records
+
+    out = tmp_path / "run"
+    args = ["run", "--tasks", "rte", "--preset", "smoke", "--model", str(tiny_model_dir)]
+    args += ["--data-dir", str(tiny_glue), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--batch-size", "8", "--quiet", "--methods", "sparsegpt", "--sparsity", "0.5"]
+    assert main([*args, "--method-option", "finetune_steps=0"]) == 0
+    record = next(r for r in load_records(out) if r["spec"]["method"] == "sparsegpt")
+    assert record["train"]["steps"] == 0 and record["oneshot"]["finetune_steps"] == 0
+    assert record["main_metric"]["value"] == record["oneshot"]["after_pruning"]["main_metric"]["value"]
+    assert record["metrics"] == record["oneshot"]["after_pruning"]["metrics"]
