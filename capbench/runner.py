@@ -200,20 +200,30 @@ def prune_and_train(spec: CellSpec, ctx: RunContext, data: TaskData, teacher, te
     if hasattr(loss_fn, "on_pruning_step"):
         pruner.on_prune_step = loss_fn.on_pruning_step  # CAP snapshots at structured pruning events
     cfg, loader = _train_loader(spec, data)
-    with _progress(
-        ctx, planned_steps(loader, cfg, pruner), f"{spec.method} {spec.sparsity:g} {spec.task}"
-    ) as bar:
+    steps = planned_steps(loader, cfg, pruner)
+    stats = _train_pruned(ctx, model, loader, cfg, loss_fn, pruner, logits, steps, spec)
+    model = pruner.finalize(model)
+    return model, stats, pruner, _pruned_sections(spec, pruner, loss_fn)
+
+
+def _train_pruned(ctx, model, loader, cfg, loss_fn, pruner, logits, steps, spec, what="") -> dict:
+    """``train`` with a progress bar, then the teacher's logits cached for the next cell that needs them."""
+    with _progress(ctx, steps, f"{spec.method} {spec.sparsity:g} {spec.task}{what}") as bar:
         stats = train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=bar)
     if distributed.is_main() and (logits.computed or logits.reused):
         with distributed.cache_lock(ctx.cache_dir, "teacher-logits"):
             logits.save()
         stats["teacher_logits"] = logits.report()
-    model = pruner.finalize(model)
-    sections = {"method_config": pruner.config()}
+    return stats
+
+
+def _pruned_sections(spec: CellSpec, pruner, loss_fn, **more) -> dict:
+    """The record sections of a pruned cell: what the pruner used, and CAP's costs (its banks then closed)."""
+    sections = {"method_config": pruner.config(), **more}
     if hasattr(loss_fn, "cost_report"):
         sections["cap"] = {"config": spec.cap, **loss_fn.cost_report()}
         loss_fn.close()
-    return model, stats, pruner, sections
+    return sections
 
 
 def uses_oneshot_path(spec: CellSpec) -> bool:
@@ -260,17 +270,14 @@ def prune_oneshot_and_finetune(
     stats = {"steps": 0, "seconds": 0.0}
     if steps > 0:
         cfg = replace(cfg, max_steps=steps)
-        with _progress(ctx, steps, f"{spec.method} {spec.sparsity:g} {spec.task} fine-tune") as bar:
-            stats = train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=bar)
-        if distributed.is_main() and (logits.computed or logits.reused):
-            with distributed.cache_lock(ctx.cache_dir, "teacher-logits"):
-                logits.save()
-            stats["teacher_logits"] = logits.report()
+        stats = _train_pruned(ctx, model, loader, cfg, loss_fn, pruner, logits, steps, spec, " fine-tune")
     model = pruner.finalize(model)
     split, name = data.task.main_eval_split, data.task.main_metric
-    sections = {
-        "method_config": pruner.config(),
-        "oneshot": {
+    sections = _pruned_sections(
+        spec,
+        pruner,
+        loss_fn,
+        oneshot={
             "start": start,
             "regime": regime(pruner.name, pruner.options),
             "prune_seconds": prune_seconds,
@@ -281,10 +288,7 @@ def prune_oneshot_and_finetune(
             },
             "finetune_steps": steps,
         },
-    }
-    if hasattr(loss_fn, "cost_report"):
-        sections["cap"] = {"config": spec.cap, **loss_fn.cost_report()}
-        loss_fn.close()
+    )
     return model, stats, pruner, sections
 
 

@@ -21,9 +21,10 @@ import math
 import torch
 
 from capbench.errors import CapbenchError
+from capbench.pruning.input_stats import RunningInputStat
 
 
-class LayerHessian:
+class LayerHessian(RunningInputStat):
     """``H = 2/n * sum_tokens x x^T`` over a linear layer's inputs, accumulated as ``SparseGPT.add_batch``.
 
     The running average is the reference's: ``H *= n/(n+tmp); n += tmp; x = sqrt(2/n) * x; H += x^T x``.
@@ -31,29 +32,15 @@ class LayerHessian:
     """
 
     def __init__(self, in_features: int):
-        self.in_features = int(in_features)
-        self.matrix = torch.zeros(self.in_features, self.in_features, dtype=torch.float32)
-        self.samples = 0
-        self.tokens = 0
+        super().__init__(in_features, (int(in_features), int(in_features)))
 
-    def add(self, x: torch.Tensor, samples: int = 1) -> None:
-        """Add one batch ``x`` of shape (tokens, in_features), any float dtype, real tokens only.
+    def contribution(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * (x.t() @ x)
 
-        ``samples`` is how many calibration samples (sequences) the batch holds, the reference's ``tmp``.
-        Raises ValueError on a wrong shape or ``samples < 1``.
-        """
-        if x.dim() != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"expected inputs of shape (tokens, {self.in_features}), got {tuple(x.shape)}")
-        if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
-        x = x.detach().to(torch.float32)
-        if self.matrix.device != x.device:
-            self.matrix = self.matrix.to(x.device)
-        self.matrix *= self.samples / (self.samples + samples)
-        self.samples += int(samples)
-        x = math.sqrt(2 / self.samples) * x
-        self.matrix += x.t() @ x
-        self.tokens += int(x.shape[0])
+    @property
+    def matrix(self) -> torch.Tensor:
+        """(in_features, in_features) float32: the running Hessian 2/n X Xᵀ."""
+        return self.value
 
 
 def _block_counts(rows: int, columns: int, blocksize: int, sparsity: float) -> list[int]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from capbench.errors import CapbenchError
+from capbench.pruning.input_stats import RunningInputStat
 
 
 def _check_sparsity(sparsity: float) -> float:
@@ -27,7 +28,7 @@ def _check_sparsity(sparsity: float) -> float:
     return float(sparsity)
 
 
-class InputNorms:
+class InputNorms(RunningInputStat):
     """Running per-input-feature statistic of one linear layer's inputs, as ``WrappedGPT.add_batch``.
 
     After batches x_1..x_B of ``samples`` s_1..s_B, ``sq_norms[j] = sum_b ||x_b[:, j]||_2^2 / sum_b s_b``
@@ -37,28 +38,15 @@ class InputNorms:
     """
 
     def __init__(self, in_features: int):
-        self.in_features = int(in_features)
-        self.sq_norms = torch.zeros(self.in_features, dtype=torch.float32)
-        self.samples = 0
-        self.tokens = 0
+        super().__init__(in_features, (int(in_features),))
 
-    def add(self, x: torch.Tensor, samples: int = 1) -> None:
-        """Add one batch ``x`` of shape (tokens, in_features), any float dtype, real tokens only.
+    def contribution(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(x, ord=2, dim=0) ** 2
 
-        ``samples`` is how many calibration samples (sequences) the batch holds, Wanda's ``tmp``.
-        Raises ValueError on a wrong shape or ``samples < 1``.
-        """
-        if x.dim() != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"expected inputs of shape (tokens, {self.in_features}), got {tuple(x.shape)}")
-        if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
-        x = x.detach().to(torch.float32)
-        if self.sq_norms.device != x.device:
-            self.sq_norms = self.sq_norms.to(x.device)
-        self.sq_norms *= self.samples / (self.samples + samples)
-        self.samples += int(samples)
-        self.sq_norms += torch.linalg.vector_norm(x, ord=2, dim=0) ** 2 / self.samples
-        self.tokens += int(x.shape[0])
+    @property
+    def sq_norms(self) -> torch.Tensor:
+        """(in_features,) float32: the running mean of the squared input norms per feature."""
+        return self.value
 
 
 def wanda_scores(weight: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
