@@ -77,6 +77,7 @@ class Record:
     oneshot: dict | None = None
     train: dict | None = None
     timings: dict | None = None
+    device: dict | None = None  # where the cell ran: type, name (CUDA: driver, capability, peak memory)
     # failed
     error: str | None = None  # one line
     traceback: str | None = None

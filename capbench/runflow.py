@@ -11,6 +11,7 @@ from capbench.cap.runtime import check_snapshot_budgets
 from capbench.data.identity import data_identity
 from capbench.data.preflight import check_task_data, report_overlap
 from capbench.data.sources import detect_source
+from capbench.device import resolve_device, resolve_precision
 from capbench.errors import CapbenchError
 from capbench.grid import check_probe_sizes, expand_grid, parse_seeds, parse_shard, parse_sparsities, shard
 from capbench.layout import max_positions
@@ -41,6 +42,8 @@ def cells_from_args(args):
     if steps is not None and args.epochs is not None:
         raise CapbenchError(f"--steps {steps} and --epochs {args.epochs:g}: give one of them, not both")
     preset = get_preset(args.preset)
+    where = resolve_device(getattr(args, "device", "cpu"))
+    precision = resolve_precision(getattr(args, "precision", "fp32"), where)
     if args.epochs is not None:  # a length in epochs replaces the preset's length in steps
         preset = replace(preset, train=replace(preset.train, max_steps=None))
     preset = preset.override(
@@ -52,6 +55,7 @@ def cells_from_args(args):
         max_steps=steps,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        precision=precision,
     )
     preset.validate()  # --epochs, --batch-size, ...: every setting in its domain before anything loads
     if not getattr(args, "quiet", False):
@@ -147,6 +151,7 @@ def run_from_args(args, default_cache: Path) -> int:
         source=source,
         save_models=not args.no_save_models,
         show_progress=not args.quiet and distributed.is_main(),
+        device=resolve_device(getattr(args, "device", "cpu")),
     )
     from capbench.measure import measure_after_cell
 

@@ -16,6 +16,7 @@ from capbench.cell_protocol import execute_cell, finished_elsewhere, is_finished
 from capbench.data.overlap import eval_train_overlap
 from capbench.data.sources import DataSource, check_sample_size, load_split, split_provenance
 from capbench.data.tokenize import tokenize_split
+from capbench.device import describe as describe_device
 from capbench.errors import CapbenchError
 from capbench.methods import build_loss, build_pruner
 from capbench.metrics import compute_metrics, predictions_from_logits, undefined_metrics
@@ -47,6 +48,7 @@ class RunContext:
     source: DataSource
     save_models: bool = True
     show_progress: bool = True
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # capbench.device
     _data: dict = field(default_factory=dict)
 
 
@@ -98,9 +100,11 @@ def _prepare_data(spec: CellSpec, ctx: RunContext) -> TaskData:
     return TaskData(task, tokenizer, train_rows, evals, provenance)
 
 
-def load_pretrained(spec: CellSpec, task: TaskSpec):
+def load_pretrained(spec: CellSpec, task: TaskSpec, where: torch.device | None = None):
+    """The pre-trained model with a fresh classifier head (initialised from the cell's seed), on ``where``."""
     set_seed(spec.seed)  # the classifier head's initialisation follows the seed
-    return load_classifier(resolve_model_path(spec.model), task.num_labels, task=task.name)
+    model = load_classifier(resolve_model_path(spec.model), task.num_labels, task=task.name)
+    return model.to(where) if where is not None else model
 
 
 @dataclass
@@ -115,7 +119,7 @@ def evaluate(model, data: TaskData, spec: CellSpec) -> Evaluation:
     metrics, undefined, examples = {}, {}, {}
     for split, rows in data.evals.items():
         loader, order = eval_loader(rows, data.tokenizer, TrainConfig(**spec.train).eval_batch_size)
-        logits, labels = predict(model, loader)
+        logits, labels = predict(model, loader, TrainConfig(**spec.train).precision)
         restore = np.argsort(order)  # back to the split's row order
         logits, labels = logits[restore], labels[restore]
         predictions = predictions_from_logits(logits, data.task.regression)
@@ -157,9 +161,9 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
     # Trained once even when several processes (Ray workers, shards) reach it at the same time.
     with distributed.group_cache_lock(ctx.cache_dir, f"dense-{key}"):
         if distributed.agree((target / "config.json").is_file()):
-            model = load_classifier(str(target), data.task.num_labels)
+            model = load_classifier(str(target), data.task.num_labels).to(ctx.device)
             return model.eval(), {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
-        model = load_pretrained(spec, data.task)
+        model = load_pretrained(spec, data.task, ctx.device)
         cfg, loader = _train_loader(spec, data)
         with _progress(ctx, cfg.run_steps(len(loader)), f"dense {spec.task} seed {spec.seed}") as bar:
             stats = train(model, loader, cfg, progress=bar)
@@ -193,7 +197,7 @@ def save_model(model, tokenizer, target: Path) -> None:
 def prune_and_train(spec: CellSpec, ctx: RunContext, data: TaskData, teacher, teacher_dir=None) -> tuple:
     """The pruned cell's training: (finalized model, train stats, pruner, record sections).
     ``teacher_dir``: the teacher's saved directory, where its logits are cached for KD."""
-    model = load_pretrained(spec, data.task)
+    model = load_pretrained(spec, data.task, ctx.device)
     logits = TeacherLogits(teacher, teacher_dir)
     loss_fn = build_loss_locked(spec, model, teacher, data, ctx, logits)
     pruner = build_pruner(spec)
@@ -249,9 +253,9 @@ def prune_oneshot_and_finetune(
 
     start = start_of(spec.method_options)
     if start == FINETUNED:
-        model = load_classifier(str(teacher_dir), data.task.num_labels)  # a copy: the teacher stays for KD
+        model = load_classifier(str(teacher_dir), data.task.num_labels).to(ctx.device)  # the teacher stays
     else:
-        model = load_pretrained(spec, data.task)
+        model = load_pretrained(spec, data.task, ctx.device)
     logits = TeacherLogits(teacher, teacher_dir)
     loss_fn = build_loss_locked(spec, model, teacher, data, ctx, logits)
     pruner = build_pruner(spec)
@@ -331,6 +335,7 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
         sections["predictions"] = write_predictions(records_dir, spec.cell_id, evaluation.examples)
     if evaluation.undefined:
         sections["undefined_metrics"] = evaluation.undefined
+    sections["device"] = describe_device(ctx.device)
     return Record.for_spec(
         spec,
         DONE,

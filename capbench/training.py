@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding
 
-from capbench import distributed, layout
+from capbench import device, distributed, layout
 from capbench.errors import CapbenchError
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -35,6 +35,9 @@ class TrainConfig:
     max_steps: int | None = None
     # Batches of similar length (``LengthGroupedBatches``): the same examples per epoch, far less padding.
     group_by_length: bool = False
+    # fp32, or autocast to bf16 / fp16 (with a gradient scaler) around the forward and the loss
+    # (capbench.device); part of the spec because it changes results.
+    precision: str = "fp32"
 
     def to_dict(self) -> dict:
         """The spec's ``train`` section; fields added after schema 3 are left out at their default, so
@@ -68,7 +71,7 @@ class TrainConfig:
                 raise CapbenchError(f"{where} {shown}: must be {what}")
 
 
-OMITTED_AT_DEFAULT = {"max_steps": None, "group_by_length": False}
+OMITTED_AT_DEFAULT = {"max_steps": None, "group_by_length": False, "precision": "fp32"}
 
 
 def _finite(value) -> bool:
@@ -106,6 +109,7 @@ TRAIN_RULES = {
         lambda v: v is None or (_whole(v) and v >= 1),
     ),
     "group_by_length": ("preset train.group_by_length", "true or false", lambda v: isinstance(v, bool)),
+    "precision": ("--precision", "one of fp32, bf16, fp16", lambda v: v in ("fp32", "bf16", "fp16")),
 }
 
 
@@ -180,9 +184,15 @@ def eval_loader(dataset, tokenizer, batch_size: int) -> tuple[DataLoader, np.nda
 
 def model_inputs(batch: dict, model=None) -> dict:
     """The model inputs of a batch; given the ``model``, only those it takes (``capbench.layout.input_names``:
-    RoBERTa and DistilBERT get no token_type_ids)."""
+    RoBERTa and DistilBERT get no token_type_ids), on the model's device."""
     keys = MODEL_INPUTS if model is None else layout.input_names(model)
-    return {k: v for k, v in batch.items() if k in keys}
+    inputs = {k: v for k, v in batch.items() if k in keys}
+    return inputs if model is None else device.to_device(inputs, device.model_device(model))
+
+
+def labels_of(batch: dict, model) -> torch.Tensor:
+    """The batch's labels on the model's device."""
+    return batch["labels"].to(device.model_device(model), non_blocking=True)
 
 
 class CrossEntropyLoss:
@@ -297,7 +307,7 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
     # retraining, an importance pass and a pruning step, then a fresh optimizer and schedule.
     plan, steps = _plan(loader, cfg, pruner)
     boundaries = _phase_starts(plan)
-    if pruner is not None and pruner.model is not model:  # a one-shot pruner may be attached already
+    if pruner is not None and getattr(pruner, "model", None) is not model:  # a one-shot pruner: attached
         pruner.attach(model, steps)
     if hasattr(loss_fn, "attach"):
         loss_fn.attach(steps, len(loader))
@@ -309,6 +319,8 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
     if dp is not None:
         dp.broadcast_state(model, optimizer)
     model.train()
+    where = device.model_device(model)
+    scaler = device.grad_scaler(where, cfg.precision)
     step, started, terms, weight = 0, time.perf_counter(), {}, 1.0
     magnitudes = TermMagnitudes(steps)
     while step < steps:
@@ -326,29 +338,38 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
         for batch in loader:
             if dp is not None:  # this rank's slice of the global batch, weighted n_rank / n
                 batch, weight = dp.local_batch(batch)
-            outputs = model(
-                **model_inputs(batch, model),
-                labels=batch["labels"],
-                output_hidden_states=loss_fn.needs_hidden_states,
-            )
-            terms = loss_fn(outputs, batch, step)
-            if pruner is not None:
-                terms.update(pruner.loss_terms(step))
-            loss = sum(terms.values())
+            with device.autocast(where, cfg.precision):
+                outputs = model(
+                    **model_inputs(batch, model),
+                    labels=labels_of(batch, model),
+                    output_hidden_states=loss_fn.needs_hidden_states,
+                )
+                terms = loss_fn(outputs, batch, step)
+                if pruner is not None:
+                    terms.update(pruner.loss_terms(step))
+                loss = sum(terms.values())
             magnitudes.add(step, terms)
             if dp is None:  # under data parallel each rank sees its own loss: check the all-reduced grads
                 check_finite_step(step + 1, model, loss, None)
             optimizer.zero_grad(set_to_none=True)
-            (loss * weight if dp is not None else loss).backward()
+            scaled = loss * weight if dp is not None else loss
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
             if dp is not None:
                 dp.all_reduce_grads(optimizer, pruner)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
+            if scaler is not None:  # skips the step on an overflow, then lowers the scale
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             scheduler.step()
             if pruner is not None:
                 pruner.after_step(step)
             weights = (step + 1) % WEIGHT_CHECK_EVERY == 0 or step + 1 == steps
-            check_finite_step(step + 1, model, None, grad_norm, weights=weights)
+            # with fp16's scaler an overflowing step is skipped and the scale lowered: not a divergence
+            check_finite_step(step + 1, model, None, grad_norm if scaler is None else None, weights=weights)
             step += 1
             if progress is not None:
                 progress.update(1)
@@ -414,7 +435,7 @@ def importance_pass(model, loader: DataLoader, loss_fn, pruner) -> str:
         for batch in ordered:
             outputs = model(
                 **model_inputs(batch, model),
-                labels=batch["labels"],
+                labels=labels_of(batch, model),
                 output_hidden_states=getattr(loss_fn, "needs_hidden_states", False),
             )
             if terms_of is not None:
@@ -434,11 +455,13 @@ def importance_pass(model, loader: DataLoader, loss_fn, pruner) -> str:
 
 
 @torch.no_grad()
-def predict(model, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels over a loader, in order."""
+def predict(model, loader: DataLoader, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """Logits (float32) and labels over a loader, in order; the forward under ``precision``'s autocast."""
     model.eval()
+    where = device.model_device(model)
     logits, labels = [], []
     for batch in loader:
-        logits.append(model(**model_inputs(batch, model)).logits.float().cpu())
+        with device.autocast(where, precision):
+            logits.append(model(**model_inputs(batch, model)).logits.float().cpu())
         labels.append(batch["labels"].cpu())
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()

@@ -334,13 +334,17 @@ class CapLoss:
         rows_of, k, sample = source
         batch_size, dim = z.shape
         idx_cpu = torch.as_tensor(idx).long().cpu().view(-1)
-        rows = rows_of(idx_cpu)
-        if rows.shape[-1] != dim:
-            raise CapbenchError(
-                f"CAP {name} bank has dim {rows.shape[-1]} but the model's representation has {dim}"
-            )
-        extra_idx = sample(self.config.extra_examples // k, self.generator, idx_cpu)
-        parts = [z.detach(), rows.reshape(batch_size * k, dim), rows_of(extra_idx).reshape(-1, dim)]
+        # Bank reads are plain copies of stored fp16/fp32 rows on the CPU: outside any autocast (CPU autocast
+        # refuses fp16 tensors in torch.stack); the rows take the representation's dtype below.
+        with torch.autocast(device_type="cpu", enabled=False):
+            rows = rows_of(idx_cpu)
+            if rows.shape[-1] != dim:
+                raise CapbenchError(
+                    f"CAP {name} bank has dim {rows.shape[-1]} but the model's representation has {dim}"
+                )
+            extra_idx = sample(self.config.extra_examples // k, self.generator, idx_cpu)
+            extra = rows_of(extra_idx).reshape(-1, dim)
+        parts = [z.detach(), rows.reshape(batch_size * k, dim), extra]
         return Candidates(
             rows=torch.cat([part.to(z.device, z.dtype) for part in parts]),
             ids=torch.cat([idx_cpu, idx_cpu.repeat_interleave(k), extra_idx.repeat_interleave(k)]),

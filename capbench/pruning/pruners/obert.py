@@ -22,7 +22,7 @@ from capbench.pruning.criteria import Criterion
 from capbench.pruning.fisher import BlockFisherInverse, obs_scores, obs_update
 from capbench.pruning.masks import global_masks, mask_sparsity, rezero, wrap
 from capbench.pruning.pruners import PRETRAINED, register_method
-from capbench.training import model_inputs
+from capbench.training import labels_of, model_inputs
 
 
 class _OBS(Criterion):
@@ -127,7 +127,7 @@ class OBertPruner(UnstructuredPruner):
         try:
             for batch in grads:
                 model.zero_grad(set_to_none=True)
-                outputs = model(**model_inputs(batch, model), labels=batch["labels"])
+                outputs = model(**model_inputs(batch, model), labels=labels_of(batch, model))
                 outputs.loss.backward()
                 with torch.no_grad():
                     for finv, module in zip(self._finvs, self.modules, strict=True):

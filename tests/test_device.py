@@ -1,0 +1,66 @@
+"""--device and --precision: resolved before any work, precision in the spec, device in the record; every
+method (CAP included) trains and evaluates under bf16 autocast on the CPU."""
+
+import pytest
+import torch
+
+from capbench.cli import main
+from capbench.device import autocast, grad_scaler, resolve_device, resolve_precision
+from capbench.errors import CapbenchError
+from capbench.records import load_records
+from capbench.training import TrainConfig
+
+
+def test_devices_resolve_or_fail_in_one_line():
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in ("cpu", "mps")
+        with pytest.raises(CapbenchError, match="--device cuda: no CUDA GPU here; use --device cpu"):
+            resolve_device("cuda")
+        with pytest.raises(CapbenchError, match="--device cuda:1: no CUDA GPU here"):
+            resolve_device("cuda:1")
+    with pytest.raises(CapbenchError, match="expected cuda or cuda:N"):
+        resolve_device("cuda:x")
+    with pytest.raises(CapbenchError, match="expected one of auto, cpu"):
+        resolve_device("tpu")
+
+
+def test_precision_auto_is_fp32_on_cpu_and_fp16_needs_a_gpu():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(CapbenchError, match="fp16 needs a CUDA GPU; use bf16 or fp32"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(CapbenchError, match="expected one of auto, fp32, bf16, fp16"):
+        resolve_precision("int8", cpu)
+    assert grad_scaler(cpu, "bf16") is None
+    with autocast(cpu, "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(cpu, "fp32"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_fp32_keeps_existing_digests_and_bf16_is_another_cell():
+    fp32 = TrainConfig().to_dict()
+    assert "precision" not in fp32  # records written before --precision keep their digests
+    assert TrainConfig(precision="bf16").to_dict()["precision"] == "bf16"
+
+
+def test_every_method_runs_in_bf16_on_cpu(tiny_model_dir, tiny_glue, tmp_path, capsys):
+    methods = "magnitude,movement,soft_movement,first_order,random,cap_magnitude,cap_movement,cap_soft,"
+    methods += "cap_first_order,wanda,sparsegpt,obert"
+    out = tmp_path / "run"
+    args = ["run", "--tasks", "rte", "--preset", "smoke", "--model", str(tiny_model_dir), "--quiet"]
+    args += ["--data-dir", str(tiny_glue), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--max-train-examples", "32", "--max-eval-examples", "16", "--batch-size", "8"]
+    args += ["--methods", methods, "--sparsity", "0.5"]
+    assert main([*args, "--precision", "fp16"]) == 2
+    assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
+    assert main([*args, "--precision", "bf16", "--device", "cpu"]) == 0
+    records = load_records(out)
+    assert len(records) == 14  # dense, 12 methods, the one-shot control
+    for record in records:
+        assert record["status"] == "done", (record["spec"]["method"], record.get("error"))
+        assert record["spec"]["train"]["precision"] == "bf16"
+        assert record["device"]["type"] == "cpu"
+        assert record["sparsity"]["linear"] == pytest.approx(record["spec"]["sparsity"], abs=0.02)
