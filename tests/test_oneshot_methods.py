@@ -264,3 +264,40 @@ def test_finetune_steps_zero_keeps_the_one_shot_model_as_pruned(tiny_model_dir, 
     assert record["train"]["steps"] == 0 and record["oneshot"]["finetune_steps"] == 0
     assert record["main_metric"]["value"] == record["oneshot"]["after_pruning"]["main_metric"]["value"]
     assert record["metrics"] == record["oneshot"]["after_pruning"]["metrics"]
+
+
+@pytest.mark.parametrize("method", ["magnitude", "movement"])
+def test_gradual_n_m_ramps_per_group_and_holds_through_training_and_reload(method, tmp_path):
+    from capbench.models import load_classifier
+
+    model = tiny_bert()
+    pruner = make_pruner(method, 0.5, {"pattern": "2:4", "warmup": 0.0, "cooldown": 0.25})
+    batches = _batches(8)
+    data = [{k: b[k][i] for k in b} for b in batches for i in range(len(b["labels"]))]
+    loader = DataLoader(data, batch_size=4, collate_fn=_stack)
+    seen = set()
+    after_step = pruner.after_step
+
+    def record(step):
+        after_step(step)
+        for m in pruner.modules:
+            seen.update((m.mask.reshape(m.out_features, -1, 4) == 0).sum(-1).unique().tolist())
+
+    pruner.after_step = record
+    cfg = TrainConfig(epochs=1.0, max_steps=16, batch_size=4, learning_rate=1e-3)
+    train(model, loader, cfg, pruner=pruner)
+    assert seen == {0, 1, 2}  # 4 kept, then 3, then 2 per group of 4
+    model = pruner.finalize(model)
+    model.save_pretrained(tmp_path / "m")
+    reloaded = load_classifier(str(tmp_path / "m"), 2)
+    for layer in reloaded.bert.encoder.layer:
+        for linear in (layer.attention.self.query, layer.intermediate.dense, layer.output.dense):
+            zeros = (linear.weight.reshape(linear.out_features, -1, 4) == 0).sum(-1)
+            assert bool((zeros == 2).all())
+
+
+def test_n_m_pattern_needs_its_sparsity_and_a_method_that_has_it():
+    with pytest.raises(CapbenchError, match="pattern=2:4: prunes exactly 0.5"):
+        grid_method_specs(["magnitude"], {"pattern": "2:4"}, True, {}, [0.5, 0.9])
+    with pytest.raises(CapbenchError, match="pattern=2:4: unknown option for random"):
+        grid_method_specs(["random"], {"pattern": "2:4"}, True, {}, [0.5])

@@ -31,6 +31,7 @@ from capbench.errors import CapbenchError
 from capbench.pruning.criteria import Criterion
 from capbench.pruning.masks import MaskedLinear, mask_sparsity, rezero, select_masks, unwrap, wrap
 from capbench.pruning.schedule import cubic_ramp, schedule_window
+from capbench.pruning.wanda import nm_mask
 
 
 class Pruner:
@@ -166,7 +167,11 @@ class UnstructuredPruner(Pruner):
             scores = [
                 s.masked_fill(m.mask == 0, -math.inf) for s, m in zip(scores, self.modules, strict=True)
             ]
-        masks = select_masks(scores, sparsity, self.scope)
+        pattern = self.options.get("pattern", "unstructured")
+        if pattern != "unstructured":
+            masks = [pattern_mask(s, sparsity, pattern) for s in scores]
+        else:
+            masks = select_masks(scores, sparsity, self.scope)
         self.set_masks(masks, None if self.hard else step)
         self.applied = sparsity
 
@@ -225,6 +230,17 @@ class UnstructuredPruner(Pruner):
         if self.churn:
             out["mask_churn"] = churn_summary(self.churn)
         return out
+
+
+def pattern_mask(scores: torch.Tensor, sparsity: float, pattern: str) -> torch.Tensor:
+    """The keep mask of an N:M pattern at a point of its ramp: ``floor(sparsity * M)`` of every M consecutive
+    weights of a row (along the input dimension) pruned, the lowest scores first, so at the target N/M
+    every group holds the pattern (2:4 on the schedule: 4 kept, then 3, then 2).  ``scores``: (out, in)."""
+    n, m = (int(x) for x in pattern.split(":"))
+    pruned = min(n, int(math.floor(sparsity * m + 1e-9)))
+    if pruned == 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    return nm_mask(scores, pruned, m)
 
 
 def churn_summary(churn: list[tuple[int, float, float]]) -> dict:

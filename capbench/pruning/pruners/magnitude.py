@@ -28,6 +28,8 @@ DEFAULTS = {
     # SparseGPT prune each layer to the target), then KD: the control row of that regime.
     "start": PRETRAINED,
     "finetune_steps": None,
+    # N:M ramps per group of M on the schedule (2:4: 4 kept, then 3, then 2), or at once with oneshot.
+    "pattern": "unstructured",
 }
 
 register_method(
@@ -35,6 +37,6 @@ register_method(
     "gradual magnitude pruning on the cubic schedule (Zhu & Gupta 2017); oneshot: global "
     "magnitude at the start, then a fixed mask",
     DEFAULTS,
-    omit_at_default=("start", "finetune_steps"),
+    omit_at_default=("start", "finetune_steps", "pattern"),
     source="Zhu & Gupta 2017 (arXiv 1710.01878); movement-pruning masked_run_glue.py MagnitudeBinarizer",
 )
