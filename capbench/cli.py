@@ -76,6 +76,12 @@ def add_run_parser(subparsers) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="list the cells and which are already finished; run nothing"
     )
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="with --dry-run: time a few training steps per task and method on --device and project the "
+        "time per cell and for the grid",
+    )
     p.set_defaults(handler=cmd_run)
 
 

@@ -140,10 +140,26 @@ def run_from_args(args, default_cache: Path) -> int:
     executor = getattr(args, "executor", "local") or "local"
     if getattr(args, "ray_address", None) and executor != "ray":
         raise CapbenchError("--ray-address needs --executor ray")
+    if getattr(args, "estimate", False) and not getattr(args, "dry_run", False):
+        raise CapbenchError("--estimate times a few steps instead of running: give it with --dry-run")
     cells, source = cells_from_args(args)
     out_dir = Path(args.out)
     if getattr(args, "dry_run", False):
-        return print_plan(cells, out_dir)
+        code = print_plan(cells, out_dir)
+        if getattr(args, "estimate", False):
+            from capbench.estimate import estimate
+
+            pending = [spec for spec in cells if not is_finished(spec, out_dir)]
+            ctx = RunContext(
+                out_dir=out_dir,
+                cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache,
+                source=source,
+                save_models=False,
+                show_progress=False,
+                device=resolve_device(getattr(args, "device", "cpu")),
+            )
+            estimate(pending, ctx)
+        return code
     distributed.init()  # joins the process group under accelerate launch / torchrun; else a no-op
     ctx = RunContext(
         out_dir=out_dir,

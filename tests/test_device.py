@@ -64,3 +64,20 @@ def test_every_method_runs_in_bf16_on_cpu(tiny_model_dir, tiny_glue, tmp_path, c
         assert record["spec"]["train"]["precision"] == "bf16"
         assert record["device"]["type"] == "cpu"
         assert record["sparsity"]["linear"] == pytest.approx(record["spec"]["sparsity"], abs=0.02)
+
+
+def test_dry_run_estimate_times_steps_and_projects_the_grid(tiny_model_dir, tiny_glue, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--tasks", "rte", "--preset", "smoke", "--model", str(tiny_model_dir), "--quiet"]
+    args += ["--data-dir", str(tiny_glue), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--batch-size", "8", "--methods", "magnitude,cap_magnitude,wanda", "--sparsity", "0.5"]
+    assert main([*args, "--estimate"]) == 2
+    assert (
+        "--estimate times a few steps instead of running: give it with --dry-run" in capsys.readouterr().err
+    )
+    assert main([*args, "--dry-run", "--estimate"]) == 0
+    printed = capsys.readouterr().out
+    lines = [line for line in printed.splitlines() if " steps × " in line]
+    assert len(lines) == 5  # dense, magnitude, cap_magnitude, wanda and its one-shot control
+    assert "capbench: 5 cells ≈" in printed and "on cpu" in printed
+    assert not (out / "records").exists() or not list((out / "records").glob("*.json"))  # nothing ran
