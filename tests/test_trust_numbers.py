@@ -110,8 +110,8 @@ def test_constant_predictions_make_an_undefined_metric_not_nan(tiny_model_dir, t
     glue = write_tiny_stsb(tmp_path / "glue")
     real_predict = runner.predict
 
-    def constant(model, loader):
-        logits, labels = real_predict(model, loader)
+    def constant(model, loader, *args):
+        logits, labels = real_predict(model, loader, *args)
         return np.full_like(logits, 2.5), labels
 
     monkeypatch.setattr(runner, "predict", constant)
