@@ -11,7 +11,7 @@ from capbench.cap.runtime import check_snapshot_budgets
 from capbench.data.identity import data_identity
 from capbench.data.preflight import check_task_data, report_overlap
 from capbench.data.sources import detect_source
-from capbench.device import resolve_device, resolve_precision
+from capbench.device import resolve_device, resolve_precision, slow_precision_warning
 from capbench.errors import CapbenchError
 from capbench.grid import check_probe_sizes, expand_grid, parse_seeds, parse_shard, parse_sparsities, shard
 from capbench.layout import max_positions
@@ -44,6 +44,8 @@ def cells_from_args(args):
     preset = get_preset(args.preset)
     where = resolve_device(getattr(args, "device", "cpu"))
     precision = resolve_precision(getattr(args, "precision", "fp32"), where)
+    if (slow := slow_precision_warning(where, precision)) and not getattr(args, "quiet", False):
+        print(f"capbench: warning: {slow}", file=sys.stderr)
     if args.epochs is not None:  # a length in epochs replaces the preset's length in steps
         preset = replace(preset, train=replace(preset.train, max_steps=None))
     preset = preset.override(

@@ -81,3 +81,14 @@ def test_dry_run_estimate_times_steps_and_projects_the_grid(tiny_model_dir, tiny
     assert len(lines) == 5  # dense, magnitude, cap_magnitude, wanda and its one-shot control
     assert "capbench: 5 cells ≈" in printed and "on cpu" in printed
     assert not (out / "records").exists() or not list((out / "records").glob("*.json"))  # nothing ran
+
+
+def test_emulated_bf16_on_this_cpu_is_named(monkeypatch):
+    from capbench.device import slow_precision_warning
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert "emulated" in slow_precision_warning(cpu, "bf16")
+    assert slow_precision_warning(cpu, "fp32") is None
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert slow_precision_warning(cpu, "bf16") is None
