@@ -73,6 +73,7 @@ ONESHOT = Table(
     spread_label=lambda key: f"s={key}",
     spread_order=float,
     per_task=True,
+    omit_empty_tasks=True,
     where=lambda f: f["status"].eq("done") & f["after_pruning"].notna(),
     present=lambda f: bool(f["after_pruning"].notna().any()),
     task_note=lambda task, rows, info: (

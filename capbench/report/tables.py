@@ -53,6 +53,7 @@ class Table:
     where: Callable[[pd.DataFrame], pd.Series] | None = None
     present: Callable[[pd.DataFrame], bool] = lambda frame: True  # whether the page shows the table
     per_task: bool = False  # one markdown table per task (then "task" must be the first key)
+    omit_empty_tasks: bool = False  # per task: leave out a task without rows (title included)
     split_by: str | None = None  # one "### value" sub-table per value of this field
     source: str = "records"  # the frame the table pivots: "records" or "reported" (see summary.py)
     order: Callable[[dict], Any] | None = None  # sort key of JSON rows (default: keys, spread)
@@ -166,6 +167,8 @@ def task_section(table: Table, task: str, rows: list[dict], info: dict) -> list[
     `info`: the task's summary["tasks"] entry."""
     title = table.title.format(task=task, metric=info.get("metric"), split=info.get("split"))
     mine = [r for r in rows if r["task"] == task]
+    if not mine and table.omit_empty_tasks:
+        return []
     note = table.task_note(task, mine, info) if table.task_note else ""
     return ["", title, *(["", note] if note else []), "", render_table(table, mine)]
 
