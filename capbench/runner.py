@@ -117,9 +117,10 @@ class Evaluation:
 def evaluate(model, data: TaskData, spec: CellSpec) -> Evaluation:
     """Metrics on every evaluation split, with the per-example predictions they were computed from."""
     metrics, undefined, examples = {}, {}, {}
+    cfg = TrainConfig(**spec.train)
     for split, rows in data.evals.items():
-        loader, order = eval_loader(rows, data.tokenizer, TrainConfig(**spec.train).eval_batch_size)
-        logits, labels = predict(model, loader, TrainConfig(**spec.train).precision)
+        loader, order = eval_loader(rows, data.tokenizer, cfg.eval_batch_size)
+        logits, labels = predict(model, loader, cfg.precision)
         restore = np.argsort(order)  # back to the split's row order
         logits, labels = logits[restore], labels[restore]
         predictions = predictions_from_logits(logits, data.task.regression)

@@ -138,16 +138,21 @@ class UnstructuredPruner(Pruner):
         return self.options["scope"]
 
     def attach(self, model: nn.Module, total_steps: int) -> None:
-        super().attach(model, total_steps)
-        wrapped = wrap(model)
-        self.names = [n for n, _ in wrapped]
-        self.modules = [m for _, m in wrapped]
+        self.wrap(model, total_steps)
         self.criterion.attach(self.modules)
         start = self.target if self.oneshot else self.scheduled_sparsity(0)
         if start > 0:
             self.update_masks(start)
             if self.hard:
                 rezero(self.modules)
+
+    def wrap(self, model: nn.Module, total_steps: int) -> None:
+        """``Pruner.attach`` and the prunable linears wrapped as MaskedLinear, all kept: no mask yet (the
+        pruners whose masks come from their own pruning steps, oBERT and the calibrated ones, stop here)."""
+        Pruner.attach(self, model, total_steps)
+        wrapped = wrap(model)
+        self.names = [n for n, _ in wrapped]
+        self.modules = [m for _, m in wrapped]
 
     def scheduled_sparsity(self, step: int) -> float:
         return self.target if self.oneshot else super().scheduled_sparsity(step)
@@ -232,11 +237,19 @@ class UnstructuredPruner(Pruner):
         return out
 
 
+def parse_pattern(pattern: str) -> tuple[int, int]:
+    """(N, M) of an "N:M" sparsity pattern; (0, 0) for "unstructured"."""
+    if pattern == "unstructured":
+        return 0, 0
+    n, m = pattern.split(":")
+    return int(n), int(m)
+
+
 def pattern_mask(scores: torch.Tensor, sparsity: float, pattern: str) -> torch.Tensor:
     """The keep mask of an N:M pattern at a point of its ramp: ``floor(sparsity * M)`` of every M consecutive
     weights of a row (along the input dimension) pruned, the lowest scores first, so at the target N/M
     every group holds the pattern (2:4 on the schedule: 4 kept, then 3, then 2).  ``scores``: (out, in)."""
-    n, m = (int(x) for x in pattern.split(":"))
+    n, m = parse_pattern(pattern)
     pruned = min(n, int(math.floor(sparsity * m + 1e-9)))
     if pruned == 0:
         return torch.ones_like(scores, dtype=torch.bool)

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from capbench.errors import CapbenchError
-from capbench.pruning.base import Pruner, UnstructuredPruner
+from capbench.pruning.base import UnstructuredPruner, parse_pattern
 from capbench.pruning.calibration import sequential_calibration
 from capbench.pruning.criteria import Criterion
-from capbench.pruning.masks import MaskedLinear, mask_sparsity, rezero, unwrap, wrap
+from capbench.pruning.masks import MaskedLinear, mask_sparsity, rezero, unwrap
 
 
 class _Calibrated(Criterion):
@@ -30,14 +30,6 @@ class _Calibrated(Criterion):
 
     def __init__(self, name: str):
         self.name = name
-
-
-def parse_pattern(pattern: str) -> tuple[int, int]:
-    """(N, M) of an "N:M" pattern; (0, 0) for "unstructured"."""
-    if pattern == "unstructured":
-        return 0, 0
-    n, m = pattern.split(":")
-    return int(n), int(m)
 
 
 class CalibratedPruner(UnstructuredPruner):
@@ -58,11 +50,7 @@ class CalibratedPruner(UnstructuredPruner):
         return "per-layer"
 
     def attach(self, model: nn.Module, total_steps: int) -> None:
-        # Wrap only: the masks come from calibrate(); scheduled_sparsity is the target from the start.
-        Pruner.attach(self, model, total_steps)
-        wrapped = wrap(model)
-        self.names = [n for n, _ in wrapped]
-        self.modules = [m for _, m in wrapped]
+        self.wrap(model, total_steps)  # the masks come from calibrate()
 
     # --- the method --------------------------------------------------------------------------------------
     def new_stats(self, module: MaskedLinear):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from capbench.errors import CapbenchError
 from capbench.options import OptionRule, coerce, shown, yaml_text_hint
-from capbench.pruning.base import Pruner
+from capbench.pruning.base import Pruner, parse_pattern
 from capbench.pruning.schedule import DEFAULT_COOLDOWN, DEFAULT_WARMUP
 from capbench.registry import Registry
 
@@ -284,7 +284,7 @@ def check_pattern(
     pattern = options.get("pattern", "unstructured")
     if pattern == "unstructured":
         return
-    n, m = (int(x) for x in pattern.split(":"))
+    n, m = parse_pattern(pattern)
     wrong = [s for s in sparsities if abs(s - n / m) > 1e-9]
     if wrong:
         given = flag and "pattern" in (overrides or {})

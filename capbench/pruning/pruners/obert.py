@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader
 
 from capbench.errors import CapbenchError
 from capbench.options import OptionRule
-from capbench.pruning.base import Pruner, UnstructuredPruner
+from capbench.pruning.base import UnstructuredPruner
 from capbench.pruning.criteria import Criterion
 from capbench.pruning.fisher import BlockFisherInverse, obs_scores, obs_update
-from capbench.pruning.masks import global_masks, mask_sparsity, rezero, wrap
+from capbench.pruning.masks import global_masks, mask_sparsity, rezero
 from capbench.pruning.pruners import PRETRAINED, register_method
 from capbench.training import labels_of, model_inputs
 
@@ -84,10 +84,7 @@ class OBertPruner(UnstructuredPruner):
         return ([(0.0, dense)] if dense > 0 else []) + plan
 
     def attach(self, model: nn.Module, total_steps: int) -> None:
-        Pruner.attach(self, model, total_steps)  # masks come from the pruning steps only
-        wrapped = wrap(model)
-        self.names = [n for n, _ in wrapped]
-        self.modules = [m for _, m in wrapped]
+        self.wrap(model, total_steps)  # the masks come from the pruning steps only
 
     def fisher_bytes(self) -> int:
         """Memory of the Fisher-inverse blocks of every pruned matrix, in bytes (held during a step)."""
