@@ -65,6 +65,13 @@ def add_run_parser(subparsers) -> None:
         "--executor", choices=["local", "ray"], default="local", help="run cells here, or as Ray tasks"
     )
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local one)")
+    p.add_argument(
+        "--gpus-per-cell",
+        type=float,
+        default=None,
+        metavar="G",
+        help="with --executor ray: GPUs per cell, fractions share a GPU (default: 1 on a GPU cluster, else 0)",
+    )
     p.add_argument("--overwrite", action="store_true", help="rerun cells that already have a finished record")
     p.add_argument("--no-save-models", action="store_true", help="do not keep the pruned models on disk")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

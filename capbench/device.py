@@ -9,6 +9,7 @@ optimizer state, masks and pruning scores stay fp32); fp16 adds a gradient scale
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -26,7 +27,7 @@ def resolve_device(text: str | None) -> torch.device:
     text = (text or "auto").strip().lower()
     if text == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
+            return torch.device("cuda", _default_cuda_index())
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -42,7 +43,7 @@ def resolve_device(text: str | None) -> torch.device:
             raise CapbenchError(f"--device {text}: expected cuda or cuda:N with N a GPU index, e.g. cuda:0")
         if not torch.cuda.is_available():
             raise CapbenchError(f"--device {text}: no CUDA GPU here; use --device cpu (or auto)")
-        number = int(index) if index else torch.cuda.current_device()
+        number = int(index) if index else _default_cuda_index()
         if number >= torch.cuda.device_count():
             raise CapbenchError(
                 f"--device {text}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
@@ -50,6 +51,15 @@ def resolve_device(text: str | None) -> torch.device:
             )
         return torch.device("cuda", number)
     raise CapbenchError(f"--device {text!r}: expected one of {', '.join(DEVICES)}")
+
+
+def _default_cuda_index() -> int:
+    """The GPU of this process: ``LOCAL_RANK``'s under torchrun or accelerate launch (one GPU per process on
+    a node), else the current CUDA device."""
+    local = os.environ.get("LOCAL_RANK", "")
+    if local.isdigit() and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return int(local) % max(1, torch.cuda.device_count())
+    return torch.cuda.current_device()
 
 
 def _mps_available() -> bool:
@@ -107,6 +117,28 @@ def grad_scaler(device: torch.device, precision: str):
     if precision != "fp16":
         return None
     return torch.amp.GradScaler(device.type)
+
+
+def loader_options(device: torch.device | None) -> dict:
+    """DataLoader settings for batches bound for ``device``.  On a GPU: page-locked (pinned) host memory, so
+    ``to_device``'s non-blocking copies overlap compute, and worker processes collating the next batches
+    (``CAPBENCH_LOADER_WORKERS``, default min(4, cores - 1)).  On CPU: none of either, since the step
+    itself uses the cores and pinning would only cost."""
+    if device is None or device.type != "cuda":
+        return {}
+    raw = os.environ.get("CAPBENCH_LOADER_WORKERS", "")
+    if raw.strip():
+        if not raw.strip().isdigit():
+            raise CapbenchError(
+                f"CAPBENCH_LOADER_WORKERS={raw!r}: expected a whole number of workers, e.g. 4"
+            )
+        workers = int(raw)
+    else:
+        workers = min(4, max(0, (os.cpu_count() or 1) - 1))
+    options = {"pin_memory": True, "num_workers": workers}
+    if workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=4)
+    return options
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -7,7 +7,8 @@ and GPFS mounted with locking), between machines. A lock file is never deleted, 
 a lock on an unlinked file; a process that dies releases its locks.
 
 Data parallelism is switched on by the launcher's environment (``WORLD_SIZE > 1``, set by
-``accelerate launch --multi_gpu`` or ``torchrun``): every rank runs the same grid and the same cells,
+``accelerate launch --multi_gpu`` or ``torchrun``; gloo on CPU, NCCL for CUDA tensors, see ``backend``): every
+rank runs the same grid and the same cells,
 each global batch is split into contiguous per-rank slices, gradients are all-reduced (a weighted sum that
 equals the gradient of the global batch), and only rank 0 writes records and cached models. Without that
 environment every function here is a no-op, so a plain ``capbench run`` behaves exactly as before.
@@ -107,8 +108,23 @@ def enabled() -> bool:
     return world_size() > 1
 
 
+def backend() -> str:
+    """The process group's backend: ``CAPBENCH_DIST_BACKEND`` when set; with CUDA and NCCL,
+    ``cpu:gloo,cuda:nccl`` (one group that sends each collective by its tensors' device: gradients of a
+    model on the GPU over NCCL, flags, loss terms and pickled objects on the host over gloo); else gloo."""
+    chosen = os.environ.get("CAPBENCH_DIST_BACKEND", "").strip()
+    if chosen:
+        return chosen
+    import torch.distributed as dist
+
+    if torch.cuda.is_available() and dist.is_nccl_available():
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"
+
+
 def init() -> None:
-    """Join the process group of the launcher's environment (gloo: capbench trains on CPU tensors)."""
+    """Join the process group of the launcher's environment (``backend()``); on a GPU node each process
+    takes the GPU of its ``LOCAL_RANK`` first, as NCCL needs one device per process."""
     if not enabled():
         return
     import torch.distributed as dist
@@ -117,8 +133,10 @@ def init() -> None:
         return
     if not dist.is_available():  # pragma: no cover
         raise CapbenchError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    if torch.cuda.is_available() and os.environ.get("LOCAL_RANK", "").isdigit():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     minutes = float(os.environ.get("CAPBENCH_DIST_TIMEOUT_MINUTES", "120"))
-    dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=minutes))
+    dist.init_process_group(backend(), timeout=datetime.timedelta(minutes=minutes))
 
 
 def shutdown() -> None:
@@ -164,7 +182,12 @@ def agree(value):
 
 
 def describe() -> dict:
-    return {"world_size": world_size(), "backend": "gloo"}
+    if enabled():
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            return {"world_size": world_size(), "backend": str(dist.get_backend())}
+    return {"world_size": world_size(), "backend": backend()}
 
 
 # ---------------------------------------------------------------------------------------- data parallel

@@ -15,6 +15,8 @@ import json
 import time
 from dataclasses import replace
 
+import torch
+
 from capbench.spec import DENSE, CellSpec
 
 ESTIMATE_ROWS = 512
@@ -30,6 +32,8 @@ class _Clock:
         self.times: list[float] = []
 
     def update(self, _n: int) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # the step's kernels are done, not just launched
         self.times.append(time.perf_counter())
 
     def set_postfix(self, **_kwargs) -> None:
@@ -58,7 +62,9 @@ def _step_seconds(spec: CellSpec, ctx, steps: int = STEPS) -> tuple[float, int, 
     model = runner.load_pretrained(spec, data.task, ctx.device)
     clock = _Clock()
     timed = replace(cfg, max_steps=WARMUP + steps, epochs=1.0)
-    loader = runner.make_loader(rows, data.tokenizer, cfg.batch_size, shuffle=True, seed=spec.seed)
+    loader = runner.make_loader(
+        rows, data.tokenizer, cfg.batch_size, shuffle=True, seed=spec.seed, device=ctx.device
+    )
     if spec.method == DENSE:
         train(model, loader, timed, progress=clock)
     else:
@@ -75,7 +81,7 @@ def _step_seconds(spec: CellSpec, ctx, steps: int = STEPS) -> tuple[float, int, 
     eval_seconds = 0.0
     for split_rows in data.evals.values():
         sample = split_rows.select(range(min(EVAL_ROWS, len(split_rows))))
-        loader, _ = eval_loader(sample, data.tokenizer, cfg.eval_batch_size)
+        loader, _ = eval_loader(sample, data.tokenizer, cfg.eval_batch_size, ctx.device)
         started = time.perf_counter()
         predict(model, loader, cfg.precision)
         eval_seconds += (time.perf_counter() - started) * len(split_rows) / max(1, len(sample))

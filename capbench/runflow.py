@@ -142,6 +142,11 @@ def run_from_args(args, default_cache: Path) -> int:
     executor = getattr(args, "executor", "local") or "local"
     if getattr(args, "ray_address", None) and executor != "ray":
         raise CapbenchError("--ray-address needs --executor ray")
+    gpus = getattr(args, "gpus_per_cell", None)
+    if gpus is not None and executor != "ray":
+        raise CapbenchError(f"--gpus-per-cell {gpus:g} needs --executor ray (a local run uses --device)")
+    if gpus is not None and gpus < 0:
+        raise CapbenchError(f"--gpus-per-cell {gpus:g}: expected 0 or more GPUs per cell, e.g. 1 or 0.5")
     if getattr(args, "estimate", False) and not getattr(args, "dry_run", False):
         raise CapbenchError("--estimate times a few steps instead of running: give it with --dry-run")
     cells, source = cells_from_args(args)
@@ -177,7 +182,13 @@ def run_from_args(args, default_cache: Path) -> int:
         from capbench.executors.ray_executor import run_grid_ray
 
         counts = run_grid_ray(
-            cells, ctx, overwrite=args.overwrite, after_cell=measure_after_cell, address=args.ray_address
+            cells,
+            ctx,
+            overwrite=args.overwrite,
+            after_cell=measure_after_cell,
+            address=args.ray_address,
+            device=getattr(args, "device", None),
+            gpus_per_cell=getattr(args, "gpus_per_cell", None),
         )
     else:
         counts = run_grid(cells, ctx, overwrite=args.overwrite, after_cell=measure_after_cell)

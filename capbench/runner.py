@@ -6,6 +6,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,10 +14,8 @@ from tqdm.auto import tqdm
 
 from capbench import distributed, records
 from capbench.cell_protocol import execute_cell, finished_elsewhere, is_finished  # noqa: F401 (re-exported)
-from capbench.data.overlap import eval_train_overlap
-from capbench.data.sources import DataSource, check_sample_size, load_split, split_provenance
-from capbench.data.tokenize import tokenize_split
 from capbench.device import describe as describe_device
+from capbench.device import model_device
 from capbench.errors import CapbenchError
 from capbench.methods import build_loss, build_pruner
 from capbench.metrics import compute_metrics, predictions_from_logits, undefined_metrics
@@ -29,6 +28,9 @@ from capbench.record import DONE, Record
 from capbench.spec import DENSE, CellSpec, teacher_key
 from capbench.tasks import TaskSpec, get_task
 from capbench.teacher_logits import TeacherLogits
+
+if TYPE_CHECKING:
+    from capbench.data.sources import DataSource
 from capbench.training import (
     TrainConfig,
     TrainingDiverged,
@@ -45,7 +47,7 @@ from capbench.training import (
 class RunContext:
     out_dir: Path
     cache_dir: Path
-    source: DataSource
+    source: DataSource  # capbench.data.sources (or anything with to_dict(): benchmarks/gpu_check)
     save_models: bool = True
     show_progress: bool = True
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # capbench.device
@@ -72,6 +74,11 @@ def prepare_data(spec: CellSpec, ctx: RunContext) -> TaskData:
 
 
 def _prepare_data(spec: CellSpec, ctx: RunContext) -> TaskData:
+    # Imported here: the rest of the runner runs without `datasets` (benchmarks/gpu_check on a bare GPU box).
+    from capbench.data.overlap import eval_train_overlap
+    from capbench.data.sources import check_sample_size, load_split, split_provenance
+    from capbench.data.tokenize import tokenize_split
+
     task = get_task(spec.task)
     tokenizer = load_tokenizer(resolve_model_path(spec.model))
 
@@ -119,7 +126,7 @@ def evaluate(model, data: TaskData, spec: CellSpec) -> Evaluation:
     metrics, undefined, examples = {}, {}, {}
     cfg = TrainConfig(**spec.train)
     for split, rows in data.evals.items():
-        loader, order = eval_loader(rows, data.tokenizer, cfg.eval_batch_size)
+        loader, order = eval_loader(rows, data.tokenizer, cfg.eval_batch_size, model_device(model))
         logits, labels = predict(model, loader, cfg.precision)
         restore = np.argsort(order)  # back to the split's row order
         logits, labels = logits[restore], labels[restore]
@@ -137,7 +144,7 @@ def evaluate(model, data: TaskData, spec: CellSpec) -> Evaluation:
     return Evaluation(metrics, undefined, examples)
 
 
-def _train_loader(spec: CellSpec, data: TaskData):
+def _train_loader(spec: CellSpec, data: TaskData, device: torch.device | None = None):
     cfg = TrainConfig(**spec.train)
     loader = make_loader(
         data.train,
@@ -146,6 +153,7 @@ def _train_loader(spec: CellSpec, data: TaskData):
         shuffle=True,
         seed=spec.seed,
         group_by_length=cfg.group_by_length,
+        device=device,
     )
     return cfg, loader
 
@@ -165,7 +173,7 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
             model = load_classifier(str(target), data.task.num_labels).to(ctx.device)
             return model.eval(), {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
         model = load_pretrained(spec, data.task, ctx.device)
-        cfg, loader = _train_loader(spec, data)
+        cfg, loader = _train_loader(spec, data, ctx.device)
         with _progress(ctx, cfg.run_steps(len(loader)), f"dense {spec.task} seed {spec.seed}") as bar:
             stats = train(model, loader, cfg, progress=bar)
         if distributed.is_main():
@@ -204,7 +212,7 @@ def prune_and_train(spec: CellSpec, ctx: RunContext, data: TaskData, teacher, te
     pruner = build_pruner(spec)
     if hasattr(loss_fn, "on_pruning_step"):
         pruner.on_prune_step = loss_fn.on_pruning_step  # CAP snapshots at structured pruning events
-    cfg, loader = _train_loader(spec, data)
+    cfg, loader = _train_loader(spec, data, ctx.device)
     steps = planned_steps(loader, cfg, pruner)
     stats = _train_pruned(ctx, model, loader, cfg, loss_fn, pruner, logits, steps, spec)
     model = pruner.finalize(model)
@@ -260,7 +268,7 @@ def prune_oneshot_and_finetune(
     logits = TeacherLogits(teacher, teacher_dir)
     loss_fn = build_loss_locked(spec, model, teacher, data, ctx, logits)
     pruner = build_pruner(spec)
-    cfg, loader = _train_loader(spec, data)
+    cfg, loader = _train_loader(spec, data, ctx.device)
     chosen = pruner.options.get("finetune_steps")
     steps = cfg.run_steps(len(loader)) if chosen is None else int(chosen)
     pruner.attach(model, max(1, steps))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -133,3 +134,55 @@ def random_batch(model, batch_size: int = 4, seq_len: int = 8, seed: int = 0) ->
     attention_mask[0, seq_len // 2 :] = 0
     labels = torch.randint(0, max(model.config.num_labels, 2), (batch_size,), generator=g)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class SyntheticSplit:
+    """A tokenized split held in memory: the part of ``datasets.Dataset``'s API that the runner, the
+    loaders, CAP's banks and calibration use (``len``, a row by position, a column by name, ``select``,
+    ``_fingerprint``), so cells run where ``datasets`` is not installed (``benchmarks/gpu_check``).
+
+    ``columns``: equal-length lists by name (``input_ids``, ``attention_mask``, ``token_type_ids``,
+    ``labels``, ``idx``)."""
+
+    def __init__(self, columns: dict[str, list]):
+        lengths = {len(values) for values in columns.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"columns of different lengths: { {k: len(v) for k, v in columns.items()} }")
+        self.columns = columns
+        self.column_names = list(columns)
+        text = repr(sorted(columns.items()))
+        self._fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return self.columns[key]
+        return {name: values[int(key)] for name, values in self.columns.items()}
+
+    def select(self, indices) -> SyntheticSplit:
+        chosen = [int(i) for i in indices]
+        return SyntheticSplit({name: [values[i] for i in chosen] for name, values in self.columns.items()})
+
+
+def synthetic_split(
+    rows: int, vocab_size: int, num_labels: int = 2, lengths: tuple[int, int] = (8, 32), seed: int = 0
+) -> SyntheticSplit:
+    """``rows`` random sentences of ``lengths`` (min, max) tokens, [CLS] ... [SEP] with ids 2 and 3 of the
+    tiny vocabulary, and a label a model can learn (the first word's id modulo ``num_labels``); ``idx`` is
+    the row position."""
+    g = torch.Generator().manual_seed(seed)
+    low, high = lengths
+    columns: dict[str, list] = {
+        k: [] for k in ("input_ids", "attention_mask", "token_type_ids", "labels", "idx")
+    }
+    for i in range(rows):
+        n = int(torch.randint(low, high + 1, (1,), generator=g))
+        words = torch.randint(5, vocab_size, (n - 2,), generator=g).tolist()
+        columns["input_ids"].append([2, *words, 3])
+        columns["attention_mask"].append([1] * n)
+        columns["token_type_ids"].append([0] * n)
+        columns["labels"].append(words[0] % num_labels)
+        columns["idx"].append(i)
+    return SyntheticSplit(columns)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding
 
 from capbench import device, distributed, layout
+from capbench.device import loader_options
 from capbench.errors import CapbenchError
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -159,27 +160,39 @@ def row_lengths(dataset) -> np.ndarray:
 
 
 def make_loader(
-    dataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 0, group_by_length: bool = False
+    dataset,
+    tokenizer,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    group_by_length: bool = False,
+    device: torch.device | None = None,
 ) -> DataLoader:
     """Batches padded to their longest row.  ``shuffle``: a seeded order per epoch, by length groups with
-    ``group_by_length`` (``LengthGroupedBatches``); without ``shuffle``, the rows in order."""
+    ``group_by_length`` (``LengthGroupedBatches``); without ``shuffle``, the rows in order.  ``device``: where
+    the batches go (``capbench.device.loader_options``: pinned memory and loader workers on a GPU); the
+    batches and their order are the same on every device."""
     collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    extra = loader_options(device)
     if shuffle and group_by_length:
         batches = LengthGroupedBatches(row_lengths(dataset), batch_size, seed)
-        return DataLoader(dataset, batch_sampler=batches, collate_fn=collator)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collator, **extra)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collator, generator=generator
+        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collator, generator=generator, **extra
     )
 
 
-def eval_loader(dataset, tokenizer, batch_size: int) -> tuple[DataLoader, np.ndarray]:
+def eval_loader(
+    dataset, tokenizer, batch_size: int, device: torch.device | None = None
+) -> tuple[DataLoader, np.ndarray]:
     """An evaluation loader over the rows sorted by length (the least padding), and the permutation that
-    put them there: ``outputs[np.argsort(order)]`` restores the split's order."""
+    put them there: ``outputs[np.argsort(order)]`` restores the split's order.  ``device``: as in
+    ``make_loader``."""
     order = np.argsort(row_lengths(dataset), kind="stable")
     collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collator), order
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collator, **loader_options(device)), order
 
 
 def model_inputs(batch: dict, model=None) -> dict:

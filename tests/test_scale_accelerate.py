@@ -93,3 +93,18 @@ def test_two_process_cell_matches_single_process_masks(tiny_model_dir, tiny_glue
         assert torch.equal(ours[key] != 0, theirs[key] != 0), key  # identical masks
     for key, value in theirs.items():
         torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_the_process_group_backend_is_gloo_without_cuda_and_nccl_beside_it_with(monkeypatch):
+    import torch
+
+    from capbench import distributed
+
+    monkeypatch.delenv("CAPBENCH_DIST_BACKEND", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.backend() == "gloo"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    assert distributed.backend() == "cpu:gloo,cuda:nccl"  # gradients on the GPU over NCCL, objects over gloo
+    monkeypatch.setenv("CAPBENCH_DIST_BACKEND", "gloo")
+    assert distributed.backend() == "gloo"

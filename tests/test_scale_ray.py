@@ -265,3 +265,33 @@ def test_worker_killed_mid_cell_is_retried_without_losing_or_duplicating(
     assert all(r["predictions"]["file"] in files for r in records.values())
     assert records[killed]["executor"]["attempt"] == 2  # Ray's retry finished the killed cell
     assert not (out / ".locks" / f"{killed}.lock").exists()  # the retry's lease was released
+
+
+class _FakeRay:
+    def __init__(self, gpus: float):
+        self.gpus = gpus
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": 8.0, **({"GPU": self.gpus} if self.gpus else {})}
+
+
+def test_gpus_per_cell_sets_each_task_s_gpus_and_is_checked_before_work(monkeypatch, capsys, tmp_path):
+    from capbench.cli import main
+    from capbench.errors import CapbenchError
+    from capbench.executors.ray_executor import task_options
+
+    monkeypatch.delenv("CAPBENCH_RAY_GPUS_PER_CELL", raising=False)
+    assert task_options(_FakeRay(4), 0.5)["num_gpus"] == 0.5
+    assert task_options(_FakeRay(4))["num_gpus"] == 1  # a GPU cluster: one GPU per cell by default
+    assert task_options(_FakeRay(0))["num_gpus"] == 0
+    monkeypatch.setenv("CAPBENCH_RAY_GPUS_PER_CELL", "0.25")
+    assert task_options(_FakeRay(4))["num_gpus"] == 0.25
+    assert task_options(_FakeRay(4), 2)["num_gpus"] == 2  # the flag wins over the environment
+    with pytest.raises(CapbenchError, match="--gpus-per-cell 1: the Ray cluster has no GPUs"):
+        task_options(_FakeRay(0), 1)
+    base = ["run", "--tasks", "rte", "--methods", "magnitude", "--out", str(tmp_path / "x")]
+    assert main([*base, "--gpus-per-cell", "1"]) == 2
+    assert "--gpus-per-cell 1 needs --executor ray" in capsys.readouterr().err
+    assert main([*base, "--executor", "ray", "--gpus-per-cell", "-1"]) == 2
+    assert "expected 0 or more GPUs per cell" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

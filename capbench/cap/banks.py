@@ -77,9 +77,20 @@ class MemoryBank:
         self.build_seconds = 0.0
 
     # ------------------------------------------------------------------ rows
+    @property
+    def device(self) -> torch.device:
+        return self._reps.device
+
+    def to(self, device: torch.device | str) -> MemoryBank:
+        """Move the representations to ``device`` (a GPU: candidate rows are gathered there, no copy per
+        step); a memory-mapped bank stays in its file.  Labels and the filled flags stay on the host."""
+        if self._array is None:
+            self._reps = self._reps.to(device)
+        return self
+
     def update(self, idx: Tensor, reps: Tensor, labels: Tensor | None = None) -> None:
         idx = torch.as_tensor(idx).detach().long().cpu().view(-1)
-        reps = reps.detach().to("cpu", self.dtype)
+        reps = reps.detach().to(self._reps.device, self.dtype)
         if reps.shape != (idx.numel(), self.dim):
             raise CapbenchError(
                 f"bank update expects [{idx.numel()}, {self.dim}] rows, got {tuple(reps.shape)}"
@@ -88,7 +99,7 @@ class MemoryBank:
             raise CapbenchError(
                 f"bank row index out of range [0, {self.size}): is batch['idx'] the train-split row?"
             )
-        self._reps[idx] = reps
+        self._reps[idx.to(self._reps.device)] = reps
         if labels is not None:
             labels = torch.as_tensor(labels).detach().cpu().view(-1)
             if self.labels is None:
@@ -99,8 +110,8 @@ class MemoryBank:
         self._complete = False
 
     def get(self, idx: Tensor) -> Tensor:
-        """Rows ``idx`` as a [len(idx), dim] tensor in the bank dtype (a copy, on CPU)."""
-        idx = torch.as_tensor(idx).long().cpu().view(-1)
+        """Rows ``idx`` as a [len(idx), dim] tensor in the bank dtype (a copy, on the bank's device)."""
+        idx = torch.as_tensor(idx).long().view(-1).to(self._reps.device)
         return self._reps[idx]  # advanced indexing copies, also out of a memory map
 
     def sample(
@@ -331,12 +342,14 @@ class SnapshotBanks:
         max_snapshots: int,
         dtype: str | torch.dtype = torch.float16,
         directory: str | Path | None = None,
+        device: torch.device | str | None = None,
     ):
         if max_snapshots < 1:
             raise CapbenchError(f"max_snapshots must be >= 1, got {max_snapshots}")
         self.max_snapshots = int(max_snapshots)
         self.dtype = to_dtype(dtype)
         self.directory = Path(directory) if directory is not None else None
+        self.device = device  # where captured banks live (None: host RAM), see MemoryBank.to
         self.banks: list[MemoryBank] = []
         self.steps: list[int | None] = []
         self.taken = 0
@@ -374,6 +387,8 @@ class SnapshotBanks:
         if self.directory is not None:
             path = self.directory / f"snapshot-{self.taken:04d}.npy"
         bank = build_bank(model, loader, kind, dtype=self.dtype, path=path)
+        if self.device is not None:
+            bank.to(self.device)
         if self.banks and (bank.size, bank.dim) != (self.size, self.dim):
             raise CapbenchError(
                 f"snapshot bank shape {bank.size}x{bank.dim} differs from {self.size}x{self.dim}"

@@ -91,6 +91,10 @@ class CapConfig:
     snapshot_gap: str = "none"
     bank_dtype: str = "float16"
     bank_on_disk: bool = False
+    # Banks live on the model's device (a GPU: no host-to-device copy of candidate rows per step); True keeps
+    # them in host RAM, for banks larger than the GPU's free memory (full MNLI: 392,702 rows x 768 x fp16 =
+    # 0.6 GB per bank, up to 10 snapshots). Where a bank lives does not change results.
+    bank_on_host: bool = False
     normalization: str = "paper_code"
     # The classifier's dropout on the anchor's pooled representation before the contrastive terms, as the
     # authors' training forward does (see capbench.cap.representation); False: the pooler output as is.
@@ -175,6 +179,8 @@ class CapConfig:
         if self.snapshot_on != "pruning_step" or self.snapshot_gap == "none":
             # No effect / the behaviour before the option existed: leaves earlier specs (and digests) unchanged.
             del out["snapshot_gap"]
+        if not self.bank_on_host:
+            del out["bank_on_host"]  # added later, and placement only: earlier specs keep their digests
         return out
 
     def snapshot_every(self, total_steps: int, steps_per_epoch: int) -> int | None:
@@ -250,6 +256,7 @@ RULES: dict[str, tuple[str, Any]] = {
     "snapshot_gap": (f"one of {', '.join(SNAPSHOT_GAPS)}", _one_of(SNAPSHOT_GAPS)),
     "bank_dtype": (f"one of {', '.join(BANK_DTYPES)}", _one_of(BANK_DTYPES)),
     "bank_on_disk": ("true/false", _flag),
+    "bank_on_host": ("true/false", _flag),
     "normalization": (f"one of {', '.join(NORMALIZATIONS)}", _one_of(NORMALIZATIONS)),
     "snapshot_fraction": ("a fraction in (0, 1], e.g. 0.5", lambda v: _real(0, strict=True)(v) and v <= 1),
     "anchor_dropout": ("true/false", _flag),

@@ -128,12 +128,18 @@ class CapLoss:
         self._tmpdir = None
         self.bank_dir = self._bank_directory(ctx.bank_dir)
         self.banks = self._initial_banks(ctx)
+        # Banks follow the model to its device unless kept on disk or, by option, in host RAM.
+        on_host = self.config.bank_on_disk or self.config.bank_on_host
+        self.bank_device = None if on_host else next(model.parameters()).device
+        if self.bank_device is not None:
+            for bank in self.banks.values():
+                bank.to(self.bank_device)
         self.snapshots: SnapshotBanks | None = None
         if "snc" in self.config.modules:
             if self.loader is None:
                 raise CapbenchError("CAP SnC needs loader= (a sequential loader over the train split)")
             directory = self.bank_dir / "snapshots" if self.bank_dir is not None else None
-            self.snapshots = SnapshotBanks(self.config.max_snapshots, self.dtype, directory)
+            self.snapshots = SnapshotBanks(self.config.max_snapshots, self.dtype, directory, self.bank_device)
         self._train_labels = None if ctx.train_labels is None else torch.as_tensor(ctx.train_labels).cpu()
         self._pending_snapshot = False
         self._snapshot_every = self.config.snapshot_interval if self.config.snapshot_on == "steps" else None

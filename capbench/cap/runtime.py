@@ -8,6 +8,7 @@ import json
 from capbench.cap.banks import load_or_build_bank
 from capbench.cap.config import CapConfig
 from capbench.cap.loss import CapContext, CapLoss
+from capbench.device import model_device
 from capbench.models import weights_digest
 from capbench.training import TrainConfig, eval_loader
 
@@ -31,7 +32,9 @@ def cap_loss_for_cell(spec, model, teacher, data, ctx, teacher_logits=None) -> C
     cfg = CapConfig.from_options(spec.cap)
     # Banks (PrC, FiC, SnC snapshots) encode every train row once: rows sorted by length pad least (on the
     # ci grid's 8,000 SST-2 rows: 111k padded tokens against 386k in order). Rows land by their `idx`.
-    loader, _ = eval_loader(data.train, data.tokenizer, TrainConfig(**spec.train).eval_batch_size)
+    loader, _ = eval_loader(
+        data.train, data.tokenizer, TrainConfig(**spec.train).eval_batch_size, model_device(model)
+    )
     banks = {}
     for role, source in (("prc", model), ("fic", teacher)):
         if role not in cfg.modules:

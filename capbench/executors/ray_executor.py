@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from capbench import distributed, leases, records
 from capbench.cell_protocol import execute_cell, is_finished
+from capbench.device import resolve_device
 from capbench.errors import CapbenchError
 from capbench.executors.plan import BANKS, CELL, plan_jobs
 from capbench.record import Record
@@ -55,10 +56,18 @@ def _env_number(name: str, default: float) -> float:
         raise CapbenchError(f"{name}={raw!r}: expected a number") from None
 
 
-def task_options(ray) -> dict:
+def task_options(ray, gpus_per_cell: float | None = None) -> dict:
+    """Ray resources per cell: ``CAPBENCH_RAY_CPUS_PER_CELL`` (1); GPUs from ``--gpus-per-cell`` (fractions
+    share a GPU between cells), else ``CAPBENCH_RAY_GPUS_PER_CELL``, else 1 on a cluster with GPUs, 0 without."""
     cpus = _env_number("CAPBENCH_RAY_CPUS_PER_CELL", 1)
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-    gpus = _env_number("CAPBENCH_RAY_GPUS_PER_CELL", 1 if has_gpus else 0)
+    gpus = gpus_per_cell
+    if gpus is None:
+        gpus = _env_number("CAPBENCH_RAY_GPUS_PER_CELL", 1 if has_gpus else 0)
+    if gpus > 0 and not has_gpus:
+        raise CapbenchError(
+            f"--gpus-per-cell {gpus:g}: the Ray cluster has no GPUs; use --gpus-per-cell 0 or join a GPU cluster"
+        )
     return {
         "num_cpus": cpus,
         "num_gpus": gpus,
@@ -80,7 +89,15 @@ def _worker_context(settings: dict) -> RunContext:
 
     torch.set_num_threads(max(1, int(settings["threads"])))
     source = settings["source"]
-    key = (settings["out_dir"], settings["cache_dir"], source.kind, source.root, settings["save_models"])
+    where = settings.get("device", "cpu")
+    key = (
+        settings["out_dir"],
+        settings["cache_dir"],
+        source.kind,
+        source.root,
+        settings["save_models"],
+        where,
+    )
     if key not in _CONTEXTS:
         _CONTEXTS[key] = RunContext(
             out_dir=Path(settings["out_dir"]),
@@ -88,6 +105,8 @@ def _worker_context(settings: dict) -> RunContext:
             source=source,
             save_models=settings["save_models"],
             show_progress=False,
+            # resolved in the worker: Ray gives a task with GPUs its own CUDA_VISIBLE_DEVICES
+            device=resolve_device(where),
         )
     return _CONTEXTS[key]
 
@@ -221,8 +240,19 @@ def connect(ray, address: str | None, log_to_driver: bool = True) -> None:
     ray.init(**kwargs)
 
 
-def run_grid_ray(cells, ctx: RunContext, *, overwrite: bool = False, after_cell=None, address=None) -> dict:
-    """Run the grid as Ray tasks; returns the same counts as `run_grid`."""
+def run_grid_ray(
+    cells,
+    ctx: RunContext,
+    *,
+    overwrite: bool = False,
+    after_cell=None,
+    address=None,
+    device: str | None = None,
+    gpus_per_cell: float | None = None,
+) -> dict:
+    """Run the grid as Ray tasks; returns the same counts as `run_grid`.  ``device``: the ``--device``
+    text, resolved in each worker (default: ``cuda`` when the tasks get GPUs, else the driver's device
+    type); ``gpus_per_cell``: see ``task_options``."""
     ray = _import_ray()
     if distributed.enabled():
         raise CapbenchError("--executor ray fans cells out over a cluster; do not start it under accelerate")
@@ -233,7 +263,9 @@ def run_grid_ray(cells, ctx: RunContext, *, overwrite: bool = False, after_cell=
         connect(ray, address, log_to_driver=ctx.show_progress)
     counts = {"done": 0, "skipped": 0, "held": 0, "failed": 0}
     try:
-        options = task_options(ray)
+        options = task_options(ray, gpus_per_cell)
+        if device is None or device == "auto":
+            device = "cuda" if options["num_gpus"] > 0 else ctx.device.type
         remote = ray.remote(execute_job).options(**options)
         settings = {
             "out_dir": str(out_dir),
@@ -242,6 +274,7 @@ def run_grid_ray(cells, ctx: RunContext, *, overwrite: bool = False, after_cell=
             "save_models": ctx.save_models,
             "cwd": os.getcwd(),
             "threads": max(1, int(options["num_cpus"])),
+            "device": device,
         }
         jobs = plan_jobs(cells)
         refs = []

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from capbench import layout
-from capbench.data.tokenize import tokenizer_digest
 from capbench.errors import CapbenchError
 
 POOLINGS = ("mean", "cls")
@@ -174,6 +173,8 @@ def extract_features(
     keys: dict[str, str] = {}
     if cache_dir is not None:
         weights = weights or weights_hash(model)
+        from capbench.data.tokenize import tokenizer_digest  # here: features run without `datasets`
+
         base = (f"{weights}|{architecture_hash(model)}", tokenizer_digest(tokenizer), texts_hash(texts))
         for pooling in poolings:
             keys[pooling] = features_key(*base, pooling, max_length)

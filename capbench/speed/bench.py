@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -288,7 +287,7 @@ def bench_model(
     dense_model: nn.Module | None = None,
     options: BenchOptions = DEFAULT_OPTIONS,
     *,
-    clock: Clock = time.perf_counter,
+    clock: Clock | None = None,
     progress: Callable[[str], None] | None = None,
     sentences: Sentences | None = None,
     load_probe: LoadProbe | None = None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import replace
 
@@ -121,7 +120,7 @@ def time_formats(
     token_counts: Iterable = DEFAULT_TOKEN_COUNTS,
     rounds: Rounds = DEFAULT_ROUNDS,
     *,
-    clock: Clock = time.perf_counter,
+    clock: Clock | None = None,
     min_gain: float = 1.0,
     seed: int = 0,
     column_major: Collection[str] = (),
@@ -148,7 +147,7 @@ def bench_layer(
     name: str = "",
     mask: torch.Tensor | None = None,
     contiguous: bool = True,
-    clock: Clock = time.perf_counter,
+    clock: Clock | None = None,
     seed: int = 0,
     column_major: Collection[str] = (),
 ) -> dict:
@@ -238,7 +237,7 @@ def bench_linears(
     model: nn.Module,
     options: BenchOptions = DEFAULT_OPTIONS,
     *,
-    clock: Clock = time.perf_counter,
+    clock: Clock | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """The calibration: `bench_layer` for every encoder linear of `model`, each fed the input layout it gets in

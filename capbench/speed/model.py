@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
@@ -15,7 +14,7 @@ from capbench.speed.formats import DEFAULT_POLICY, FormatPolicy, KernelFormat, b
 from capbench.speed.inputs import ModelInputs, Sentences, model_inputs, random_inputs
 from capbench.speed.kernels import iter_encoder_linears, layout_free_output
 from capbench.speed.options import DEFAULT_MODEL_TOKEN_COUNTS, parse_token_count, token_count_label
-from capbench.speed.timing import Clock, Rounds, summarize, time_interleaved
+from capbench.speed.timing import Clock, Rounds, resolve_clock, summarize, time_interleaved
 
 MODEL_ROUNDS = Rounds(repeats=5)  # time_models' default: 5 interleaved rounds after 1 warm-up forward
 
@@ -143,7 +142,7 @@ def time_models(
     rounds: Rounds = MODEL_ROUNDS,
     *,
     baseline: str | None = None,
-    clock: Clock = time.perf_counter,
+    clock: Clock | None = None,
     seed: int = 0,
     sentences: Sentences | None = None,
 ) -> dict:
@@ -227,7 +226,7 @@ def time_breakdown(
     *,
     repeats: int = 3,
     warmup: int = 1,
-    clock: Clock = time.perf_counter,
+    clock: Clock | None = None,
     seed: int = 0,
     inputs: dict | None = None,
 ) -> dict:
@@ -243,7 +242,7 @@ def time_breakdown(
         batch, seq = check_shape(model, token_count)
         inputs = random_inputs(model, batch, seq, seed).batches[0]
     model.eval()
-    timer = _PartTimer(model, clock)
+    timer = _PartTimer(model, resolve_clock(clock))
     try:
         with torch.inference_mode():
             for _ in range(warmup):

@@ -24,7 +24,47 @@ from capbench.speed.stats import CONFIDENCE, quantile, relative_spread, summariz
 
 Clock = Callable[[], float]
 
-__all__ = ["DEFAULT_ROUNDS", "Clock", "Rounds", "quantile", "summarize", "time_interleaved"]
+__all__ = [
+    "DEFAULT_ROUNDS",
+    "Clock",
+    "Rounds",
+    "cuda_event_clock",
+    "quantile",
+    "resolve_clock",
+    "summarize",
+    "time_interleaved",
+]
+
+
+def cuda_event_clock(device: torch.device | int | None = None) -> Clock:
+    """A clock on the GPU's timeline: each reading records a CUDA event on the current stream and waits for
+    it, so every kernel queued before the reading is counted (CUDA launches return before the work is done;
+    a host clock alone would time the launches).  Seconds since the clock was made, from
+    ``torch.cuda.Event.elapsed_time`` (milliseconds, resolution about 0.5 microseconds)."""
+    with torch.cuda.device(device):
+        origin = torch.cuda.Event(enable_timing=True)
+        origin.record()
+        origin.synchronize()
+
+    def clock() -> float:
+        with torch.cuda.device(device):
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            event.synchronize()
+        return origin.elapsed_time(event) / 1000.0
+
+    return clock
+
+
+def resolve_clock(clock: Clock | None) -> Clock:
+    """``clock``, or the default: CUDA events once this process has used CUDA (kernels may be queued on
+    the GPU), else ``time.perf_counter``."""
+    if clock is not None:
+        return clock
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return cuda_event_clock()
+    return time.perf_counter
+
 
 # Why rounds stopped (the result's stop["reason"]).
 STOP_SPREAD = "spread"  # every watched ratio's IQR / median reached the target
@@ -171,14 +211,15 @@ def time_interleaved(
     *,
     baseline: str | None = None,
     number: int | Mapping[str, int] | None = None,
-    clock: Clock = time.perf_counter,
+    clock: Clock | None = None,
     keep_samples: bool = False,
     watch: list[str] | None = None,
 ) -> dict:
     """Time each callable in `fns` over interleaved `rounds`.
 
     Per round every callable runs `number` times back to back (the per-call time is the elapsed time divided
-    by `number`); the order rotates by one position each round. `number=None` picks it per callable from the
+    by `number`); the order rotates by one position each round.  `clock=None`: ``resolve_clock`` (CUDA
+    events after CUDA is in use, so GPU work is synchronised before each reading). `number=None` picks it per callable from the
     first warm-up call so a measurement lasts at least `rounds.min_time`. `watch` names the candidates whose
     speedup spread the stopping rule reads (default: all but the baseline).
 
@@ -191,6 +232,7 @@ def time_interleaved(
     names = list(fns)
     if not names:
         raise ValueError("nothing to time")
+    clock = resolve_clock(clock)
     baseline = names[0] if baseline is None else baseline
     if baseline not in fns:
         raise ValueError(f"baseline {baseline!r} is not one of {names}")
