@@ -92,3 +92,28 @@ def test_emulated_bf16_on_this_cpu_is_named(monkeypatch):
     assert slow_precision_warning(cpu, "fp32") is None
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert slow_precision_warning(cpu, "bf16") is None
+
+
+def test_probes_and_speed_run_on_bf16_cells(tiny_model_dir, tiny_glue, tmp_path, monkeypatch):
+    from capbench.speed import runner_hook
+    from capbench.speed.options import BenchOptions
+
+    quick = BenchOptions(
+        repeats=2, min_repeats=2, layer_min_repeats=2, model_budget=1.0, layer_budget=0.1,
+        model_min_seconds=0.0, breakdown=False, sentences=4,
+    )  # fmt: skip
+    monkeypatch.setattr(runner_hook, "RUN_OPTIONS", quick)
+    out = tmp_path / "run"
+    args = ["run", "--tasks", "rte", "--preset", "smoke", "--model", str(tiny_model_dir), "--quiet"]
+    args += ["--data-dir", str(tiny_glue), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--max-train-examples", "32", "--max-eval-examples", "16", "--batch-size", "8"]
+    args += ["--methods", "magnitude,cap_magnitude", "--sparsity", "0.5", "--precision", "bf16"]
+    args += ["--probes", "bigram_shift", "--probe-sizes", "30,15,15", "--speed", "--max-seq-length", "64"]
+    assert main(args) == 0
+    pruned = [r for r in load_records(out) if r["spec"]["method"] != "dense"]
+    assert {r["spec"]["method"] for r in pruned} == {"magnitude", "cap_magnitude"}
+    for record in pruned:
+        assert record["spec"]["train"]["precision"] == "bf16"
+        assert "bigram_shift" in record["probes"]["tasks"]
+        assert record["speed"]["summary"]["measured_speedup"] > 0
+        assert set(record["speed"]["settings"]["model_token_counts"]) == {"1x64", "32x64"}  # CPU shapes

@@ -160,6 +160,12 @@ def test_runner_hook_times_the_cells_evaluation_sentences(saved_models, monkeypa
         (["--target-spread", "0"], "--target-spread 0.0: must be positive"),
         (["--data-dir", "x"], "--data-dir needs --task T"),
         (["--task", "nope"], "--task nope: unknown task"),
+        (["--precision", "int4"], "--precision 'int4': expected one of auto, fp32, bf16, fp16"),
+        *(
+            []
+            if torch.cuda.is_available()
+            else [(["--device", "cuda"], "--device cuda: no CUDA GPU here; use --device cpu")]
+        ),
     ],
 )
 def test_bad_bench_input_exits_2_with_one_line(argv, message, capsys, tiny_model_dir):
@@ -248,3 +254,32 @@ def test_bench_runs_times_each_record_on_its_own_tasks_sentences(tmp_path, saved
     assert speed["inputs"]["kind"] == "sentences" and speed["inputs"]["source"].startswith(
         "sst2 validation, 3 of"
     )
+
+
+def test_gpu_shapes_add_batch_128_unless_the_user_chose_shapes():
+    from capbench.speed.options import (
+        DEFAULT_MODEL_TOKEN_COUNTS,
+        GPU_MODEL_TOKEN_COUNTS,
+        model_token_counts_for,
+    )
+
+    assert model_token_counts_for(torch.device("cpu")) == DEFAULT_MODEL_TOKEN_COUNTS
+    assert (
+        model_token_counts_for(torch.device("cuda", 0))
+        == GPU_MODEL_TOKEN_COUNTS
+        == ("1x128", "32x128", "128x128")
+    )
+    assert (
+        model_token_counts_for(torch.device("cuda", 0), DEFAULT_MODEL_TOKEN_COUNTS) == GPU_MODEL_TOKEN_COUNTS
+    )
+    assert model_token_counts_for(torch.device("cuda", 0), ["8x64"]) == ("8x64",)
+
+
+def test_place_puts_weights_in_the_timed_dtype():
+    from capbench.speed.bench import place
+    from capbench.testing import tiny_bert
+
+    model = place(tiny_bert(2), torch.device("cpu"), "bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and not model.training
+    assert {p.dtype for p in place(model, torch.device("cpu"), "fp32").parameters()} == {torch.float32}
+    assert place(None, torch.device("cpu")) is None

@@ -282,6 +282,15 @@ def _load(readings: dict[str, dict], threads: int, options: BenchOptions) -> tup
     return record, busy, reason
 
 
+def place(model: nn.Module | None, device: torch.device, precision: str = "fp32") -> nn.Module | None:
+    """``model`` on ``device`` with its weights in the timed dtype: bf16 or fp16 for those precisions (what a
+    half-precision deployment runs, and what the 2:4 kernels take), else fp32.  None stays None."""
+    if model is None:
+        return None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return model.to(device=device, dtype=dtype).eval()
+
+
 def bench_model(
     model: nn.Module,
     dense_model: nn.Module | None = None,

@@ -16,6 +16,7 @@ from capbench.speed.options import (
     DEFAULT_OPTIONS,
     DEFAULT_TOKEN_COUNTS,
     BenchOptions,
+    model_token_counts_for,
     parse_token_count,
 )
 from capbench.speed.sweep import DEFAULT_SPARSITIES, SHAPE_SETS, SWEEP_OPTIONS
@@ -172,6 +173,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--json", type=Path, metavar="FILE", help="with --model/--sweep: also write the result as JSON"
     )
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="weights' dtype while timed: auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(handler=run_bench)
     return p
@@ -289,13 +298,31 @@ def _check_inputs(args) -> None:
             ) from None
 
 
+def placement(args) -> tuple:
+    """(device, precision) of ``--device`` and ``--precision``, resolved once (CapbenchError: one line)."""
+    from capbench.device import resolve_device, resolve_precision
+
+    if getattr(args, "_placement", None) is None:
+        where = resolve_device(getattr(args, "device", "cpu"))
+        args._placement = (where, resolve_precision(getattr(args, "precision", "fp32"), where))
+    return args._placement
+
+
+def _placed(model, args):
+    from capbench.speed.bench import place
+
+    return place(model, *placement(args))
+
+
 def bench_options(args, base: BenchOptions = DEFAULT_OPTIONS) -> BenchOptions:
-    """`base` with the command line's shapes, rounds, breakdown and threads; CapbenchError on a bad value."""
+    """`base` with the command line's shapes, rounds, breakdown and threads; CapbenchError on a bad value.
+    Whole-model shapes default to the device's (batch 128 too on a GPU: ``model_token_counts_for``)."""
     check_args(args)
+    where, _ = placement(args)
     return replace(
         base,
         token_counts=tuple(args.token_counts or base.token_counts),
-        model_token_counts=tuple(args.model_token_counts),
+        model_token_counts=model_token_counts_for(where, args.model_token_counts),
         repeats=args.repeats,
         min_repeats=args.min_rounds,
         target_spread=args.target_spread,
@@ -386,8 +413,8 @@ def _run_model(args) -> int:
     from capbench.speed.report import render_layer_table, render_model_table
 
     options = bench_options(args)
-    model = load_model(args.model)
-    dense = load_model(args.dense) if args.dense else None
+    model = _placed(load_model(args.model), args)
+    dense = _placed(load_model(args.dense), args) if args.dense else None
     pruning = None
     if args.one_shot:
         import copy
@@ -411,12 +438,13 @@ def _run_model(args) -> int:
 class _DenseModels:
     """Dense models by directory, each loaded once per run directory."""
 
-    def __init__(self):
+    def __init__(self, args):
+        self.args = args
         self.loaded: dict[Path, object] = {}
 
     def get(self, dense_dir: Path | None, num_labels: int | None):
         if dense_dir is not None and dense_dir not in self.loaded:
-            self.loaded[dense_dir] = load_model(dense_dir, num_labels)
+            self.loaded[dense_dir] = _placed(load_model(dense_dir, num_labels), self.args)
         return self.loaded.get(dense_dir)
 
 
@@ -436,7 +464,7 @@ def _time_record(path: Path, record: dict, args, options: BenchOptions, dense: _
     sentences = _sentences(args, model_dir, task, None if args.data_dir else _record_source(record))
     print(f"{path.name}: timing {model_dir}", file=sys.stderr)
     speed = _bench(
-        load_model(model_dir, num_labels),
+        _placed(load_model(model_dir, num_labels), args),
         baseline,
         options,
         _progress(args.quiet),
@@ -458,7 +486,7 @@ def _run_dir(args) -> int:
     record_dir = args.runs / "records"
     if not record_dir.is_dir():
         raise CapbenchError(f"{record_dir} does not exist; pass a run directory made by `capbench run`")
-    dense = _DenseModels()
+    dense = _DenseModels(args)
     timed, skipped, records = 0, 0, []
     for path in sorted(record_dir.glob("*.json")):
         record = json.loads(path.read_text())
@@ -476,6 +504,7 @@ def _run_dir(args) -> int:
 
 
 def run_bench(args) -> int:
+    placement(args)  # a device this machine lacks fails here, before any loading
     if args.sweep is not None:
         return _run_sweep(args)
     if args.model is not None:

@@ -13,6 +13,17 @@ from capbench.speed.timing import Rounds
 DEFAULT_TOKEN_COUNTS = ("1x128", "32x128")
 # ... and the whole-model shapes (with sentences: batch size x longest sequence kept).
 DEFAULT_MODEL_TOKEN_COUNTS = ("1x128", "32x128")
+# On a GPU also batch 128: latency at batch 1, throughput at 32 and 128 (a GPU is far from busy at 32).
+GPU_MODEL_TOKEN_COUNTS = ("1x128", "32x128", "128x128")
+
+
+def model_token_counts_for(device, given=None) -> tuple[str, ...]:
+    """The whole-model shapes: ``given`` when the user chose them, else the defaults of ``device``'s type."""
+    if given is not None and tuple(given) != DEFAULT_MODEL_TOKEN_COUNTS:
+        return tuple(given)
+    if getattr(device, "type", device) == "cuda":
+        return GPU_MODEL_TOKEN_COUNTS
+    return DEFAULT_MODEL_TOKEN_COUNTS
 
 
 def parse_token_count(spec: str | int | tuple[int, int]) -> tuple[int, int]:

@@ -1,10 +1,13 @@
 """`capbench run --speed`: time a finished cell's model against its dense model (`record["speed"]`), on
-sentences of the cell's own evaluation split."""
+sentences of the cell's own evaluation split, on the run's device; on a GPU with the weights in the cell's precision
+(bf16 weights for a bf16 cell) and at batch 128 too."""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import replace
+
+import torch
 
 from capbench.speed.options import BenchOptions, parse_token_count
 
@@ -19,16 +22,25 @@ def speed_record(record: dict, spec, ctx) -> dict:
     timed on `RUN_OPTIONS.sentences` rows of the task's main evaluation split from the run's data source, cut
     at the cell's `max_seq_length`."""
     from capbench.models import load_classifier, load_tokenizer
-    from capbench.speed.bench import bench_model
+    from capbench.speed.bench import bench_model, place
     from capbench.speed.inputs import task_sentences
+    from capbench.speed.options import model_token_counts_for
     from capbench.tasks import get_task
 
     num_labels = get_task(spec.task).num_labels
-    model = load_classifier(record["model_dir"], num_labels)
+    where = getattr(ctx, "device", None) or torch.device("cpu")
+    # A GPU cell's speed is timed in its half precision (what it deploys as; the 2:4 kernels need it); on a
+    # CPU in fp32, which is what runs fast there (bf16 is emulated on CPUs without AVX-512).
+    precision = (
+        (getattr(spec, "train", None) or {}).get("precision", "fp32") if where.type == "cuda" else "fp32"
+    )
+    model = place(load_classifier(record["model_dir"], num_labels), where, precision)
     dense_dir = record.get("dense_model_dir")
-    dense = load_classifier(dense_dir, num_labels) if dense_dir else None
+    dense = place(load_classifier(dense_dir, num_labels), where, precision) if dense_dir else None
     tokenizer = load_tokenizer(record["model_dir"])
-    options = RUN_OPTIONS
+    options = replace(
+        RUN_OPTIONS, model_token_counts=model_token_counts_for(where, RUN_OPTIONS.model_token_counts)
+    )
     seq = getattr(spec, "max_seq_length", None)
     if seq:  # the sentences are cut where the cell's training and evaluation cut them
         options = replace(options, model_token_counts=tuple(f"{b}x{seq}" for b in _batches(options)))
