@@ -16,6 +16,8 @@ def default_cache_dir() -> Path:
 
 
 def add_run_parser(subparsers) -> None:
+    from capbench import device
+
     p = subparsers.add_parser(
         "run", help="run a grid of (task, method, sparsity, seed) cells and record results"
     )
@@ -52,14 +54,7 @@ def add_run_parser(subparsers) -> None:
         "--probe-sizes", default="1200,300,600", help="train,dev,test examples per generated probe"
     )
     p.add_argument("--speed", action="store_true", help="measure kernel and model speed for every cell")
-    p.add_argument(
-        "--device", default="auto", help="auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps"
-    )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        help="auto (bf16 on a GPU that supports it, else fp32) | fp32 | bf16 | fp16 (GPU only); part of the spec",
-    )
+    device.add_arguments(p, "part of the spec")
     p.add_argument("--shard", default=None, metavar="I/N", help="run only slice I of N of the grid")
     p.add_argument(
         "--executor", choices=["local", "ray"], default="local", help="run cells here, or as Ray tasks"

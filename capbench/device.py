@@ -20,6 +20,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def add_arguments(parser, precision_means: str) -> None:
+    """``--device`` and ``--precision`` on a command's parser; ``precision_means`` says what the precision
+    changes for that command (e.g. "part of the spec")."""
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps"
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help=f"auto (bf16 on a GPU that supports it, else fp32) | fp32 | bf16 | fp16 (GPU only); {precision_means}",
+    )
+
+
 def resolve_device(text: str | None) -> torch.device:
     """``auto`` (CUDA if present, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a device.
 

@@ -153,6 +153,8 @@ def _add_rounds(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from capbench import device
+
     p = subparsers.add_parser(
         "bench",
         help="measure what a pruned model's sparsity buys in inference time on this machine",
@@ -173,14 +175,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--json", type=Path, metavar="FILE", help="with --model/--sweep: also write the result as JSON"
     )
-    p.add_argument(
-        "--device", default="auto", help="auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps"
-    )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        help="weights' dtype while timed: auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16",
-    )
+    device.add_arguments(p, "the weights' dtype while timed")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(handler=run_bench)
     return p
