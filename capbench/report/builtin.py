@@ -11,6 +11,7 @@ import pandas as pd
 
 from capbench.leaderboard import DIGITS
 from capbench.metrics import chance_margin, versus_chance
+from capbench.report.cap_effect import CAP_EFFECT
 from capbench.report.oneshot_table import ONESHOT
 from capbench.report.probe_table import PROBES
 from capbench.report.tables import Col, Table, register_table, varies
@@ -435,5 +436,5 @@ CAP = Table(
     empty="No finished CAP cells.",
 )
 
-for _table in (MAIN, RETENTION, ONESHOT, PROBES, SPEED, CAP):
+for _table in (MAIN, RETENTION, ONESHOT, PROBES, SPEED, CAP_EFFECT, CAP):
     register_table(_table)

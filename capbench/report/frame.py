@@ -279,7 +279,8 @@ def records_frame(records: list[Mapping], run_dirs: Iterable[Path] = ()) -> pd.D
 
     rows = [record_row(r) for r in records]
     if not rows:
-        return pd.DataFrame(columns=[*record_row({}), "dense_mean", "chance", "chance_rows"])
+        columns = [*record_row({}), "dense_mean", "chance", "chance_rows"]
+        return pd.DataFrame(columns=[*columns, "effect_side", "effect_criterion", "examples"])
     frame = pd.DataFrame(rows)
     for name in RAW_COLUMNS:  # as written (an int stays an int in the JSON), not coerced to float
         frame[name] = pd.Series([row[name] for row in rows], index=frame.index, dtype=object)
@@ -292,4 +293,7 @@ def records_frame(records: list[Mapping], run_dirs: Iterable[Path] = ()) -> pd.D
     found = chances(records, run_dirs)
     frame["chance"] = pd.Series([c["value"] for c in found], index=frame.index, dtype=float)
     frame["chance_rows"] = pd.Series([c["rows"] for c in found], index=frame.index, dtype=object)
+    from capbench.report.cap_effect import add_effect_columns
+
+    add_effect_columns(frame, records, run_dirs)  # the paired CAP − criterion table's inputs
     return frame
