@@ -154,7 +154,16 @@ def test_markdown_writer_is_unpadded_with_right_aligned_rules():
 
 def test_builtin_tables_in_page_order():
     names = [t.name for t in TABLES]
-    assert names == ["main_metric", "retention", "oneshot", "probes", "speed", "cap_ablation", "reported"]
+    assert names == [
+        "main_metric",
+        "retention",
+        "oneshot",
+        "probes",
+        "speed",
+        "cap_effect",
+        "cap_ablation",
+        "reported",
+    ]
 
 
 def _with_speed(records, measured):

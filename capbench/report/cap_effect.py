@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from capbench.errors import CapbenchError
+from capbench.report.frame import register_column
 from capbench.report.tables import Col, Table
 
 REPLICATES = 2000
@@ -183,14 +184,26 @@ def show_effect(row: dict) -> str:
     return f"{text} ({seeds} seed{'s' if seeds > 1 else ''}; {row['verdict']})"
 
 
-def effect_side(frame: pd.DataFrame) -> pd.Series:
-    """ "cap" for a default CAP cell over one of CRITERIA, "criterion" for that criterion's gradual +KD cell,
-    None otherwise."""
+def _side(record) -> tuple[str | None, str | None]:
+    """("cap", criterion) for a default CAP cell over one of CRITERIA, ("criterion", criterion) for that
+    criterion's gradual +KD cell, (None, None) otherwise."""
+    from capbench.leaderboard import row_label
     from capbench.methods import cap_name
 
-    sides = {cap_name(c): ("cap", c) for c in CRITERIA}
-    sides.update({f"{c} +KD": ("criterion", c) for c in CRITERIA})
-    return frame["row"].map(lambda row: sides.get(row, (None, None)))
+    spec = record.get("spec") or {}
+    if "method" not in spec:
+        return None, None
+    row = row_label(spec)
+    for criterion in CRITERIA:
+        if row == cap_name(criterion):
+            return "cap", criterion
+        if row == f"{criterion} +KD":
+            return "criterion", criterion
+    return None, None
+
+
+register_column("effect_side", lambda record: _side(record)[0])
+register_column("effect_criterion", lambda record: _side(record)[1])
 
 
 def _where(frame: pd.DataFrame) -> pd.Series:
@@ -217,26 +230,7 @@ CAP_EFFECT = Table(
     spread_label=lambda key: f"s={key}",
     spread_order=float,
     where=_where,
-    present=lambda f: bool(_where(f).any()),
+    present=lambda f: bool((_where(f) & f["effect_side"].eq("cap")).any()),
     intro=_intro,
     empty="No CAP cell has its criterion's +KD cell to pair with.",
 )
-
-
-def add_effect_columns(frame: pd.DataFrame, records: list, run_dirs) -> None:
-    """The frame columns this table reads: `effect_side`, `effect_criterion` and `examples` (where each
-    record's predictions file is: {"folder", "ref", "cell_id"}, or None when it is in no run directory)."""
-    from capbench.report.chance import _folders
-
-    folders = _folders(run_dirs)
-    found = []
-    for record in records:
-        ref = record.get("predictions") or {}
-        folder = next((f for f in folders if ref.get("file") and (f / ref["file"]).is_file()), None)
-        found.append(
-            None if folder is None else {"folder": str(folder), "ref": ref, "cell_id": record.get("cell_id")}
-        )
-    sides = list(effect_side(frame)) if not frame.empty else []
-    frame["effect_side"] = pd.Series([s[0] for s in sides], index=frame.index, dtype=object)
-    frame["effect_criterion"] = pd.Series([s[1] for s in sides], index=frame.index, dtype=object)
-    frame["examples"] = pd.Series(found, index=frame.index, dtype=object)

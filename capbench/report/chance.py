@@ -35,6 +35,16 @@ def _folders(run_dirs: Iterable[Path]) -> list[Path]:
     return [Path(d) / "records" if (Path(d) / "records").is_dir() else Path(d) for d in run_dirs]
 
 
+def predictions_location(record: Mapping, run_dirs: Iterable[Path]) -> dict | None:
+    """Where a record's per-example predictions file is: {"folder", "ref" (the record's `predictions`),
+    "cell_id"} for the first of `run_dirs` holding it; None when none does."""
+    ref = record.get("predictions") or {}
+    for folder in _folders(run_dirs) if ref.get("file") else []:
+        if (folder / ref["file"]).is_file():
+            return {"folder": str(folder), "ref": dict(ref), "cell_id": record.get("cell_id")}
+    return None
+
+
 def eval_labels(record: Mapping, run_dirs: Iterable[Path], split: str) -> np.ndarray | None:
     """The labels of `split` from the record's predictions file in one of `run_dirs`; None when the record
     has none, it is in none of them, or its content does not match the sha256 the record holds."""

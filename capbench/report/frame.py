@@ -275,12 +275,11 @@ def records_frame(records: list[Mapping], run_dirs: Iterable[Path] = ()) -> pd.D
     (NaN when the task has no finished dense record, or one without a value), and `chance` / `chance_rows`:
     the chance score of the record's main metric on its evaluation split and that split's rows (see
     report/chance.py; the labels accuracy and F1 need are read from predictions files under `run_dirs`)."""
-    from capbench.report.chance import chances
+    from capbench.report.chance import chances, predictions_location
 
     rows = [record_row(r) for r in records]
     if not rows:
-        columns = [*record_row({}), "dense_mean", "chance", "chance_rows"]
-        return pd.DataFrame(columns=[*columns, "effect_side", "effect_criterion", "examples"])
+        return pd.DataFrame(columns=[*record_row({}), "dense_mean", "chance", "chance_rows", "examples"])
     frame = pd.DataFrame(rows)
     for name in RAW_COLUMNS:  # as written (an int stays an int in the JSON), not coerced to float
         frame[name] = pd.Series([row[name] for row in rows], index=frame.index, dtype=object)
@@ -293,7 +292,7 @@ def records_frame(records: list[Mapping], run_dirs: Iterable[Path] = ()) -> pd.D
     found = chances(records, run_dirs)
     frame["chance"] = pd.Series([c["value"] for c in found], index=frame.index, dtype=float)
     frame["chance_rows"] = pd.Series([c["rows"] for c in found], index=frame.index, dtype=object)
-    from capbench.report.cap_effect import add_effect_columns
-
-    add_effect_columns(frame, records, run_dirs)  # the paired CAP − criterion table's inputs
+    # where each record's per-example predictions are (paired comparisons read them; report/cap_effect.py)
+    located = [predictions_location(r, list(run_dirs)) for r in records]
+    frame["examples"] = pd.Series(located, index=frame.index, dtype=object)
     return frame
