@@ -42,6 +42,7 @@ if str(REPO) not in sys.path:  # a bare checkout (no pip install) on the GPU mac
     sys.path.insert(0, str(REPO))
 
 from capbench import device as devices  # noqa: E402
+from capbench.estimate import StepClock  # noqa: E402
 from capbench.grid import expand_grid  # noqa: E402
 from capbench.methods import grid_method_specs, regime_controls  # noqa: E402
 from capbench.model_identity import model_identity  # noqa: E402
@@ -72,22 +73,6 @@ class SyntheticSource:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "root": self.root}
-
-
-class StepClock:
-    """A progress stand-in for ``train``: the time after each optimizer step, the device synchronised."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.times: list[float] = []
-
-    def update(self, _n: int) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.times.append(time.perf_counter())
-
-    def set_postfix(self, **_kwargs) -> None:
-        pass
 
 
 def model_config(shape: str, layers: int | None = None):
@@ -256,7 +241,7 @@ def throughput(where, precision, shape, work: Path, steps: int, warmup: int) -> 
             bank_loader, _ = eval_loader(rows, tokenizer, 128, where)
             cap = CapConfig.from_options({})
             loss_fn = CapLoss(model, cap, CapContext(teacher=teacher, loader=bank_loader, seed=0))
-        clock = StepClock(where)
+        clock = StepClock()
         if where.type == "cuda":
             torch.cuda.reset_peak_memory_stats(where)
         train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=clock)
@@ -299,11 +284,12 @@ def speed(where, precision, shape, quick: bool) -> dict:
     90% unstructured model (weights in bf16 on a GPU: the 2:4 kernels take half precision; fp32 on CPU)."""
     from transformers import BertModel
 
-    from capbench.speed.bench import bench_model
+    from capbench.speed.bench import bench_model, place
 
-    dtype = torch.bfloat16 if (where.type == "cuda" and precision != "fp32") else torch.float32
     torch.manual_seed(0)
-    dense = BertModel(model_config(shape), add_pooling_layer=False).to(where, dtype).eval()
+    timed = precision if where.type == "cuda" else "fp32"
+    dense = place(BertModel(model_config(shape), add_pooling_layer=False), where, timed)
+    dtype = next(dense.parameters()).dtype
     counts = TOKEN_COUNTS if shape == "bert-base" else ("1x32", "8x32", "32x32")
     rounds = Rounds(repeats=9 if quick else 21, min_repeats=5, warmup=2, budget=5.0)
     options = BenchOptions(

@@ -40,7 +40,7 @@ def resolve_device(text: str | None) -> torch.device:
     text = (text or "auto").strip().lower()
     if text == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", _default_cuda_index())
+            return torch.device("cuda", process_cuda_index())
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -56,7 +56,7 @@ def resolve_device(text: str | None) -> torch.device:
             raise CapbenchError(f"--device {text}: expected cuda or cuda:N with N a GPU index, e.g. cuda:0")
         if not torch.cuda.is_available():
             raise CapbenchError(f"--device {text}: no CUDA GPU here; use --device cpu (or auto)")
-        number = int(index) if index else _default_cuda_index()
+        number = int(index) if index else process_cuda_index()
         if number >= torch.cuda.device_count():
             raise CapbenchError(
                 f"--device {text}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
@@ -66,7 +66,7 @@ def resolve_device(text: str | None) -> torch.device:
     raise CapbenchError(f"--device {text!r}: expected one of {', '.join(DEVICES)}")
 
 
-def _default_cuda_index() -> int:
+def process_cuda_index() -> int:
     """The GPU of this process: ``LOCAL_RANK``'s under torchrun or accelerate launch (one GPU per process on
     a node), else the current CUDA device."""
     local = os.environ.get("LOCAL_RANK", "")

@@ -133,8 +133,10 @@ def init() -> None:
         return
     if not dist.is_available():  # pragma: no cover
         raise CapbenchError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    if torch.cuda.is_available() and os.environ.get("LOCAL_RANK", "").isdigit():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    if torch.cuda.is_available():
+        from capbench.device import process_cuda_index
+
+        torch.cuda.set_device(process_cuda_index())
     minutes = float(os.environ.get("CAPBENCH_DIST_TIMEOUT_MINUTES", "120"))
     dist.init_process_group(backend(), timeout=datetime.timedelta(minutes=minutes))
 

@@ -25,8 +25,9 @@ WARMUP = 2
 STEPS = 5
 
 
-class _Clock:
-    """A progress stand-in that notes the time of every training step."""
+class StepClock:
+    """A progress stand-in for ``train`` that notes the time after every optimizer step (on a GPU once its
+    kernels are done, not just launched)."""
 
     def __init__(self):
         self.times: list[float] = []
@@ -60,7 +61,7 @@ def _step_seconds(spec: CellSpec, ctx, steps: int = STEPS) -> tuple[float, int, 
     rows = rows.remove_columns("idx").add_column("idx", list(range(len(rows))))
     small = replace(data, train=rows)
     model = runner.load_pretrained(spec, data.task, ctx.device)
-    clock = _Clock()
+    clock = StepClock()
     timed = replace(cfg, max_steps=WARMUP + steps, epochs=1.0)
     loader = runner.make_loader(
         rows, data.tokenizer, cfg.batch_size, shuffle=True, seed=spec.seed, device=ctx.device

@@ -28,9 +28,6 @@ from capbench.record import DONE, Record
 from capbench.spec import DENSE, CellSpec, teacher_key
 from capbench.tasks import TaskSpec, get_task
 from capbench.teacher_logits import TeacherLogits
-
-if TYPE_CHECKING:
-    from capbench.data.sources import DataSource
 from capbench.training import (
     TrainConfig,
     TrainingDiverged,
@@ -41,6 +38,9 @@ from capbench.training import (
     set_seed,
     train,
 )
+
+if TYPE_CHECKING:
+    from capbench.data.sources import DataSource
 
 
 @dataclass

@@ -287,8 +287,9 @@ def place(model: nn.Module | None, device: torch.device, precision: str = "fp32"
     half-precision deployment runs, and what the 2:4 kernels take), else fp32.  None stays None."""
     if model is None:
         return None
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    return model.to(device=device, dtype=dtype).eval()
+    from capbench.device import DTYPES
+
+    return model.to(device=device, dtype=DTYPES.get(precision, torch.float32)).eval()
 
 
 def bench_model(
