@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from capbench import distributed, leases, records
+from capbench.checkpoint import checkpoint_path
 from capbench.errors import CapbenchError
 from capbench.record import Record
 
@@ -108,7 +109,9 @@ def execute_cell(
         if kept is not None:
             tqdm.write(f"cell {spec.cell_id}: another worker finished it meanwhile; its record is kept")
             return CellOutcome("skipped", attempt, kept)
-        if not record.to_disk(path):
+        written = record.to_disk(path)
+        checkpoint_path(ctx.out_dir, spec.cell_id).unlink(missing_ok=True)  # its training is over either way
+        if not written:
             tqdm.write(f"cell {spec.cell_id}: its finished record is kept, not replaced by this failure")
             return CellOutcome(record.status, attempt, records.read_record(path))
         if after_cell is not None and record.is_done:

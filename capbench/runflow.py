@@ -138,6 +138,13 @@ def print_plan(cells: list, out_dir: Path) -> int:
     return 0
 
 
+def _checkpoint_every(args) -> float:
+    from capbench.checkpoint import DEFAULT_EVERY_SECONDS
+
+    chosen = getattr(args, "checkpoint_every", None)
+    return DEFAULT_EVERY_SECONDS if chosen is None else chosen
+
+
 def run_from_args(args, default_cache: Path) -> int:
     executor = getattr(args, "executor", "local") or "local"
     if getattr(args, "ray_address", None) and executor != "ray":
@@ -175,6 +182,7 @@ def run_from_args(args, default_cache: Path) -> int:
         save_models=not args.no_save_models,
         show_progress=not args.quiet and distributed.is_main(),
         device=resolve_device(getattr(args, "device", "cpu")),
+        checkpoint_every=_checkpoint_every(args),
     )
     from capbench.measure import measure_after_cell
 

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from capbench import distributed, records
 from capbench.cell_protocol import execute_cell, finished_elsewhere, is_finished  # noqa: F401 (re-exported)
+from capbench.checkpoint import DEFAULT_EVERY_SECONDS, Checkpointer, checkpoint_path
 from capbench.device import describe as describe_device
 from capbench.device import model_device
 from capbench.errors import CapbenchError
@@ -51,6 +52,7 @@ class RunContext:
     save_models: bool = True
     show_progress: bool = True
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # capbench.device
+    checkpoint_every: float = DEFAULT_EVERY_SECONDS  # seconds between training checkpoints; 0: none
     _data: dict = field(default_factory=dict)
 
 
@@ -174,10 +176,12 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
             return model.eval(), {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
         model = load_pretrained(spec, data.task, ctx.device)
         cfg, loader = _train_loader(spec, data, ctx.device)
+        saver = Checkpointer(checkpoint_path(ctx.cache_dir, f"dense-{key}"), ctx.checkpoint_every, key)
         with _progress(ctx, cfg.run_steps(len(loader)), f"dense {spec.task} seed {spec.seed}") as bar:
-            stats = train(model, loader, cfg, progress=bar)
+            stats = train(model, loader, cfg, progress=bar, checkpoint=saver)
         if distributed.is_main():
             save_model(model, data.tokenizer, target)
+            saver.remove()
         distributed.barrier()
     return model, {"cached": False, "path": str(target), "key": key, "train_seconds": stats["seconds"]}
 
@@ -221,8 +225,9 @@ def prune_and_train(spec: CellSpec, ctx: RunContext, data: TaskData, teacher, te
 
 def _train_pruned(ctx, model, loader, cfg, loss_fn, pruner, logits, steps, spec, what="") -> dict:
     """``train`` with a progress bar, then the teacher's logits cached for the next cell that needs them."""
+    saver = Checkpointer(checkpoint_path(ctx.out_dir, spec.cell_id), ctx.checkpoint_every, spec.digest)
     with _progress(ctx, steps, f"{spec.method} {spec.sparsity:g} {spec.task}{what}") as bar:
-        stats = train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=bar)
+        stats = train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=bar, checkpoint=saver)
     if distributed.is_main() and (logits.computed or logits.reused):
         with distributed.cache_lock(ctx.cache_dir, "teacher-logits"):
             logits.save()
@@ -364,6 +369,7 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
             ),
             **({"data_parallel": stats["data_parallel"]} if "data_parallel" in stats else {}),
             **({"teacher_logits": stats["teacher_logits"]} if "teacher_logits" in stats else {}),
+            **({"resumed": stats["resumed"]} if "resumed" in stats else {}),
         },
         timings={
             "load_seconds": loaded - started,

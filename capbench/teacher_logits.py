@@ -45,6 +45,9 @@ class TeacherLogits:
     :meth:`save`; None keeps the cache in memory only.  ``computed`` and ``reused`` count batches.
     """
 
+    # A training checkpoint keeps the counters only: the logits are a cache, recomputed bit for bit.
+    checkpoint_skip = ("_store", "_new", "directory", "weights")
+
     def __init__(self, teacher: torch.nn.Module, directory: str | Path | None = None):
         self.teacher = teacher.eval()
         self.directory = Path(directory) if directory is not None else None

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding
 
+from capbench import checkpoint as ckpt
 from capbench import device, distributed, layout
 from capbench.device import loader_options
 from capbench.errors import CapbenchError
@@ -310,8 +311,15 @@ def _linear_schedule(optimizer, warmup: int, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=None, progress=None) -> dict:
-    """Train in place; returns step count, final loss terms and wall time.
+def train(
+    model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=None, progress=None, checkpoint=None
+) -> dict:
+    """Train in place; returns step count, final loss terms and wall time (``seconds``, summed over the
+    resumed parts; ``resumed``: the step and seconds of each resume).
+
+    ``checkpoint``: a ``capbench.checkpoint.Checkpointer``; its saved state, if any, is resumed (the run
+    continues bit for bit as if never stopped), and a new one is written every ``every`` seconds at a step
+    boundary.  Not under data parallel (WORLD_SIZE > 1), which always starts from the first step.
 
     Raises TrainingDiverged at the first step whose loss, gradient norm or weights are not finite.
     """
@@ -336,19 +344,78 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
     scaler = device.grad_scaler(where, cfg.precision)
     step, started, terms, weight = 0, time.perf_counter(), {}, 1.0
     magnitudes = TermMagnitudes(steps)
-    while step < steps:
-        if step in boundaries:  # iterative: importance pass, prune, fresh optimizer and schedule
-            sparsity, length = boundaries[step]
-            if sparsity > 0:  # a phase at sparsity 0 is dense fine-tuning before the first step (obert)
-                if hasattr(pruner, "collect"):  # the pruner gathers its own statistics (obert's gradients)
-                    pruner.collect(model, loader, loss_fn)
-                else:
-                    importance_pass(model, loader, loss_fn, pruner)
-                pruner.prune_step(step, sparsity)
+    checkpoint = checkpoint if dp is None else None
+    pending, epoch_start, taken, before, resumes = None, None, 0, 0.0, []
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        step, before, resumes = int(saved["step"]), float(saved["seconds"]), list(saved["resumes"])
+        resumes.append({"at_step": step, "seconds_before": before})
+        if plan is not None and step not in boundaries:  # mid-retraining: that phase's optimizer and schedule
+            length = boundaries[max(b for b in boundaries if b <= step)][1]
             optimizer = _optimizer(model, cfg, pruner)
             scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * length), length)
-            model.train()
-        for batch in loader:
+        ckpt.load_model_state(model, saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None:
+            scaler.load_state_dict(saved["scaler"])
+        ckpt.load_object_state(pruner, saved["pruner"])
+        ckpt.load_object_state(loss_fn, saved["loss"])
+        ckpt.load_object_state(magnitudes, saved["magnitudes"])
+        terms = {k: torch.tensor(v) for k, v in saved["terms"].items()}
+        if saved["epoch_over"]:
+            if hasattr(loss_fn, "on_epoch_end"):
+                loss_fn.on_epoch_end()
+        else:
+            epoch_start, taken = saved["epoch_start"], int(saved["taken"])
+            pending = ckpt.resume_epoch(loader, epoch_start, taken)
+        ckpt.set_rng_state(saved["rng"])
+        if progress is not None:
+            progress.update(step)
+
+    def start_phase(at: int) -> None:  # iterative: importance pass, prune, fresh optimizer and schedule
+        nonlocal optimizer, scheduler
+        sparsity, length = boundaries[at]
+        if sparsity > 0:  # a phase at sparsity 0 is dense fine-tuning before the first step (obert)
+            if hasattr(pruner, "collect"):  # the pruner gathers its own statistics (obert's gradients)
+                pruner.collect(model, loader, loss_fn)
+            else:
+                importance_pass(model, loader, loss_fn, pruner)
+            pruner.prune_step(at, sparsity)
+        optimizer = _optimizer(model, cfg, pruner)
+        scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * length), length)
+        model.train()
+
+    def save(epoch_over: bool) -> None:
+        checkpoint.save(
+            {
+                "step": step,
+                "epoch_over": epoch_over,
+                "epoch_start": epoch_start,
+                "taken": taken,
+                "model": ckpt.model_state(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": ckpt.rng_state(),
+                "pruner": ckpt.object_state(pruner),
+                "loss": ckpt.object_state(loss_fn),
+                "magnitudes": ckpt.object_state(magnitudes),
+                "terms": {k: float(v.detach()) for k, v in terms.items()},
+                "seconds": before + time.perf_counter() - started,
+                "resumes": resumes,
+            }
+        )
+
+    while step < steps:
+        if pending is not None:  # the rest of the epoch a checkpoint stopped in
+            batches, pending = pending, None
+        else:
+            if step in boundaries:
+                start_phase(step)
+            epoch_start, taken = ckpt.epoch_start_state(loader), 0
+            batches = iter(loader)
+        for batch in batches:
             if dp is not None:  # this rank's slice of the global batch, weighted n_rank / n
                 batch, weight = dp.local_batch(batch)
             with device.autocast(where, cfg.precision):
@@ -384,10 +451,14 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
             # with fp16's scaler an overflowing step is skipped and the scale lowered: not a divergence
             check_finite_step(step + 1, model, None, grad_norm if scaler is None else None, weights=weights)
             step += 1
+            taken += 1
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss.item():.3f}")
-            if step >= steps or step in boundaries:  # a retraining starts at a fresh epoch
+            epoch_over = step >= steps or step in boundaries  # a retraining starts at a fresh epoch
+            if checkpoint is not None and checkpoint.due():
+                save(epoch_over)
+            if epoch_over:
                 break
         if hasattr(loss_fn, "on_epoch_end"):
             loss_fn.on_epoch_end()
@@ -396,11 +467,13 @@ def train(model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=N
     if dp is not None:
         terms = dp.reduce_terms(terms, weight)
         extra["data_parallel"] = {**distributed.describe(), "replica_digest": dp.replica_digest(model)}
+    if resumes:
+        extra["resumed"] = resumes
     return {
         "steps": step,
         "final_loss_terms": {k: float(v.detach()) for k, v in terms.items()},
         "loss_term_magnitudes": magnitudes.means(),
-        "seconds": time.perf_counter() - started,
+        "seconds": before + time.perf_counter() - started,
         **extra,
     }
 

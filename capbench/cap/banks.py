@@ -425,3 +425,41 @@ class SnapshotBanks:
     def clear(self) -> None:
         while self.banks:
             self._evict_oldest()
+
+    def state_dict(self) -> dict:
+        """The kept snapshots (rows, labels, meta, step) and counters, for a training checkpoint
+        (``capbench.checkpoint``); the rows travel in the checkpoint, also for banks kept on disk."""
+        banks = [
+            {
+                "reps": b._reps.detach().cpu().clone(),
+                "labels": None if b.labels is None else b.labels.clone(),
+                "meta": dict(b.meta),
+                "file": b.path.name if b.path is not None else None,
+                "forward_examples": b.forward_examples,
+                "forward_passes": b.forward_passes,
+                "build_seconds": b.build_seconds,
+            }
+            for b in self.banks
+        ]
+        counters = ("taken", "evicted", "forward_examples", "forward_passes", "build_seconds", "peak_nbytes")
+        return {"banks": banks, "steps": list(self.steps), **{k: getattr(self, k) for k in counters}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace the kept snapshots by those of ``state_dict`` (files rewritten under ``directory``)."""
+        self.clear()
+        for saved in state["banks"]:
+            size, dim = saved["reps"].shape
+            path = self.directory / saved["file"] if self.directory is not None and saved["file"] else None
+            bank = MemoryBank(size, dim, dtype=self.dtype, path=path)
+            bank._reps.copy_(saved["reps"])
+            bank.labels = saved["labels"]
+            bank._filled.fill_(True)
+            bank.meta = dict(saved["meta"])
+            bank.forward_examples, bank.forward_passes = saved["forward_examples"], saved["forward_passes"]
+            bank.build_seconds = saved["build_seconds"]
+            if self.device is not None:
+                bank.to(self.device)
+            self.banks.append(bank)
+        self.steps = list(state["steps"])
+        for key in ("taken", "evicted", "forward_examples", "forward_passes", "build_seconds", "peak_nbytes"):
+            setattr(self, key, state[key])

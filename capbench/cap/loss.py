@@ -104,6 +104,8 @@ class CapLoss:
     """
 
     needs_hidden_states = True
+    # Not in a training checkpoint (capbench.checkpoint): set up again, unchanged by training.
+    checkpoint_skip = ("config", "banks", "_train_labels", "bank_dir", "_tmpdir", "kind", "dtype")
 
     def __init__(
         self,

@@ -1,0 +1,202 @@
+"""Mid-training checkpoints: an interrupted cell resumes to the same weights and predictions, for every method."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from capbench import checkpoint as ckpt
+from capbench.cli import main
+from capbench.methods import all_methods
+from capbench.records import load_records
+
+STEPS = 20  # 96 tiny rows in batches of 8: 12 steps an epoch, so the resumed run crosses an epoch's end
+
+
+def _args(model_dir, glue, out, cache, method, every, *extra):
+    return [
+        "run",
+        "--tasks",
+        "rte",
+        "--preset",
+        "smoke",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(glue),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--batch-size",
+        "8",
+        "--steps",
+        str(STEPS),
+        "--methods",
+        method,
+        "--sparsity",
+        "0.5",
+        "--checkpoint-every",
+        every,
+        "--quiet",
+        *extra,
+    ]
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def _interrupt_after(monkeypatch, saves: int, under) -> list:
+    """Make the process 'die' right after the ``saves``-th checkpoint written under ``under``, once."""
+    real, seen = ckpt.Checkpointer.save, []
+
+    def save(self, state):
+        real(self, state)
+        if str(self.path).startswith(str(under)) and not seen:
+            self.__dict__.setdefault("_count", 0)
+            self._count += 1
+            if self._count == saves:
+                seen.append(state["step"])
+                raise Interrupted
+
+    monkeypatch.setattr(ckpt.Checkpointer, "save", save)
+    return seen
+
+
+def _cell(out, method):
+    return next(r for r in load_records(out) if r["spec"]["method"] == method)
+
+
+def _untimed(value):
+    """A record section without its wall times (which differ between any two runs)."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if "seconds" not in k}
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    return value
+
+
+def _predictions(out, record):
+    with np.load(out / "records" / record["predictions"]["file"]) as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.mark.parametrize(
+    "method,stop",
+    [(m, 5) for m in all_methods()] + [("cap_magnitude", 14), ("first_order", 14), ("soft_movement", 14)],
+)
+def test_interrupted_cell_resumes_to_the_same_result(
+    tiny_model_dir, tiny_glue, tmp_path, monkeypatch, method, stop
+):
+    cache = tmp_path / "cache"
+    plain = tmp_path / "plain"
+    assert main(_args(tiny_model_dir, tiny_glue, plain, cache, method, "0")) == 0
+    resumed = tmp_path / "resumed"
+    args = _args(tiny_model_dir, tiny_glue, resumed, cache, method, "1e-9")
+    stopped = _interrupt_after(monkeypatch, stop, resumed)
+    assert main(args) == 130  # cli: "interrupted; ... rerun the same command to resume"
+    assert stopped == [stop]
+    assert len(list((resumed / ".checkpoints").glob("*.pt"))) == 1
+    assert not list((resumed / "records").glob("*.json")) or _cell(resumed, "dense")
+    monkeypatch.undo()
+    assert main(args) == 0
+
+    a, b = _cell(plain, method), _cell(resumed, method)
+    assert b["status"] == "done"
+    assert [r["at_step"] for r in b["train"]["resumed"]] == [stop]
+    assert "resumed" not in a["train"]
+    assert b["train"]["steps"] == a["train"]["steps"]
+    assert b["metrics"] == a["metrics"]
+    assert _untimed(b["method_config"]) == _untimed(a["method_config"])  # schedule, churn, events, info
+    pa, pb = _predictions(plain, a), _predictions(resumed, b)
+    assert pa.keys() == pb.keys() and all(np.array_equal(pa[k], pb[k]) for k in pa)
+    wa = load_file(f"{a['model_dir']}/model.safetensors")
+    wb = load_file(f"{b['model_dir']}/model.safetensors")
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"resumed weights differ from the uninterrupted run's: {different[:5]}"
+    assert not list((resumed / ".checkpoints").glob("*.pt")), "a finished cell leaves no checkpoint"
+
+
+def test_interrupted_dense_teacher_resumes_to_the_same_weights(
+    tiny_model_dir, tiny_glue, tmp_path, monkeypatch
+):
+    plain = tmp_path / "plain"
+    assert main(_args(tiny_model_dir, tiny_glue, plain, tmp_path / "c1", "magnitude", "0")) == 0
+    cache = tmp_path / "c2"
+    args = _args(tiny_model_dir, tiny_glue, tmp_path / "resumed", cache, "magnitude", "1e-9")
+    _interrupt_after(monkeypatch, 7, cache)
+    assert main(args) == 130  # cli: "interrupted; ... rerun the same command to resume"
+    monkeypatch.undo()
+    assert main(args) == 0
+    a, b = _cell(plain, "dense"), _cell(tmp_path / "resumed", "dense")
+    wa = load_file(f"{a['model_dir']}/model.safetensors")
+    wb = load_file(f"{b['model_dir']}/model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert b["metrics"] == a["metrics"]
+    assert not list((cache / ".checkpoints").glob("*.pt"))
+
+
+def test_a_planted_state_omission_is_caught(tiny_model_dir, tiny_glue, tmp_path, monkeypatch):
+    """The comparison above can fail: dropping the optimizer's moments from the checkpoint changes the
+    resumed weights."""
+    cache = tmp_path / "cache"
+    assert main(_args(tiny_model_dir, tiny_glue, tmp_path / "plain", cache, "magnitude", "0")) == 0
+    args = _args(tiny_model_dir, tiny_glue, tmp_path / "resumed", cache, "magnitude", "1e-9")
+    _interrupt_after(monkeypatch, 5, tmp_path / "resumed")
+    assert main(args) == 130  # cli: "interrupted; ... rerun the same command to resume"
+    monkeypatch.undo()
+    real_load = ckpt.Checkpointer.load
+
+    def forgetful(self):
+        state = real_load(self)
+        if state is not None:
+            state["optimizer"]["state"] = {}
+        return state
+
+    monkeypatch.setattr(ckpt.Checkpointer, "load", forgetful)
+    assert main(args) == 0
+    a, b = _cell(tmp_path / "plain", "magnitude"), _cell(tmp_path / "resumed", "magnitude")
+    wa = load_file(f"{a['model_dir']}/model.safetensors")
+    wb = load_file(f"{b['model_dir']}/model.safetensors")
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_checkpoint_of_another_cell_or_a_damaged_file_is_not_resumed(tmp_path):
+    saver = ckpt.Checkpointer(tmp_path / "x.pt", 1.0, "digest-a")
+    saver.save({"step": 3})
+    assert ckpt.Checkpointer(tmp_path / "x.pt", 1.0, "digest-a").load()["step"] == 3
+    assert ckpt.Checkpointer(tmp_path / "x.pt", 1.0, "digest-b").load() is None
+    (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
+    assert saver.load() is None
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_object_state_keeps_tensors_in_place_generators_and_skips_identity_keyed_dicts():
+    from capbench.pruning.criteria import RandomCriterion
+
+    class Holder:
+        pass
+
+    Holder.__module__ = "capbench.fake"
+    live = Holder()
+    live.weights = torch.zeros(3)
+    live.count = 1
+    live.log = [(1, 0.5)]
+    live.by_id = {123: torch.ones(2)}
+    live.gen = torch.Generator().manual_seed(0)
+    live.child = Holder()
+    live.child.scale = 2.0
+    state = ckpt.object_state(live)
+    alias = live.weights
+    live.weights.add_(5)
+    live.count, live.log, live.child.scale = 7, [], 9.0
+    before = torch.rand(1, generator=live.gen)
+    live.by_id = {456: torch.zeros(2)}
+    ckpt.load_object_state(live, state)
+    assert live.weights is alias and torch.equal(alias, torch.zeros(3))
+    assert (live.count, live.log, live.child.scale) == (1, [(1, 0.5)], 2.0)
+    assert torch.equal(torch.rand(1, generator=live.gen), before)
+    assert list(live.by_id) == [456]  # keyed by object identity: not state
+    assert RandomCriterion.__module__.startswith("capbench.")
