@@ -277,5 +277,14 @@ class Checkpointer:
             return None
         return state
 
+    @staticmethod
+    def saved_step(path: str | Path) -> int | None:
+        """The step a checkpoint file would resume at, read without loading its tensors (mmap); None when
+        there is no readable checkpoint."""
+        try:
+            return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+        except Exception:
+            return None
+
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

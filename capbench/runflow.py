@@ -115,13 +115,15 @@ def print_plan(cells: list, out_dir: Path) -> int:
     """What a run would do, without loading a model: each cell id, and whether it trains ("to run"), is
     finished but lacks a requested --probes/--speed result or another registered measurement, which a run adds
     without retraining ("measure", as measure_after_cell does), or is finished."""
+    from capbench.checkpoint import Checkpointer, checkpoint_path
     from capbench.measure import missing_measurements
 
     records.require_current_schema(out_dir)
     finished = measure = 0
     for spec in cells:
         if not is_finished(spec, out_dir):
-            print(f"{'to run':8s}  {spec.cell_id}")
+            step = Checkpointer.saved_step(checkpoint_path(out_dir, spec.cell_id))
+            print(f"{'to run':8s}  {spec.cell_id}" + (f"  (resumes at step {step})" if step else ""))
             continue
         missing = missing_measurements(spec, records.read_record(records.record_path(out_dir, spec.cell_id)))
         if missing:

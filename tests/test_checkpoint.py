@@ -87,7 +87,7 @@ def _predictions(out, record):
     [(m, 5) for m in all_methods()] + [("cap_magnitude", 14), ("first_order", 14), ("soft_movement", 14)],
 )
 def test_interrupted_cell_resumes_to_the_same_result(
-    tiny_model_dir, tiny_glue, tmp_path, monkeypatch, method, stop
+    tiny_model_dir, tiny_glue, tmp_path, monkeypatch, capsys, method, stop
 ):
     cache = tmp_path / "cache"
     plain = tmp_path / "plain"
@@ -98,6 +98,9 @@ def test_interrupted_cell_resumes_to_the_same_result(
     assert main(args) == 130  # cli: "interrupted; ... rerun the same command to resume"
     assert stopped == [stop]
     assert len(list((resumed / ".checkpoints").glob("*.pt"))) == 1
+    capsys.readouterr()
+    assert main([*args, "--dry-run"]) == 0
+    assert f"(resumes at step {stop})" in capsys.readouterr().out
     assert not list((resumed / "records").glob("*.json")) or _cell(resumed, "dense")
     monkeypatch.undo()
     assert main(args) == 0
