@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from capbench import distributed, leases, records
 from capbench.cell_protocol import execute_cell, is_finished
+from capbench.checkpoint import DEFAULT_EVERY_SECONDS
 from capbench.device import resolve_device
 from capbench.errors import CapbenchError
 from capbench.executors.plan import BANKS, CELL, plan_jobs
@@ -97,6 +98,7 @@ def _worker_context(settings: dict) -> RunContext:
         source.root,
         settings["save_models"],
         where,
+        settings.get("checkpoint_every"),
     )
     if key not in _CONTEXTS:
         _CONTEXTS[key] = RunContext(
@@ -107,6 +109,7 @@ def _worker_context(settings: dict) -> RunContext:
             show_progress=False,
             # resolved in the worker: Ray gives a task with GPUs its own CUDA_VISIBLE_DEVICES
             device=resolve_device(where),
+            checkpoint_every=settings.get("checkpoint_every", DEFAULT_EVERY_SECONDS),
         )
     return _CONTEXTS[key]
 
@@ -275,6 +278,7 @@ def run_grid_ray(
             "cwd": os.getcwd(),
             "threads": max(1, int(options["num_cpus"])),
             "device": device,
+            "checkpoint_every": ctx.checkpoint_every,  # a retried task resumes the cell's training
         }
         jobs = plan_jobs(cells)
         refs = []
