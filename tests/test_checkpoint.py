@@ -9,38 +9,14 @@ from capbench import checkpoint as ckpt
 from capbench.cli import main
 from capbench.methods import all_methods
 from capbench.records import load_records
+from tests.test_runner import run_args
 
 STEPS = 20  # 96 tiny rows in batches of 8: 12 steps an epoch, so the resumed run crosses an epoch's end
 
 
-def _args(model_dir, glue, out, cache, method, every, *extra):
-    return [
-        "run",
-        "--tasks",
-        "rte",
-        "--preset",
-        "smoke",
-        "--model",
-        str(model_dir),
-        "--data-dir",
-        str(glue),
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(cache),
-        "--batch-size",
-        "8",
-        "--steps",
-        str(STEPS),
-        "--methods",
-        method,
-        "--sparsity",
-        "0.5",
-        "--checkpoint-every",
-        every,
-        "--quiet",
-        *extra,
-    ]
+def _args(model_dir, glue, out, cache, method, every):
+    extra = ["--steps", str(STEPS), "--methods", method, "--sparsity", "0.5", "--checkpoint-every", every]
+    return run_args(model_dir, glue, out, cache, *extra)
 
 
 class Interrupted(KeyboardInterrupt):
