@@ -32,10 +32,18 @@ def add_run_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "run", help="run a grid of (task, method, sparsity, seed) cells and record results"
     )
-    p.add_argument("--tasks", required=True, help="comma-separated task names (capbench ls tasks)")
-    p.add_argument("--methods", default="magnitude", help="comma-separated methods (capbench ls methods)")
-    p.add_argument("--sparsity", default="0.5,0.9", help="fractions of prunable weights removed, in [0, 1)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    # The grid flags (tasks ... kd) default to None here: capbench.gridfile.GRID_KEYS holds their defaults, so
+    # that a flag given beside --grid can be told from one left out.
+    p.add_argument("--tasks", help="comma-separated task names (capbench ls tasks); or give --grid")
+    p.add_argument("--methods", help="comma-separated methods (capbench ls methods; default magnitude)")
+    p.add_argument("--sparsity", help="fractions of prunable weights removed, in [0, 1) (default 0.5,0.9)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 0)")
+    p.add_argument(
+        "--grid",
+        metavar="FILE",
+        help="run the union of a grid file's blocks (each sets tasks, methods, sparsity, seeds, options, "
+        "probes, speed; capbench/gridfile.py) instead of one --tasks x --methods product",
+    )
     p.add_argument("--preset", default="default", help="smoke | default | paper (capbench ls presets)")
     p.add_argument("--model", help="hub id or local directory (default: the preset's model)")
     p.add_argument(
@@ -51,20 +59,21 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("--max-eval-examples", type=int)
     p.add_argument("--max-seq-length", type=int)
     p.add_argument(
-        "--kd", choices=["on", "off"], default="on", help="logit distillation from the dense teacher"
+        "--kd", choices=["on", "off"], help="logit distillation from the dense teacher (default on)"
     )
     p.add_argument("--method-option", action="append", metavar="KEY=VALUE", help="override a method default")
     p.add_argument("--cap-option", action="append", metavar="KEY=VALUE", help="override a CAP default")
     p.add_argument(
         "--probes",
-        default="",
         help="linear probes on every finished model: 'default' (bigram_shift and transfer qnli, qqp; "
         "docs/probes.md) or names such as bigram_shift,transfer:qnli",
     )
     p.add_argument(
         "--probe-sizes", default="1200,300,600", help="train,dev,test examples per generated probe"
     )
-    p.add_argument("--speed", action="store_true", help="measure kernel and model speed for every cell")
+    p.add_argument(
+        "--speed", action="store_true", default=None, help="measure kernel and model speed for every cell"
+    )
     device.add_arguments(p, "part of the spec")
     p.add_argument("--shard", default=None, metavar="I/N", help="run only slice I of N of the grid")
     p.add_argument(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from argparse import Namespace
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from capbench.data.sources import detect_source
 from capbench.device import resolve_device, resolve_precision, slow_precision_warning
 from capbench.errors import CapbenchError
 from capbench.grid import check_probe_sizes, expand_grid, parse_seeds, parse_shard, parse_sparsities, shard
+from capbench.gridfile import GRID_KEYS, fill_defaults, load_grid
 from capbench.layout import max_positions
 from capbench.methods import check_methods, grid_method_specs, regime_controls
 from capbench.model_identity import model_identity
@@ -27,6 +29,33 @@ DATA_SAMPLE_SEED = 1234  # fixed, so every seed and method of a preset sees the 
 
 
 def cells_from_args(args):
+    """The frozen cell specs of a `capbench run` and its data source: the --tasks x --methods x --sparsity x
+    --seeds product, or with --grid the union of the grid file's blocks in their order (a cell several
+    blocks name once), then --shard's slice.  Raises CapbenchError before any work for bad input."""
+    given = {key: getattr(args, key, None) for key in GRID_KEYS}
+    grid = getattr(args, "grid", None)
+    if grid is None:
+        if given["tasks"] is None:
+            raise CapbenchError("capbench run needs --tasks (e.g. --tasks sst2) or --grid FILE")
+        return _product_cells(Namespace(**{**vars(args), **fill_defaults(given)}))
+    clash = [GRID_KEYS[key][0] for key, value in given.items() if value is not None]
+    if clash:
+        raise CapbenchError(
+            f"--grid {grid} sets {', '.join(clash)} in each block; drop {'it' if len(clash) == 1 else 'them'} "
+            "from the command line or edit the file"
+        )
+    shard_slice = parse_shard(args.shard)
+    cells, names, source = [], set(), None
+    for block in load_grid(grid):
+        part, source = _product_cells(Namespace(**{**vars(args), **block, "shard": None}))
+        cells += [c for c in part if c.cell_id not in names]
+        names.update(c.cell_id for c in part)
+    if shard_slice is not None:
+        cells = shard(cells, *shard_slice)
+    return cells, source
+
+
+def _product_cells(args):
     if getattr(args, "quiet", False) or getattr(args, "dry_run", False):
         import datasets
 

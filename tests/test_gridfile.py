@@ -1,0 +1,102 @@
+"""Grid files (`capbench run --grid FILE`): the union of blocks, validated before any work."""
+
+import pytest
+
+from capbench.cli import main
+from capbench.errors import CapbenchError
+from capbench.gridfile import load_grid
+from capbench.records import load_records
+from tests.test_runner import run_args
+
+GRID = """
+description: two overlapping blocks
+blocks:
+  - tasks: rte
+    methods: magnitude
+    sparsity: 0.5
+  - tasks: [rte]
+    methods: magnitude,random
+    sparsity: [0.5, 0.9]
+    seeds: 0
+    kd: on
+"""
+
+
+def _grid_args(model_dir, glue, out, cache, grid, *extra):
+    args = run_args(model_dir, glue, out, cache, "--grid", str(grid), *extra)
+    i = args.index("--tasks")
+    return args[:i] + args[i + 2 :]  # the grid file names the tasks
+
+
+def test_blocks_load_with_defaults_and_yaml_lists(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(GRID)
+    first, second = load_grid(path)
+    assert first == {
+        "tasks": "rte",
+        "methods": "magnitude",
+        "sparsity": "0.5",
+        "seeds": "0",
+        "method_option": None,
+        "cap_option": None,
+        "probes": "",
+        "speed": False,
+        "kd": "on",
+    }
+    assert second["sparsity"] == "0.5,0.9" and second["kd"] == "on"  # YAML's bare `on` is true
+    path.write_text("blocks:\n  - tasks: rte\n    method_option: [update_every=2, scope=global]\n    kd: off")
+    (only,) = load_grid(path)
+    assert only["method_option"] == ["update_every=2", "scope=global"] and only["kd"] == "off"
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("blocks: []", "non-empty 'blocks:'"),
+        ("blocks:\n  - tasks: rte\n    epochs: 3", "unknown key(s) ['epochs']"),
+        ("blocks:\n  - methods: magnitude", "block 1: no tasks"),
+        ("blocks:\n  - tasks: rte\n    speed: yes please", "speed is true or false"),
+        ("blocks: [tasks: rte", "not valid YAML"),
+        ("grid:\n  - tasks: rte", "non-empty 'blocks:'"),
+    ],
+)
+def test_a_bad_grid_file_is_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "g.yaml"
+    path.write_text(text)
+    with pytest.raises(CapbenchError, match=None) as caught:
+        load_grid(path)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_grid_runs_the_union_once_and_dry_run_says_nothing_is_left(
+    tiny_model_dir, tiny_glue, tmp_path, capsys
+):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(GRID)
+    args = _grid_args(tiny_model_dir, tiny_glue, tmp_path / "run", tmp_path / "cache", grid)
+    assert main([*args, "--dry-run"]) == 0
+    assert "5 cells: 5 to run" in capsys.readouterr().out  # dense and magnitude 0.5 are in both blocks
+    assert main(args) == 0
+    records = load_records(tmp_path / "run")
+    cells = sorted((r["spec"]["method"], r["spec"]["sparsity"]) for r in records)
+    assert cells == [("dense", 0.0), ("magnitude", 0.5), ("magnitude", 0.9), ("random", 0.5), ("random", 0.9)]
+    capsys.readouterr()
+    assert main([*args, "--dry-run"]) == 0
+    assert "0 to run" in capsys.readouterr().out
+
+
+def test_a_grid_flag_beside_grid_or_neither_tasks_nor_grid_exits_2(
+    tiny_model_dir, tiny_glue, tmp_path, capsys
+):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(GRID)
+    args = _grid_args(tiny_model_dir, tiny_glue, tmp_path / "run", tmp_path / "cache", grid)
+    assert main([*args, "--methods", "random", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "--methods" in err and "--grid" in err and len(err.strip().splitlines()) == 1
+    no_tasks = [a for a in args if a not in ("--grid", str(grid))]
+    assert main([*no_tasks, "--dry-run"]) == 2
+    assert "needs --tasks" in capsys.readouterr().err
+    missing = [str(tmp_path / "missing.yaml") if a == str(grid) else a for a in args]
+    assert main([*missing, "--dry-run"]) == 2
+    assert "no such file" in capsys.readouterr().err
