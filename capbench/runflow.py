@@ -31,7 +31,7 @@ DATA_SAMPLE_SEED = 1234  # fixed, so every seed and method of a preset sees the 
 def cells_from_args(args):
     """The frozen cell specs of a `capbench run` and its data source: the --tasks x --methods x --sparsity x
     --seeds product, or with --grid the union of the grid file's blocks in their order (a cell several
-    blocks name once), then --shard's slice.  Raises CapbenchError before any work for bad input."""
+    blocks name once, with the probes and speed of each), then --shard's slice.  Raises CapbenchError before any work for bad input."""
     given = {key: getattr(args, key, None) for key in GRID_KEYS}
     grid = getattr(args, "grid", None)
     if grid is None:
@@ -45,14 +45,25 @@ def cells_from_args(args):
             "from the command line or edit the file"
         )
     shard_slice = parse_shard(args.shard)
-    cells, names, source = [], set(), None
+    merged: dict = {}  # cell id -> spec; a cell of several blocks gets every block's measurements
+    source = None
     for block in load_grid(grid):
         part, source = _product_cells(Namespace(**{**vars(args), **block, "shard": None}))
-        cells += [c for c in part if c.cell_id not in names]
-        names.update(c.cell_id for c in part)
+        for cell in part:
+            seen = merged.get(cell.cell_id)
+            merged[cell.cell_id] = cell if seen is None else _with_measurements(seen, cell)
+    cells = list(merged.values())
     if shard_slice is not None:
         cells = shard(cells, *shard_slice)
     return cells, source
+
+
+def _with_measurements(cell, other):
+    """``cell`` (the same cell as ``other``: measurements are outside the digest) with the probes and speed
+    either asks for."""
+    return replace(
+        cell, probes=tuple(dict.fromkeys(cell.probes + other.probes)), speed=cell.speed or other.speed
+    )
 
 
 def _product_cells(args):

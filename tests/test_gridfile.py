@@ -100,3 +100,38 @@ def test_a_grid_flag_beside_grid_or_neither_tasks_nor_grid_exits_2(
     missing = [str(tmp_path / "missing.yaml") if a == str(grid) else a for a in args]
     assert main([*missing, "--dry-run"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_a_cell_in_several_blocks_gets_the_measurements_of_each(tiny_model_dir, tiny_glue, tmp_path):
+    from capbench.cli import build_parser
+    from capbench.runflow import cells_from_args
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(
+        "blocks:\n  - tasks: rte\n    sparsity: 0.5\n"
+        "  - tasks: rte\n    sparsity: 0.5\n    speed: true\n    probes: bigram_shift\n"
+    )
+    args = _grid_args(tiny_model_dir, tiny_glue, tmp_path / "run", tmp_path / "cache", grid)
+    cells, _ = cells_from_args(build_parser().parse_args(args))
+    assert [c.method for c in cells] == ["dense", "magnitude"]
+    assert all(c.speed and c.probes == ("bigram_shift",) for c in cells)
+
+
+def test_every_committed_grid_file_names_known_tasks_methods_and_options():
+    from pathlib import Path
+
+    from capbench.cap.config import CapConfig
+    from capbench.grid import parse_seeds, parse_sparsities
+    from capbench.methods import check_methods
+    from capbench.options import parse_key_values
+    from capbench.tasks import parse_task_list
+
+    files = sorted((Path(__file__).resolve().parents[1] / "leaderboards").glob("*.grid.yaml"))
+    assert files, "the published board's grid file is committed beside it"
+    for path in files:
+        for block in load_grid(path):
+            parse_task_list(block["tasks"])
+            check_methods(block["methods"].split(","))
+            parse_sparsities(block["sparsity"])
+            parse_seeds(block["seeds"])
+            CapConfig.from_options(parse_key_values(block["cap_option"], "cap_option"))
