@@ -23,15 +23,13 @@ want saved in ``checkpoint_skip`` (fixed tables rebuilt by the setup, caches) or
 ``state_dict``/``load_state_dict``.  Tensors are restored in place, so the optimizer's and hooks'
 references stay valid.
 
-Files are written atomically (temp file, then rename) and read with ``torch.load(weights_only=True)``: a
+Files are written atomically (``jsonio.atomic_write_with``: temp file, fsync, rename) and read with ``torch.load(weights_only=True)``: a
 checkpoint holds tensors and plain values only.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,8 +38,9 @@ import torch
 from torch import nn
 
 from capbench.errors import CapbenchError
+from capbench.jsonio import atomic_write_with
+from capbench.records import CHECKPOINTS_DIR
 
-CHECKPOINTS_DIR = ".checkpoints"
 DEFAULT_EVERY_SECONDS = 600.0  # a lost interval costs at most 10 minutes; a MiniLM save takes about 1 s
 FORMAT = 1
 
@@ -253,15 +252,8 @@ class Checkpointer:
 
     def save(self, state: dict) -> None:
         """Write ``state`` atomically (a crash mid-write leaves the previous checkpoint whole)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save({"format": FORMAT, "identity": self.identity, **state}, handle)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        payload = {"format": FORMAT, "identity": self.identity, **state}
+        atomic_write_with(self.path, lambda handle: torch.save(payload, handle))
         self._last = time.monotonic()
         self.saves += 1
 

@@ -36,6 +36,12 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     0600, so a group sharing a store can read it; a replaced file keeps its own. The temp file is `.<name>.<writer>.<random>.tmp`
     (writer: `leases.writer_tag()`), so a cleanup can tell whose it is (`remove_stale_temp_files`).
     """
+    atomic_write_with(path, lambda handle: handle.write(payload))
+
+
+def atomic_write_with(path: Path, write) -> None:
+    """``atomic_write_bytes`` for a payload too large to hold twice: ``write(handle)`` streams it into the
+    temp file (a training checkpoint, ``torch.save``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}.{leases.writer_tag()}."
@@ -43,7 +49,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     try:
         os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -17,6 +17,7 @@ from capbench.jsonio import (  # noqa: F401 (re-exported: the store's writers)
 from capbench.record import SCHEMA_VERSION, Record, RecordError, record_problem  # noqa: F401 (re-exported)
 
 RECORDS_DIR = "records"
+CHECKPOINTS_DIR = ".checkpoints"  # training checkpoints of running cells (capbench.checkpoint)
 
 
 def record_path(out_dir: Path, cell_id: str) -> Path:
@@ -34,7 +35,7 @@ def write_record(path: Path, record: dict | Record) -> bool:
 
 
 # Files of a cell in records/ besides <cell_id>.json (capbench.predictions.SUFFIX), for temp-file owners.
-CELL_FILE_SUFFIXES = (".predictions.npz", ".json")
+CELL_FILE_SUFFIXES = (".predictions.npz", ".json", ".pt")  # .pt: its training checkpoint (.checkpoints/)
 
 
 def parse_temp_name(name: str) -> tuple[str, str | None] | None:
@@ -80,10 +81,13 @@ def temp_file_abandoned(
 
 
 def remove_stale_temp_files(out_dir: Path, now: float | None = None, stale_after: float | None = None) -> int:
-    """Delete the temp files of records/ that no live writer will finish (`temp_file_abandoned`)."""
+    """Delete the temp files of records/ and .checkpoints/ that no live writer will finish
+    (`temp_file_abandoned`): a process killed while writing a checkpoint leaves hundreds of MB."""
     stale_after = leases.STALE_SECONDS if stale_after is None else stale_after
     removed = 0
-    for tmp in (Path(out_dir) / RECORDS_DIR).glob(".*.tmp"):
+    out_dir = Path(out_dir)
+    temps = [*(out_dir / RECORDS_DIR).glob(".*.tmp"), *(out_dir / CHECKPOINTS_DIR).glob(".*.tmp")]
+    for tmp in temps:
         if temp_file_abandoned(out_dir, tmp, now, stale_after):
             tmp.unlink(missing_ok=True)
             removed += 1

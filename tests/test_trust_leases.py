@@ -254,6 +254,11 @@ def test_prepare_run_dir_keeps_a_live_writers_temp_file_and_drops_abandoned_ones
         temp(f".free-0.5.json.{dead}.gggggggg.tmp"),  # no lease and its writer has exited
         temp(".legacy-0.5.json.hhhhhhhh.tmp", age=old),
     ]
+    checkpoints = out / records.CHECKPOINTS_DIR
+    checkpoints.mkdir()
+    folder = checkpoints  # a cell's training checkpoint, written the same way
+    keep.append(temp(f".live-0.5.pt.{me}.iiiiiiii.tmp", age=old))
+    drop.append(temp(f".free-0.5.pt.{dead}.jjjjjjjj.tmp"))
     records.prepare_run_dir(out)
     assert [p.exists() for p in keep] == [True] * len(keep)
     assert [p.exists() for p in drop] == [False] * len(drop)
