@@ -176,6 +176,7 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
             return model.eval(), {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
         model = load_pretrained(spec, data.task, ctx.device)
         cfg, loader = _train_loader(spec, data, ctx.device)
+        records.remove_stale_temp_files(ctx.cache_dir)  # a killed teacher's half-written checkpoint
         saver = Checkpointer(checkpoint_path(ctx.cache_dir, f"dense-{key}"), ctx.checkpoint_every, key)
         with _progress(ctx, cfg.run_steps(len(loader)), f"dense {spec.task} seed {spec.seed}") as bar:
             stats = train(model, loader, cfg, progress=bar, checkpoint=saver)
