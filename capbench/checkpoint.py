@@ -39,11 +39,13 @@ from torch import nn
 
 from capbench.errors import CapbenchError
 from capbench.jsonio import atomic_write_with
+from capbench.provenance import git_commit
 from capbench.records import CHECKPOINTS_DIR
 
 DEFAULT_EVERY_SECONDS = 600.0  # a lost interval costs at most 10 minutes; a MiniLM save takes about 1 s
 FORMAT = 1
 
+_UNSET = object()
 _SKIP = ("skip", None)  # not state: restoring it leaves the live value
 
 
@@ -246,13 +248,16 @@ class Checkpointer:
         self.identity = identity
         self._last = time.monotonic()
         self.saves = 0
+        self.commit = _UNSET
 
     def due(self) -> bool:
         return self.every > 0 and time.monotonic() - self._last >= self.every
 
     def save(self, state: dict) -> None:
         """Write ``state`` atomically (a crash mid-write leaves the previous checkpoint whole)."""
-        payload = {"format": FORMAT, "identity": self.identity, **state}
+        if self.commit is _UNSET:
+            self.commit = git_commit()  # once per run: the code that wrote this training state
+        payload = {"format": FORMAT, "identity": self.identity, "commit": self.commit, **state}
         atomic_write_with(self.path, lambda handle: torch.save(payload, handle))
         self._last = time.monotonic()
         self.saves += 1

@@ -315,7 +315,8 @@ def train(
     model, loader: DataLoader, cfg: TrainConfig, *, loss_fn=None, pruner=None, progress=None, checkpoint=None
 ) -> dict:
     """Train in place; returns step count, final loss terms and wall time (``seconds``, summed over the
-    resumed parts; ``resumed``: the step and seconds of each resume).
+    resumed parts; ``resumed``: per resume, its step, the seconds before it and the commit that wrote the
+    checkpoint).
 
     ``checkpoint``: a ``capbench.checkpoint.Checkpointer``; its saved state, if any, is resumed (the run
     continues bit for bit as if never stopped), and a new one is written every ``every`` seconds at a step
@@ -349,7 +350,7 @@ def train(
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
         step, before, resumes = int(saved["step"]), float(saved["seconds"]), list(saved["resumes"])
-        resumes.append({"at_step": step, "seconds_before": before})
+        resumes.append({"at_step": step, "seconds_before": before, "saved_by_commit": saved.get("commit")})
         if plan is not None and step not in boundaries:  # mid-retraining: that phase's optimizer and schedule
             length = boundaries[max(b for b in boundaries if b <= step)][1]
             optimizer = _optimizer(model, cfg, pruner)

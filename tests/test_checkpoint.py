@@ -84,6 +84,7 @@ def test_interrupted_cell_resumes_to_the_same_result(
     a, b = _cell(plain, method), _cell(resumed, method)
     assert b["status"] == "done"
     assert [r["at_step"] for r in b["train"]["resumed"]] == [stop]
+    assert b["train"]["resumed"][0]["saved_by_commit"] == b["git_commit"]  # the code of both segments
     assert "resumed" not in a["train"]
     assert b["train"]["steps"] == a["train"]["steps"]
     assert b["metrics"] == a["metrics"]
