@@ -15,17 +15,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CAPBENCH_CACHE", Path.home() / ".cache" / "capbench"))
 
 
-def _seconds(text: str) -> float:
-    """argparse type: a finite number of seconds >= 0 (argparse turns the ValueError into exit code 2)."""
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(text)
-    return value
-
-
-_seconds.__name__ = "number of seconds >= 0"  # argparse names the type in its one-line error
-
-
 def add_run_parser(subparsers) -> None:
     from capbench import device
 
@@ -92,7 +81,7 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--checkpoint-every",
-        type=_seconds,
+        type=float,
         default=None,
         metavar="SECONDS",
         help="save a training checkpoint this often, so an interrupted cell resumes at its last save instead "

@@ -184,10 +184,18 @@ def _checkpoint_every(args) -> float:
     from capbench.checkpoint import DEFAULT_EVERY_SECONDS
 
     chosen = getattr(args, "checkpoint_every", None)
-    return DEFAULT_EVERY_SECONDS if chosen is None else chosen
+    if chosen is None:
+        return DEFAULT_EVERY_SECONDS
+    if not 0 <= chosen < float("inf"):
+        raise CapbenchError(
+            f"--checkpoint-every {chosen:g}: give the seconds between training checkpoints, a number >= 0 "
+            "(0 turns them off)"
+        )
+    return chosen
 
 
 def run_from_args(args, default_cache: Path) -> int:
+    checkpoint_every = _checkpoint_every(args)  # checked before anything loads
     executor = getattr(args, "executor", "local") or "local"
     if getattr(args, "ray_address", None) and executor != "ray":
         raise CapbenchError("--ray-address needs --executor ray")
@@ -224,7 +232,7 @@ def run_from_args(args, default_cache: Path) -> int:
         save_models=not args.no_save_models,
         show_progress=not args.quiet and distributed.is_main(),
         device=resolve_device(getattr(args, "device", "cpu")),
-        checkpoint_every=_checkpoint_every(args),
+        checkpoint_every=checkpoint_every,
     )
     from capbench.measure import measure_after_cell
 

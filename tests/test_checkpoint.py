@@ -180,3 +180,14 @@ def test_object_state_keeps_tensors_in_place_generators_and_skips_identity_keyed
     assert torch.equal(torch.rand(1, generator=live.gen), before)
     assert list(live.by_id) == [456]  # keyed by object identity: not state
     assert RandomCriterion.__module__.startswith("capbench.")
+
+
+@pytest.mark.parametrize("value", ["-5", "inf", "nan"])
+def test_a_bad_checkpoint_interval_exits_2_in_one_line(tiny_model_dir, tiny_glue, tmp_path, capsys, value):
+    args = _args(tiny_model_dir, tiny_glue, tmp_path / "run", tmp_path / "cache", "magnitude", value)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        f"capbench: error: --checkpoint-every {value.lstrip('-') if value != '-5' else '-5'}"
+    )
+    assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
