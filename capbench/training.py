@@ -333,8 +333,12 @@ def train(
         pruner.attach(model, steps)
     if hasattr(loss_fn, "attach"):
         loss_fn.attach(steps, len(loader))
-    optimizer = _optimizer(model, cfg, pruner)
-    scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * steps), steps)
+
+    def fresh_optimizer(length: int):  # AdamW and its warm-up/decay schedule over ``length`` steps
+        optimizer = _optimizer(model, cfg, pruner)
+        return optimizer, _linear_schedule(optimizer, int(cfg.warmup_ratio * length), length)
+
+    optimizer, scheduler = fresh_optimizer(steps)
     dp = distributed.DataParallel.create()  # None unless launched with WORLD_SIZE > 1
     if dp is not None and plan is not None:
         raise CapbenchError("procedure=iterative does not run under data parallel yet; run it on one process")
@@ -352,9 +356,7 @@ def train(
         step, before, resumes = int(saved["step"]), float(saved["seconds"]), list(saved["resumes"])
         resumes.append({"at_step": step, "seconds_before": before, "saved_by_commit": saved.get("commit")})
         if plan is not None and step not in boundaries:  # mid-retraining: that phase's optimizer and schedule
-            length = boundaries[max(b for b in boundaries if b <= step)][1]
-            optimizer = _optimizer(model, cfg, pruner)
-            scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * length), length)
+            optimizer, scheduler = fresh_optimizer(boundaries[max(b for b in boundaries if b <= step)][1])
         ckpt.load_model_state(model, saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -383,8 +385,7 @@ def train(
             else:
                 importance_pass(model, loader, loss_fn, pruner)
             pruner.prune_step(at, sparsity)
-        optimizer = _optimizer(model, cfg, pruner)
-        scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * length), length)
+        optimizer, scheduler = fresh_optimizer(length)
         model.train()
 
     def save(epoch_over: bool) -> None:

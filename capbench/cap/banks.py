@@ -426,6 +426,8 @@ class SnapshotBanks:
         while self.banks:
             self._evict_oldest()
 
+    _COUNTERS = ("taken", "evicted", "forward_examples", "forward_passes", "build_seconds", "peak_nbytes")
+
     def state_dict(self) -> dict:
         """The kept snapshots (rows, labels, meta, step) and counters, for a training checkpoint
         (``capbench.checkpoint``); the rows travel in the checkpoint, also for banks kept on disk."""
@@ -441,8 +443,7 @@ class SnapshotBanks:
             }
             for b in self.banks
         ]
-        counters = ("taken", "evicted", "forward_examples", "forward_passes", "build_seconds", "peak_nbytes")
-        return {"banks": banks, "steps": list(self.steps), **{k: getattr(self, k) for k in counters}}
+        return {"banks": banks, "steps": list(self.steps), **{k: getattr(self, k) for k in self._COUNTERS}}
 
     def load_state_dict(self, state: dict) -> None:
         """Replace the kept snapshots by those of ``state_dict`` (files rewritten under ``directory``)."""
@@ -451,9 +452,7 @@ class SnapshotBanks:
             size, dim = saved["reps"].shape
             path = self.directory / saved["file"] if self.directory is not None and saved["file"] else None
             bank = MemoryBank(size, dim, dtype=self.dtype, path=path)
-            bank._reps.copy_(saved["reps"])
-            bank.labels = saved["labels"]
-            bank._filled.fill_(True)
+            bank.update(torch.arange(size), saved["reps"], saved["labels"])
             bank.meta = dict(saved["meta"])
             bank.forward_examples, bank.forward_passes = saved["forward_examples"], saved["forward_passes"]
             bank.build_seconds = saved["build_seconds"]
@@ -461,5 +460,5 @@ class SnapshotBanks:
                 bank.to(self.device)
             self.banks.append(bank)
         self.steps = list(state["steps"])
-        for key in ("taken", "evicted", "forward_examples", "forward_passes", "build_seconds", "peak_nbytes"):
+        for key in self._COUNTERS:
             setattr(self, key, state[key])
