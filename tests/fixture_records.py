@@ -42,16 +42,18 @@ def runner_templates() -> dict[str, dict]:
     from capbench.records import load_records
     from capbench.testing import save_tiny_model_dir
 
-    root = Path(tempfile.mkdtemp(prefix="capbench-fixture-records-"))
-    glue = write_tiny_glue(root / "glue", n_train=32, n_eval=16)
-    model = save_tiny_model_dir(root / "tiny-bert")
-    common = ["--tasks", "rte", "--preset", "smoke", "--model", str(model), "--data-dir", str(glue)]
-    common += ["--cache-dir", str(root / "cache"), "--batch-size", "8", "--quiet", "--no-save-models"]
-    common += ["--methods", "magnitude", "--sparsity", "0.5"]
-    assert main(["run", *common, "--out", str(root / "ok")]) == 0
-    assert main(["run", *common, "--out", str(root / "diverged"), "--learning-rate", "1e6"]) == 1
-    done = {r["spec"]["method"]: r for r in load_records(root / "ok")}
-    failed = next(r for r in load_records(root / "diverged") if r["spec"]["method"] == "magnitude")
+    # The records are read into memory, so the run folders go when this returns (no leftovers in /tmp).
+    with tempfile.TemporaryDirectory(prefix="capbench-fixture-records-") as folder:
+        root = Path(folder)
+        glue = write_tiny_glue(root / "glue", n_train=32, n_eval=16)
+        model = save_tiny_model_dir(root / "tiny-bert")
+        common = ["--tasks", "rte", "--preset", "smoke", "--model", str(model), "--data-dir", str(glue)]
+        common += ["--cache-dir", str(root / "cache"), "--batch-size", "8", "--quiet", "--no-save-models"]
+        common += ["--methods", "magnitude", "--sparsity", "0.5"]
+        assert main(["run", *common, "--out", str(root / "ok")]) == 0
+        assert main(["run", *common, "--out", str(root / "diverged"), "--learning-rate", "1e6"]) == 1
+        done = {r["spec"]["method"]: r for r in load_records(root / "ok")}
+        failed = next(r for r in load_records(root / "diverged") if r["spec"]["method"] == "magnitude")
     return {"dense": done["dense"], "magnitude": done["magnitude"], "failed": failed}
 
 

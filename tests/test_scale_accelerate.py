@@ -58,7 +58,9 @@ def test_two_process_cell_matches_single_process_masks(tiny_model_dir, tiny_glue
     launch = [*_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    # torch's elastic launcher makes a torchelastic_* folder per run and leaves it: keep it under tmp_path
+    (tmp_path / "tmp").mkdir()
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TMPDIR=str(tmp_path / "tmp"))
     done = subprocess.run(
         [*launch, "-m", "capbench", *args], env=env, capture_output=True, text=True, timeout=600
     )
