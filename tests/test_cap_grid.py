@@ -92,16 +92,8 @@ def test_snc_that_would_take_no_snapshot_is_refused_before_any_cell(
 def test_every_cap_method_on_the_offline_model(offline_model_dir, shared_glue, tmp_path, all_threads):
     out = tmp_path / "run"
     args = ["run", "--tasks", "rte", "--methods", ",".join(CAP_METHODS), "--sparsity", "0.5"]
-    args += [
-        "--preset",
-        "smoke",
-        "--max-train-examples",
-        "64",
-        "--max-eval-examples",
-        "64",
-        "--max-seq-length",
-        "64",
-    ]
+    args += ["--preset", "smoke", "--max-train-examples", "64", "--max-eval-examples", "64"]
+    args += ["--max-seq-length", "64"]
     args += ["--data-dir", str(shared_glue), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
     assert main([*args, "--quiet", "--no-save-models"]) == 0
     records = load_records(out)

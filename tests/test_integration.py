@@ -22,7 +22,7 @@ def test_smoke_cell_on_offline_model_and_shared_glue(
         "magnitude",
         "--preset",
         "smoke",
-        # the whole path on the real model and data, at a quarter of smoke's rows and half its length
+        # the whole path on the real model and data, on fewer rows than smoke's 256 and 64 tokens, not 128
         "--max-train-examples",
         "64",
         "--max-eval-examples",
