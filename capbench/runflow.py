@@ -22,7 +22,7 @@ from capbench.model_identity import model_identity
 from capbench.models import load_config, resolve_model_path
 from capbench.options import parse_key_values
 from capbench.presets import get_preset
-from capbench.runner import RunContext, is_finished, run_grid
+from capbench.runner import RunContext, is_finished, resume_first, run_grid
 from capbench.tasks import parse_task_list
 
 DATA_SAMPLE_SEED = 1234  # fixed, so every seed and method of a preset sees the same training rows
@@ -236,6 +236,7 @@ def run_from_args(args, default_cache: Path) -> int:
     )
     from capbench.measure import measure_after_cell
 
+    cells = resume_first(cells, out_dir)
     if executor == "ray":
         from capbench.executors.ray_executor import run_grid_ray
 

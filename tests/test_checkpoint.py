@@ -191,3 +191,28 @@ def test_a_bad_checkpoint_interval_exits_2_in_one_line(tiny_model_dir, tiny_glue
         f"capbench: error: --checkpoint-every {value.lstrip('-') if value != '-5' else '-5'}"
     )
     assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_rerun_finishes_interrupted_cells_before_it_starts_new_ones(
+    tiny_model_dir, tiny_glue, tmp_path, monkeypatch
+):
+    from capbench import runner
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    first = _args(tiny_model_dir, tiny_glue, out, cache, "random", "1e-9")
+    _interrupt_after(monkeypatch, 3, out)
+    assert main(first) == 130
+    monkeypatch.undo()
+    started = [p.stem for p in (out / ".checkpoints").glob("*.pt")]
+    assert len(started) == 1 and started[0].startswith("rte-random-")
+
+    order, real = [], runner.execute_cell
+    monkeypatch.setattr(
+        runner, "execute_cell", lambda spec, *a, **k: order.append(spec.method) or real(spec, *a, **k)
+    )
+    both = _args(
+        tiny_model_dir, tiny_glue, out, cache, "magnitude,random", "0"
+    )  # grid order: magnitude first
+    assert main(both) == 0
+    assert order == ["random", "dense", "magnitude"]
+    assert _cell(out, "random")["train"]["resumed"][0]["at_step"] == 3
