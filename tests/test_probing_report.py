@@ -3,10 +3,12 @@
 import json
 import random
 
+import numpy as np
 import pytest
 
 from capbench.errors import CapbenchError
 from capbench.probing import ProbeOptions, plot_layer_curves, probe_model, render_probe_table, retention
+from capbench.probing.probe import pack_correct
 from capbench.probing.report import format_layer_table
 from capbench.testing import TINY_WORDS, tiny_bert, tiny_tokenizer
 
@@ -168,6 +170,33 @@ def test_probe_table_never_calls_a_single_seed_and_flags_outdated_records():
     table = render_probe_table([*recs, old])
     assert "n = 1 seed, no interval; not called" in table
     assert "1 record(s) hold probe results from before" in table and "1.020" not in table
+
+
+def test_probe_table_pairs_one_seed_by_test_rows_when_records_keep_them():
+    """A single fine-tuning seed gets an interval from the probe's test rows (paired bootstrap)."""
+    rng = np.random.default_rng(0)
+    n = 600
+    ref, emb = [rng.random(n) < 0.8 for _ in range(3)], [rng.random(n) < 0.5 for _ in range(3)]
+    ones = np.ones(n, dtype=int)
+
+    def kept(p: float) -> dict:
+        mine = [rng.random(n) < p for _ in range(3)]
+        return {
+            "n": n,
+            **{
+                w: [pack_correct(v.astype(int), ones) for v in vs]
+                for w, vs in (("mine", mine), ("ref", ref), ("emb", emb))
+            },
+        }
+
+    recs = records({("magnitude", 0.9): [0.4], ("cap_magnitude", 0.9): [0.9], ("random", 0.9): [0.41]})
+    for record, p in zip(recs, (0.6, 0.78, 0.6)):
+        record["probes"]["retention"]["test_rows"] = {"bigram_shift": kept(p)}
+    table = render_probe_table(recs)
+    line = next(x for x in table.splitlines() if "cap_magnitude − magnitude" in x)
+    assert "95% bootstrap over probe test rows, paired, 1 seed" in line and "cap_magnitude keeps more" in line
+    line = next(x for x in table.splitlines() if "random − magnitude" in x)
+    assert "95% bootstrap over probe test rows" in line and "not distinguishable from 0" in line
 
 
 def _plot_records(results):

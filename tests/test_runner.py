@@ -6,10 +6,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from capbench import runner
 from capbench.cli import main
+from capbench.probing.probe import unpack_correct
 from capbench.records import load_records
 
 
@@ -121,6 +123,14 @@ def test_run_with_probes_records_retention_and_renders_it(tiny_model_dir, tiny_g
     for record in records:
         assert set(record["probes"]["tasks"]) == {"bigram_shift", "sst2"}
         assert record["probes"]["retention"]["summary"]
+        for per_pooling in record["probes"]["retention"]["tasks"].values():
+            for entry in per_pooling.values():  # the kept test rows reproduce the accuracies they pair
+                rows = entry["test_rows"]
+                kept = [
+                    np.mean([unpack_correct(t, rows["n"]).mean() for t in rows[w]])
+                    for w in ("mine", "ref", "emb")
+                ]
+                assert kept == pytest.approx([entry["acc"], entry["acc_ref"], entry["acc0"]])
     capsys.readouterr()
     assert main(["leaderboard", "--runs", str(out)]) == 0
     board = capsys.readouterr().out

@@ -13,6 +13,7 @@ makes them tens of times slower, not faster.
 
 from __future__ import annotations
 
+import base64
 import copy
 import warnings
 from collections.abc import Sequence
@@ -32,6 +33,21 @@ DEFAULT_SEEDS = (0, 1, 2)
 
 def accuracy(predicted: np.ndarray, gold: np.ndarray) -> float:
     return float(np.mean(np.asarray(predicted) == np.asarray(gold))) if len(gold) else 0.0
+
+
+def pack_correct(predicted: np.ndarray, gold: np.ndarray) -> str:
+    """Which test rows a probe got right, in test-row order, as base64 of the packed bits (8 rows a byte):
+    what a paired bootstrap over test rows needs, about 100 characters for 600 rows."""
+    bits = np.packbits(np.asarray(predicted) == np.asarray(gold))
+    return base64.b64encode(bits.tobytes()).decode("ascii")
+
+
+def unpack_correct(text: str, n: int) -> np.ndarray:
+    """[n] bool: the inverse of ``pack_correct`` for a test split of ``n`` rows."""
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))
+    if len(bits) < n or len(bits) > n + 7:
+        raise ValueError(f"packed test rows hold {len(bits)} bits, not {n} rows")
+    return bits[:n].astype(bool)
 
 
 def select_c(
@@ -79,9 +95,15 @@ def _fit_probe(x_train, y_train, x_dev, y_dev, x_test, y_test, c_grid, max_iter)
     scaler = StandardScaler().fit(x_train)
     x_train = scaler.transform(x_train)
     c, clf, dev_scores = select_c(x_train, y_train, scaler.transform(x_dev), y_dev, c_grid, max_iter)
-    test = accuracy(clf.predict(scaler.transform(x_test)), y_test)
+    predicted = clf.predict(scaler.transform(x_test))
     train = accuracy(clf.predict(x_train), y_train)
-    return {"C": c, "dev_acc": max(dev_scores), "test_acc": test, "train_acc": train}
+    return {
+        "C": c,
+        "dev_acc": max(dev_scores),
+        "test_acc": accuracy(predicted, y_test),
+        "train_acc": train,
+        "test_correct": pack_correct(predicted, y_test),
+    }
 
 
 def fit_fixed_c(
@@ -140,6 +162,7 @@ def _summary(runs: list[dict]) -> dict:
         "dev_acc": float(np.mean([r["dev_acc"] for r in runs])),
         "train_acc": float(np.mean([r["train_acc"] for r in runs])),
         "C": [r["C"] for r in runs],
+        "test_correct": [r["test_correct"] for r in runs],  # per seed, in the order of `accs`
     }
 
 

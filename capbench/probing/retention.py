@@ -122,7 +122,23 @@ def probe_retention(mine: Mapping, theirs: Mapping, margin: float | None = None)
         "selectivity": at.get("selectivity"),
         "control_train_acc": at.get("control_train_acc"),
         "per_layer": [_scaled(e["acc"], base) for e in mine["layers"]],
+        "test_rows": _test_rows(at, theirs, layer),
     }
+
+
+def _test_rows(at: Mapping, theirs: Mapping, layer: int) -> dict | None:
+    """Per-row test correctness at the reference layer for a paired bootstrap (capbench.report.probe_rows):
+    this model's (``mine``), the reference's (``ref``) and its embeddings' (``emb``), each a list over probe
+    seeds of ``pack_correct`` strings, and the test size ``n``; None for results from before they were kept."""
+    mine, ref, emb = (
+        at.get("test_correct"),
+        theirs["layers"][layer].get("test_correct"),
+        theirs["layers"][0].get("test_correct"),
+    )
+    n = int((theirs.get("sizes") or {}).get("test") or 0)
+    if not (mine and ref and emb and n) or not len(mine) == len(ref) == len(emb):
+        return None
+    return {"n": n, "mine": list(mine), "ref": list(ref), "emb": list(emb)}
 
 
 def retention(result: Mapping, reference_result: Mapping, margin: float | None = None) -> dict:
@@ -179,6 +195,7 @@ def retention(result: Mapping, reference_result: Mapping, margin: float | None =
         "margin_sds": MARGIN_SDS if margin is None else None,
         "tasks": tasks,
         "summary": {t: entry["retention"] for t, entry in headline.items()},
+        "test_rows": {t: headline[t]["test_rows"] for t in valid if headline[t].get("test_rows")},
         "valid": valid,
         "excluded": {t: entry["reason"] for t, entry in headline.items() if not entry["valid"]},
         "mean": _mean("retention"),

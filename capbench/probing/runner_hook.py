@@ -98,7 +98,8 @@ def reference_key(spec, probes: list[str], corpus: Corpus, options: ProbeOptions
     """The reference cache key: what the model, corpus, transfer data and protocol *are*, not where they live."""
     _, transfer = split_probe_names(probes)
     data_facts = {t: data_identity(source, get_task(t)) for t in transfer} if source is not None else {}
-    facts = [_model_identity(spec), probes, corpus.digest, options.to_dict(), data_facts]
+    # "test-rows": references cached before per-row test correctness was kept are fitted again
+    facts = [_model_identity(spec), probes, corpus.digest, options.to_dict(), data_facts, "test-rows"]
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

@@ -109,6 +109,7 @@ def _probes(record: Mapping) -> dict:
         "probe_selectivity": _number(ret.get("selectivity")),
         "probe_reference_chance_corrected": _mean(reference_cc),
         "probe_floors": {name: floor.get("mean") for name, floor in sorted(probes["floors"].items())},
+        "probe_test_rows": ret.get("test_rows") or None,
     }
 
 

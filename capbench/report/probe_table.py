@@ -3,8 +3,10 @@
 Rows: the pre-trained reference (retention 1 by definition), the two floor models (random weights, zeroed
 encoder; see capbench.probing.floors), then every method; columns per sparsity: retention as mean ± std over
 fine-tuning seeds (n), the chance-corrected accuracy and the selectivity at the reference layer. Under the
-table, paired differences over seeds (each CAP variant against its criterion, every other method against
-magnitude) with a 95% t-interval; a difference is called only when its interval excludes 0.
+table, paired differences (each CAP variant against its criterion, every other method against magnitude) with
+a 95% interval: a bootstrap over the probes' test rows paired by row (``paired_row_bootstrap``) where the
+records keep their rows, else a t-interval over fine-tuning seeds; a difference is called only when its
+interval excludes 0.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from capbench.probing.probe import unpack_correct
+from capbench.report.cap_effect import BOOTSTRAP_SEED, REPLICATES
 from capbench.report.tables import Col, Table, varies
 from capbench.spec import DENSE
 
@@ -48,6 +52,11 @@ def probe_cell(group: pd.DataFrame) -> dict:
         "retention_std": statistics.stdev(values) if len(values) > 1 else None,
         "n": len(values),
         "retention_by_seed": by_seed,
+        "rows_by_seed": {
+            str(seed): rows
+            for seed, rows in zip(group["seed"], group.get("probe_test_rows", [None] * len(group)))
+            if isinstance(rows, dict) and rows
+        },
         "chance_corrected": _nanmean(group["probe_chance_corrected"]),
         "selectivity": _nanmean(group["probe_selectivity"]),
     }
@@ -113,6 +122,79 @@ def paired_difference(mine: dict[str, float], theirs: dict[str, float], level: f
     return out
 
 
+def _correct(rows: dict, who: str) -> np.ndarray:
+    """[probe seeds, n] bool for one probe's ``mine``/``ref``/``emb`` packed rows."""
+    return np.stack([unpack_correct(text, rows["n"]) for text in rows[who]])
+
+
+def paired_row_bootstrap(
+    mine: dict[str, dict],
+    theirs: dict[str, dict],
+    replicates: int = REPLICATES,
+    level: float = 0.95,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict:
+    """Retention difference of two models paired by probe test row, as the accuracy table's CAP effect is
+    paired by evaluation row (capbench.report.cap_effect).
+
+    ``mine`` and ``theirs``: {fine-tuning seed: {probe: rows}} with rows as kept in a record's
+    ``probes.retention.test_rows`` (``n`` test rows; per probe seed, which rows this model, the pre-trained
+    reference at its reference layer and the reference's embeddings got right). Both models must share the
+    reference (the same probes, corpus and protocol), so ``ref`` and ``emb`` are read from ``mine``.
+
+    Per replicate, each probe's test rows are drawn with replacement (one draw for every fine-tuning seed and
+    probe seed: it is one fixed test split) and, with two or more fine-tuning seeds, the seeds are drawn too;
+    acc, acc_ref and acc0 are recomputed on the drawn rows (means over probe seeds), retention difference
+    (acc_mine − acc_theirs) / (acc_ref − acc0) averaged over the probes both share, then over the drawn
+    seeds. The interval is the percentile interval at ``level``; a replicate whose reference gap is not
+    positive on some probe is dropped (counted in ``dropped``). Fewer than one shared seed: n = 0, no interval.
+    """
+    seeds = sorted(set(mine) & set(theirs))
+    probes = sorted(set.intersection(*(set(mine[s]) & set(theirs[s]) for s in seeds))) if seeds else []
+    out = {"n": len(seeds), "probes": probes, "diff": None, "low": None, "high": None, "dropped": 0}
+    if not seeds or not probes:
+        out["called"] = False
+        return out
+    rng = np.random.default_rng(seed)
+    draws_seeds = (
+        rng.integers(0, len(seeds), size=(replicates, len(seeds)))
+        if len(seeds) > 1
+        else np.zeros((replicates, 1), dtype=int)
+    )
+    per_probe_point, per_probe_reps = [], []
+    for probe in probes:
+        n = mine[seeds[0]][probe]["n"]
+        idx = rng.integers(0, n, size=(replicates, n))
+        ref, emb = _correct(mine[seeds[0]][probe], "ref"), _correct(mine[seeds[0]][probe], "emb")
+        gap_point = ref.mean() - emb.mean()
+        gap_reps = np.mean([r[idx].mean(axis=1) for r in ref], axis=0) - np.mean(
+            [e[idx].mean(axis=1) for e in emb], axis=0
+        )
+        point, reps = [], []
+        for s in seeds:
+            a, b = _correct(mine[s][probe], "mine"), _correct(theirs[s][probe], "mine")
+            point.append((a.mean() - b.mean()) / gap_point)
+            diff = np.mean([x[idx].mean(axis=1) for x in a], axis=0) - np.mean(
+                [x[idx].mean(axis=1) for x in b], axis=0
+            )
+            with np.errstate(divide="ignore", invalid="ignore"):
+                reps.append(np.where(gap_reps > 0, diff / gap_reps, np.nan))
+        per_probe_point.append(np.mean(point))
+        per_probe_reps.append(np.stack(reps, axis=1))  # [replicates, seeds]
+    by_seed = np.mean(per_probe_reps, axis=0)  # [replicates, seeds]: mean over probes
+    values = np.take_along_axis(by_seed, draws_seeds, axis=1).mean(axis=1)
+    kept = values[np.isfinite(values)]
+    tail = (1 - level) / 2 * 100
+    out.update(
+        diff=float(np.mean(per_probe_point)),
+        low=float(np.percentile(kept, tail)) if len(kept) else None,
+        high=float(np.percentile(kept, 100 - tail)) if len(kept) else None,
+        dropped=int(replicates - len(kept)),
+    )
+    out["called"] = out["low"] is not None and (out["low"] > 0 or out["high"] < 0)
+    return out
+
+
 def paired_lines(rows: list[dict]) -> list[str]:
     """Markdown lines: every (row, its baseline) pair per task and sparsity, with the paired interval."""
     lines = []
@@ -124,10 +206,23 @@ def paired_lines(rows: list[dict]) -> list[str]:
         other = keyed.get((row["task"], row["sparsity"], base)) if base else None
         if other is None or row["row"] != row["method"]:
             continue
+        where = f"{row['task']} {100 * float(row['sparsity']):g}%: {row['method']} − {base}"
+        rows_d = paired_row_bootstrap(row.get("rows_by_seed") or {}, other.get("rows_by_seed") or {})
+        if rows_d["low"] is not None:
+            verdict = (
+                f"{row['method'] if rows_d['diff'] > 0 else base} keeps more"
+                if rows_d["called"]
+                else "not distinguishable from 0"
+            )
+            seeds = f"{rows_d['n']} seed{'s' if rows_d['n'] > 1 else ''}"
+            lines.append(
+                f"- {where}: {rows_d['diff']:+.3f} [{rows_d['low']:+.3f}, {rows_d['high']:+.3f}] "
+                f"(95% bootstrap over probe test rows, paired, {seeds}): {verdict}"
+            )
+            continue
         d = paired_difference(row["retention_by_seed"], other["retention_by_seed"])
         if d["diff"] is None:
             continue
-        where = f"{row['task']} {100 * float(row['sparsity']):g}%: {row['method']} − {base}"
         if d["low"] is None:
             lines.append(f"- {where}: {d['diff']:+.3f} (n = {d['n']} seed, no interval; not called)")
             continue
@@ -166,7 +261,7 @@ def _outro(frame: pd.DataFrame, kept: pd.DataFrame) -> str:
     parts = []
     lines = paired_lines(table_rows(PROBES, frame))
     if lines:
-        parts.append("Paired differences in retention (by fine-tuning seed):\n\n" + "\n".join(lines))
+        parts.append("Paired differences in retention:\n\n" + "\n".join(lines))
     outdated = int(frame["probe_outdated"].sum()) if "probe_outdated" in frame else 0
     if outdated:
         parts.append(

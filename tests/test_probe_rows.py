@@ -1,0 +1,71 @@
+"""Per-row probe test results and the paired bootstrap of retention differences (capbench.report.probe_table)."""
+
+import numpy as np
+import pytest
+
+from capbench.probing.probe import pack_correct, unpack_correct
+from capbench.report.probe_table import paired_row_bootstrap
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 600, 601])
+def test_packed_rows_round_trip(n):
+    rng = np.random.default_rng(n)
+    predicted, gold = rng.integers(0, 3, n), rng.integers(0, 3, n)
+    assert np.array_equal(unpack_correct(pack_correct(predicted, gold), n), predicted == gold)
+    with pytest.raises(ValueError):
+        unpack_correct(pack_correct(predicted, gold), n + 9)
+
+
+def _rows(mine, ref, emb):
+    pack = lambda v: pack_correct(np.asarray(v, dtype=int), np.ones(len(v), dtype=int))  # noqa: E731
+    return {
+        "n": len(mine[0]),
+        "mine": [pack(v) for v in mine],
+        "ref": [pack(v) for v in ref],
+        "emb": [pack(v) for v in emb],
+    }
+
+
+def _model(rng, p_mine, n=400, probe_seeds=3, p_ref=0.8, p_emb=0.5, fixed=None):
+    ref = [rng.random(n) < p_ref for _ in range(probe_seeds)] if fixed is None else fixed[0]
+    emb = [rng.random(n) < p_emb for _ in range(probe_seeds)] if fixed is None else fixed[1]
+    return _rows([rng.random(n) < p_mine for _ in range(probe_seeds)], ref, emb), (ref, emb)
+
+
+def test_a_model_against_itself_differs_by_exactly_zero():
+    rng = np.random.default_rng(0)
+    rows, _ = _model(rng, 0.7)
+    d = paired_row_bootstrap({"0": {"bigram_shift": rows}}, {"0": {"bigram_shift": rows}})
+    assert (d["n"], d["diff"], d["low"], d["high"], d["called"]) == (1, 0.0, 0.0, 0.0, False)
+
+
+def test_the_point_is_the_retention_difference_and_a_real_gap_is_called():
+    rng = np.random.default_rng(1)
+    a, fixed = _model(rng, 0.78)
+    b, _ = _model(rng, 0.55, fixed=fixed)
+    d = paired_row_bootstrap({"0": {"p": a}}, {"0": {"p": b}})
+    acc = lambda rows, who: np.mean([unpack_correct(t, rows["n"]).mean() for t in rows[who]])  # noqa: E731
+    expected = (acc(a, "mine") - acc(b, "mine")) / (acc(a, "ref") - acc(a, "emb"))
+    assert d["diff"] == pytest.approx(expected)
+    assert d["called"] and 0 < d["low"] < d["diff"] < d["high"]
+
+
+def test_a_gap_within_row_noise_is_not_called_and_seeds_and_probes_combine():
+    rng = np.random.default_rng(2)
+    mine, theirs = {}, {}
+    for seed in ("0", "1", "2"):
+        for probe in ("p", "q"):
+            a, fixed = _model(rng, 0.70)
+            b, _ = _model(rng, 0.70, fixed=fixed)
+            mine.setdefault(seed, {})[probe], theirs.setdefault(seed, {})[probe] = a, b
+    d = paired_row_bootstrap(mine, theirs)
+    assert d["n"] == 3 and d["probes"] == ["p", "q"]
+    assert d["low"] < 0 < d["high"] and not d["called"]
+    assert d["low"] <= d["diff"] <= d["high"]
+
+
+def test_no_shared_seed_gives_no_interval():
+    rng = np.random.default_rng(3)
+    a, _ = _model(rng, 0.7)
+    d = paired_row_bootstrap({"0": {"p": a}}, {"1": {"p": a}})
+    assert d["n"] == 0 and d["low"] is None and not d["called"]
