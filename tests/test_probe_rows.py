@@ -53,10 +53,11 @@ def test_the_point_is_the_retention_difference_and_a_real_gap_is_called():
 def test_a_gap_within_row_noise_is_not_called_and_seeds_and_probes_combine():
     rng = np.random.default_rng(2)
     mine, theirs = {}, {}
+    reference = {probe: _model(rng, 0.70)[1] for probe in ("p", "q")}  # one per probe, shared by every model
     for seed in ("0", "1", "2"):
         for probe in ("p", "q"):
-            a, fixed = _model(rng, 0.70)
-            b, _ = _model(rng, 0.70, fixed=fixed)
+            a, _ = _model(rng, 0.70, fixed=reference[probe])
+            b, _ = _model(rng, 0.70, fixed=reference[probe])
             mine.setdefault(seed, {})[probe], theirs.setdefault(seed, {})[probe] = a, b
     d = paired_row_bootstrap(mine, theirs)
     assert d["n"] == 3 and d["probes"] == ["p", "q"]
@@ -69,3 +70,11 @@ def test_no_shared_seed_gives_no_interval():
     a, _ = _model(rng, 0.7)
     d = paired_row_bootstrap({"0": {"p": a}}, {"1": {"p": a}})
     assert d["n"] == 0 and d["low"] is None and not d["called"]
+
+
+def test_rows_scored_against_another_reference_are_not_paired():
+    rng = np.random.default_rng(4)
+    a, _ = _model(rng, 0.7)
+    b, _ = _model(rng, 0.7)  # its own reference and embeddings rows
+    d = paired_row_bootstrap({"0": {"p": a}}, {"0": {"p": b}})
+    assert d["probes"] == [] and d["low"] is None and not d["called"]

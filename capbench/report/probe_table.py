@@ -147,10 +147,20 @@ def paired_row_bootstrap(
     acc, acc_ref and acc0 are recomputed on the drawn rows (means over probe seeds), retention difference
     (acc_mine − acc_theirs) / (acc_ref − acc0) averaged over the probes both share, then over the drawn
     seeds. The interval is the percentile interval at ``level``; a replicate whose reference gap is not
-    positive on some probe is dropped (counted in ``dropped``). Fewer than one shared seed: n = 0, no interval.
+    positive on some probe is dropped (counted in ``dropped``). Probes whose rows were not scored against the
+    same reference rows are left out; no shared seed or probe: no interval.
     """
     seeds = sorted(set(mine) & set(theirs))
     probes = sorted(set.intersection(*(set(mine[s]) & set(theirs[s]) for s in seeds))) if seeds else []
+    # rows pair only under one reference: the same test size and the same reference and embeddings rows
+    probes = [
+        p
+        for p in probes
+        if len(
+            {(r[p]["n"], tuple(r[p]["ref"]), tuple(r[p]["emb"])) for s in seeds for r in (mine[s], theirs[s])}
+        )
+        == 1
+    ]
     out = {"n": len(seeds), "probes": probes, "diff": None, "low": None, "high": None, "dropped": 0}
     if not seeds or not probes:
         out["called"] = False
