@@ -127,7 +127,7 @@ def probe_retention(mine: Mapping, theirs: Mapping, margin: float | None = None)
 
 
 def _test_rows(at: Mapping, theirs: Mapping, layer: int) -> dict | None:
-    """Per-row test correctness at the reference layer for a paired bootstrap (capbench.report.probe_rows):
+    """Per-row test correctness at the reference layer for a paired bootstrap (capbench.report.probe_table):
     this model's (``mine``), the reference's (``ref``) and its embeddings' (``emb``), each a list over probe
     seeds of ``pack_correct`` strings, and the test size ``n``; None for results from before they were kept."""
     mine, ref, emb = (

@@ -127,6 +127,12 @@ def _correct(rows: dict, who: str) -> np.ndarray:
     return np.stack([unpack_correct(text, rows["n"]) for text in rows[who]])
 
 
+def _drawn_accuracy(correct: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """[replicates] accuracy on the drawn rows ``idx`` [replicates, n], averaged over the probe seeds of
+    ``correct`` [probe seeds, n]."""
+    return np.mean([c[idx].mean(axis=1) for c in correct], axis=0)
+
+
 def paired_row_bootstrap(
     mine: dict[str, dict],
     theirs: dict[str, dict],
@@ -177,16 +183,12 @@ def paired_row_bootstrap(
         idx = rng.integers(0, n, size=(replicates, n))
         ref, emb = _correct(mine[seeds[0]][probe], "ref"), _correct(mine[seeds[0]][probe], "emb")
         gap_point = ref.mean() - emb.mean()
-        gap_reps = np.mean([r[idx].mean(axis=1) for r in ref], axis=0) - np.mean(
-            [e[idx].mean(axis=1) for e in emb], axis=0
-        )
+        gap_reps = _drawn_accuracy(ref, idx) - _drawn_accuracy(emb, idx)
         point, reps = [], []
         for s in seeds:
             a, b = _correct(mine[s][probe], "mine"), _correct(theirs[s][probe], "mine")
             point.append((a.mean() - b.mean()) / gap_point)
-            diff = np.mean([x[idx].mean(axis=1) for x in a], axis=0) - np.mean(
-                [x[idx].mean(axis=1) for x in b], axis=0
-            )
+            diff = _drawn_accuracy(a, idx) - _drawn_accuracy(b, idx)
             with np.errstate(divide="ignore", invalid="ignore"):
                 reps.append(np.where(gap_reps > 0, diff / gap_reps, np.nan))
         per_probe_point.append(np.mean(point))
@@ -217,33 +219,23 @@ def paired_lines(rows: list[dict]) -> list[str]:
         if other is None or row["row"] != row["method"]:
             continue
         where = f"{row['task']} {100 * float(row['sparsity']):g}%: {row['method']} − {base}"
-        rows_d = paired_row_bootstrap(row.get("rows_by_seed") or {}, other.get("rows_by_seed") or {})
-        if rows_d["low"] is not None:
-            verdict = (
-                f"{row['method'] if rows_d['diff'] > 0 else base} keeps more"
-                if rows_d["called"]
-                else "not distinguishable from 0"
-            )
-            seeds = f"{rows_d['n']} seed{'s' if rows_d['n'] > 1 else ''}"
-            lines.append(
-                f"- {where}: {rows_d['diff']:+.3f} [{rows_d['low']:+.3f}, {rows_d['high']:+.3f}] "
-                f"(95% bootstrap over probe test rows, paired, {seeds}): {verdict}"
-            )
-            continue
-        d = paired_difference(row["retention_by_seed"], other["retention_by_seed"])
-        if d["diff"] is None:
-            continue
-        if d["low"] is None:
-            lines.append(f"- {where}: {d['diff']:+.3f} (n = {d['n']} seed, no interval; not called)")
-            continue
+        d = paired_row_bootstrap(row.get("rows_by_seed") or {}, other.get("rows_by_seed") or {})
+        if d["low"] is not None:
+            how = f"95% bootstrap over probe test rows, paired, {d['n']} seed{'s' if d['n'] > 1 else ''}"
+        else:
+            d, how = paired_difference(row["retention_by_seed"], other["retention_by_seed"]), None
+            if d["diff"] is None:
+                continue
+            if d["low"] is None:
+                lines.append(f"- {where}: {d['diff']:+.3f} (n = {d['n']} seed, no interval; not called)")
+                continue
+            how = f"95% t, n = {d['n']} seeds"
         verdict = (
             f"{row['method'] if d['diff'] > 0 else base} keeps more"
             if d["called"]
             else "not distinguishable from 0"
         )
-        lines.append(
-            f"- {where}: {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] (95% t, n = {d['n']} seeds): {verdict}"
-        )
+        lines.append(f"- {where}: {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] ({how}): {verdict}")
     return lines
 
 
