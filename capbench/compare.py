@@ -359,6 +359,12 @@ def cmd_compare(args) -> int:
     environment = environment_changes(baseline, current)
     if environment:
         text += "\nEnvironment differs from the baseline's: " + "; ".join(environment) + "\n"
+    if any(line.startswith("machines") for line in environment):
+        text += (
+            "Results depend on the CPU's kernels and the thread count (floating-point reduction order), so a "
+            "move above may come from the machine rather than the code: gate against a baseline made on this "
+            "machine configuration.\n"
+        )
     if bad:
         text += f"\nSkipped {len(bad)} bad record file(s): " + "; ".join(bad) + "\n"
     sys.stdout.write(text)

@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import subprocess
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -144,8 +145,22 @@ def machine() -> dict:
     }
 
 
-def machine_line(machine: dict) -> str:
-    """One line for table headers: CPU model, threads, torch version (and BLAS backends, CUDA device)."""
+def cpu_line(machine: Mapping) -> str:
+    """The CPU as a board names it: model name, then family/model numbers and torch's kernel level where
+    known (``AMD EPYC (family 23 model 1, AVX2)``). Two CPUs of one model name can run different kernels
+    (AVX2 against AVX512) and so give different numbers: the name alone cannot tell them apart."""
+    details = []
+    if machine.get("cpu_family") is not None and machine.get("cpu_model_id") is not None:
+        details.append(f"family {machine['cpu_family']} model {machine['cpu_model_id']}")
+    if machine.get("cpu_capability"):
+        details.append(str(machine["cpu_capability"]))
+    name = machine.get("cpu", "unknown CPU")
+    return f"{name} ({', '.join(details)})" if details else name
+
+
+def machine_line(machine: Mapping) -> str:
+    """One line for table headers and provenance: CPU (``cpu_line``), threads, torch version (and BLAS
+    backends, CUDA device)."""
     extras = []
     if machine.get("mkl"):
         extras.append("MKL " + machine["mkl_version"] if machine.get("mkl_version") else "MKL")
@@ -155,6 +170,5 @@ def machine_line(machine: dict) -> str:
         extras.append(machine["cuda_device"])
     tail = f" ({', '.join(extras)})" if extras else ""
     return (
-        f"{machine.get('cpu', 'unknown CPU')}, {machine.get('threads', '?')} threads, "
-        f"torch {machine.get('torch', '?')}{tail}"
+        f"{cpu_line(machine)}, {machine.get('threads', '?')} threads, torch {machine.get('torch', '?')}{tail}"
     )

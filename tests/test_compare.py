@@ -101,3 +101,26 @@ def test_a_gate_field_may_be_a_dotted_path_into_a_nested_field():
     (worse,) = compare_table_field(board(0.85), board(0.95), gate, 0.01)
     (gone,) = compare_table_field(board(0.85), {"tables": {}}, gate, 0.01)
     assert (same["status"], worse["status"], gone["status"]) == ("unchanged", "regressed", "missing")
+
+
+def test_a_baseline_from_another_cpu_generation_is_named_in_the_verdict(tmp_path, capsys):
+    """Two CPUs of one model name ("AMD EPYC") that run different kernels give different numbers, so the
+    machine line carries family, model and torch's kernel level, and compare says when they differ."""
+    records = _ok(fixture_records())
+    zen4 = {"cpu": "AMD EPYC", "cpu_family": "25", "cpu_model_id": "17", "cpu_capability": "AVX512"}
+    zen1 = {"cpu": "AMD EPYC", "cpu_family": "23", "cpu_model_id": "1", "cpu_capability": "AVX2"}
+    before, after = copy.deepcopy(records), copy.deepcopy(records)
+    for record in before:
+        record["machine"] = {**record["machine"], **zen4}
+    for record in after:
+        record["machine"] = {**record["machine"], **zen1}
+    baseline = _baseline(tmp_path, before)
+    run = write_fixture_run(tmp_path / "new", after)
+    assert main(["compare", "--baseline", str(baseline), "--runs", str(run)]) == 0  # reported, not failed
+    out = capsys.readouterr().out
+    assert "AMD EPYC (family 25 model 17, AVX512), 2 threads" in out
+    assert "AMD EPYC (family 23 model 1, AVX2), 2 threads" in out
+    assert "gate against a baseline made on this machine configuration" in out
+    same = write_fixture_run(tmp_path / "same", before)
+    assert main(["compare", "--baseline", str(baseline), "--runs", str(same)]) == 0
+    assert "machine configuration" not in capsys.readouterr().out

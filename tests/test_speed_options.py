@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import capbench.speed
-from capbench.provenance import machine, machine_line
+from capbench.provenance import cpu_line, machine, machine_line
 from capbench.speed.formats import FormatPolicy
 from capbench.speed.options import BenchOptions
 from capbench.speed.timing import Rounds
@@ -38,7 +38,13 @@ def test_one_machine_description_for_records_and_speed():
     # what records' provenance, the speed table and the leaderboard header read
     assert {"cpu", "threads", "torch", "system", "mkl", "mkldnn", "cuda_device"} <= set(described)
     line = machine_line(described)
-    assert line.startswith(f"{described['cpu']}, {described['threads']} threads, torch {described['torch']}")
+    assert line.startswith(
+        f"{cpu_line(described)}, {described['threads']} threads, torch {described['torch']}"
+    )
+    assert line.startswith(described["cpu"])
+    zen1 = {"cpu": "AMD EPYC", "cpu_family": "23", "cpu_model_id": "1", "cpu_capability": "AVX2"}
+    assert cpu_line(zen1) == "AMD EPYC (family 23 model 1, AVX2)"
+    assert cpu_line({"cpu": "AMD EPYC", "cpu_capability": "AVX512"}) == "AMD EPYC (AVX512)"
     assert machine_line({"cpu": "Test CPU", "threads": 2, "torch": "2.x"}) == "Test CPU, 2 threads, torch 2.x"
 
 

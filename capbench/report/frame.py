@@ -232,10 +232,7 @@ def _provenance(record: Mapping, spec: Mapping) -> dict:
         "library_versions": ", ".join(f"{k} {v}" for k, v in sorted(versions.items()) if k != "capbench")
         if versions
         else None,
-        "machine": f"{machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, "
-        f"torch {machine.get('torch', '?')}"
-        if machine
-        else "unknown",
+        "machine": _machine_line(machine) if machine else "unknown",
         "finished_at": record.get("finished_at"),
     }
 
