@@ -372,14 +372,26 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
             **({"teacher_logits": stats["teacher_logits"]} if "teacher_logits" in stats else {}),
             **({"resumed": stats["resumed"]} if "resumed" in stats else {}),
         },
-        timings={
-            "load_seconds": loaded - started,
-            "train_seconds": stats["seconds"],
-            "eval_seconds": evaluated - trained,
-            "total_seconds": time.perf_counter() - started,
-        },
+        timings=cell_timings(started, loaded, trained, evaluated, time.perf_counter(), stats),
         **sections,
     )
+
+
+def cell_timings(
+    started: float, loaded: float, trained: float, evaluated: float, now: float, stats: dict
+) -> dict:
+    """A record's wall times in seconds from ``time.perf_counter`` marks of this process and the training
+    stats: ``train_seconds`` sums every part of a resumed cell (``stats["seconds"]``), so ``total_seconds``
+    adds the training seconds of the parts before the last resume (``stats["resumed"][-1]["seconds_before"]``)
+    to this process's own time: a resumed cell's total is the cell's, never less than its training."""
+    resumed = stats.get("resumed") or []
+    before = float(resumed[-1]["seconds_before"]) if resumed else 0.0
+    return {
+        "load_seconds": loaded - started,
+        "train_seconds": stats["seconds"],
+        "eval_seconds": evaluated - trained,
+        "total_seconds": now - started + before,
+    }
 
 
 def build_loss_locked(spec: CellSpec, model, teacher, data: TaskData, ctx: RunContext, teacher_logits=None):

@@ -9,6 +9,7 @@ from capbench import checkpoint as ckpt
 from capbench.cli import main
 from capbench.methods import all_methods
 from capbench.records import load_records
+from capbench.runner import cell_timings
 from tests.test_runner import run_args
 
 STEPS = 20  # 96 tiny rows in batches of 8: 12 steps an epoch, so the resumed run crosses an epoch's end
@@ -86,6 +87,8 @@ def test_interrupted_cell_resumes_to_the_same_result(
     assert [r["at_step"] for r in b["train"]["resumed"]] == [stop]
     assert b["train"]["resumed"][0]["saved_by_commit"] == b["git_commit"]  # the code of both segments
     assert "resumed" not in a["train"]
+    t = b["timings"]  # the cell's wall time counts the part before the interruption too
+    assert t["total_seconds"] >= t["train_seconds"] + t["eval_seconds"]
     assert b["train"]["steps"] == a["train"]["steps"]
     assert b["metrics"] == a["metrics"]
     assert _untimed(b["method_config"]) == _untimed(a["method_config"])  # schedule, churn, events, info
@@ -216,3 +219,15 @@ def test_a_rerun_finishes_interrupted_cells_before_it_starts_new_ones(
     assert main(both) == 0
     assert order == ["random", "dense", "magnitude"]
     assert _cell(out, "random")["train"]["resumed"][0]["at_step"] == 3
+
+
+def test_a_resumed_cell_counts_the_time_before_its_interruption_in_its_total():
+    """A cell trained 1,000 s, interrupted, then resumed for 400 s in a second process (10 s loading, 20 s
+    evaluating): train_seconds and total_seconds both count the first part."""
+    stats = {
+        "seconds": 1400.0,
+        "resumed": [{"at_step": 500, "seconds_before": 1000.0, "saved_by_commit": "x"}],
+    }
+    t = cell_timings(started=0.0, loaded=10.0, trained=410.0, evaluated=430.0, now=431.0, stats=stats)
+    assert t == {"load_seconds": 10.0, "train_seconds": 1400.0, "eval_seconds": 20.0, "total_seconds": 1431.0}
+    assert cell_timings(0.0, 10.0, 410.0, 430.0, 431.0, {"seconds": 400.0})["total_seconds"] == 431.0
