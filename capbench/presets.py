@@ -271,20 +271,21 @@ PRESETS = {
             TaskSignal(
                 "sst2",
                 True,
-                "88.5 (seeds 0-2: 88.0, 88.2, 89.4) on all 872 rows",
+                "88.5 (seeds 0-2: 88.0, 88.2, 89.5) on all 872 rows",
                 "50.9 (majority class)",
                 "runs/default-check, docs/presets.md",
-                "at 0.9 magnitude 78.9 and random 79.1 (seeds 0-2): NOT told apart at this sparsity; "
+                "at 0.9 magnitude 79.0 and random 79.0 (seeds 0-2; paired gap +0.0 [-2.0, +2.0]): NOT told apart "
+                "at this sparsity; "
                 "movement collapses to the majority class (51.0, seed 0): not evidence about it at this budget",
             ),
             TaskSignal(
                 "mnli",
                 True,
-                "65.5 (seeds 0-2: 65.8, 65.0, 65.5) on the 2,000-row carved dev",
+                "65.5 (seeds 0-2: 65.8, 65.0, 65.6) on the 2,000-row carved dev",
                 "35.4 (majority class of the carved dev)",
                 "runs/default-check, docs/presets.md",
-                "at 0.9 magnitude 47.2 > random 43.4 in every seed (0-2); per-row bootstrap of the gap [2.5, 5.1], "
-                "3-seed t-interval [-2.2, 9.9]",
+                "at 0.9 dense 65.5 > magnitude 46.9 > random 43.4, magnitude above random in every seed (0-2); "
+                "gap paired by row and seed +3.5 [+0.7, +6.7], 3-seed t-interval [-2.5, 9.6]",
             ),
         ),
     ),
