@@ -2,8 +2,9 @@
 runs the `ci` grid with a cold cache, and `capbench compare --fail-on change` against the committed
 baseline (leaderboards/ci-baseline.json) must exit 1; the unmodified code must exit 0.
 
-About an hour on 2 cores (8 cold grids): ``pytest -m faultgate tests/test_fault_gate.py -s`` or
-``tox -e faultgate``; never part of the default run (tests/conftest.py).
+8 cold ci grids: about 80 minutes on a 2-core Zen 4, about 3 hours on a 2-core Zen 1 (docs/presets.md):
+``pytest -m faultgate tests/test_fault_gate.py -s`` or ``tox -e faultgate``; never part of the default run
+(tests/conftest.py).
 """
 
 from __future__ import annotations
