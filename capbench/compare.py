@@ -123,14 +123,15 @@ def spec_changes(baseline: dict, current: dict) -> dict[tuple, list[str]]:
     return changes
 
 
-def environment_changes(baseline: dict, current: dict) -> list[str]:
-    """Provenance that differs (versions, machines): reported, never a reason to refuse."""
-    lines = []
+def environment_changes(baseline: dict, current: dict) -> dict[str, str]:
+    """Provenance that differs (versions, machines), by provenance key, each as one line: reported, never a
+    reason to refuse."""
     before, after = baseline.get("provenance", {}), current.get("provenance", {})
-    for key in ("capbench_versions", "library_versions", "machines"):
-        if key in before and before.get(key) != after.get(key):
-            lines.append(f"{key.replace('_', ' ')}: {before.get(key)} → {after.get(key)}")
-    return lines
+    return {
+        key: f"{key.replace('_', ' ')}: {before.get(key)} → {after.get(key)}"
+        for key in ("capbench_versions", "library_versions", "machines")
+        if key in before and before.get(key) != after.get(key)
+    }
 
 
 def compare_summaries(
@@ -358,8 +359,8 @@ def cmd_compare(args) -> int:
     text = render_diff(rows)
     environment = environment_changes(baseline, current)
     if environment:
-        text += "\nEnvironment differs from the baseline's: " + "; ".join(environment) + "\n"
-    if any(line.startswith("machines") for line in environment):
+        text += "\nEnvironment differs from the baseline's: " + "; ".join(environment.values()) + "\n"
+    if "machines" in environment:
         text += (
             "Results depend on the CPU's kernels and the thread count (floating-point reduction order), so a "
             "move above may come from the machine rather than the code: gate against a baseline made on this "

@@ -79,6 +79,13 @@ def test_seeds_combine_and_their_spread_widens_the_interval():
     )
     one = paired_bootstrap("accuracy", [plus[1]], label)
     assert combined["high"] - combined["low"] > one["high"] - one["low"]  # seed-to-seed spread counts
+    # seeds held fixed: rows drawn only, so the spread between seeds no longer widens it
+    fixed = paired_bootstrap("accuracy", plus, label, draw_seeds=False)
+    assert fixed["difference"] == combined["difference"]
+    assert fixed["high"] - fixed["low"] < combined["high"] - combined["low"]
+    assert fixed["low"] < fixed["difference"] < fixed["high"]
+    same = paired_bootstrap("accuracy", [plus[1], plus[1]], label, draw_seeds=False)
+    assert (same["low"], same["high"]) == pytest.approx((one["low"], one["high"]))  # the same row draws
 
 
 def test_the_leaderboard_pairs_cap_with_its_criterion_by_example(tiny_model_dir, tiny_glue, tmp_path, capsys):

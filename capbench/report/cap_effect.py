@@ -78,10 +78,12 @@ def paired_bootstrap(
     replicates: int = REPLICATES,
     level: float = LEVEL,
     seed: int = BOOTSTRAP_SEED,
+    draw_seeds: bool = True,
 ) -> dict:
     """CAP − criterion on one evaluation split over seeds: ``pairs`` holds per seed (CAP's predictions, the
     criterion's), aligned with ``label`` (n rows).  Returns {"difference": the mean over seeds on all rows,
-    "low", "high": the interval at ``level``, "seeds", "rows", "replicates"} (see the module docstring)."""
+    "low", "high": the interval at ``level``, "seeds", "rows", "replicates"} (see the module docstring).
+    ``draw_seeds=False`` holds the seeds fixed and draws only the rows (the same row draws)."""
     rng = np.random.default_rng(seed)
     n, k = len(label), len(pairs)
     ones = np.ones((1, n))
@@ -95,11 +97,11 @@ def paired_bootstrap(
     differences = np.stack(
         [weighted_metric(metric, rows, a, label) - weighted_metric(metric, rows, b, label) for a, b in pairs]
     )  # (k, B)
-    if k > 1:
+    if k > 1 and draw_seeds:
         seeds = rng.multinomial(k, np.full(k, 1.0 / k), size=replicates).T  # (k, B) seed counts
         values = (differences * seeds).sum(axis=0) / k
     else:
-        values = differences[0]
+        values = differences.mean(axis=0)
     tail = (1 - level) / 2
     low, high = np.quantile(values, [tail, 1 - tail])
     return {

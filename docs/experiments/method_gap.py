@@ -20,7 +20,7 @@ import numpy as np
 
 from capbench.predictions import read_predictions
 from capbench.records import load_records
-from capbench.report.cap_effect import paired_bootstrap
+from capbench.report.cap_effect import _aligned, paired_bootstrap, weighted_metric
 from capbench.tasks import get_task
 
 
@@ -36,12 +36,6 @@ def _cells(records: list[dict], task: str, method: str, sparsity: float) -> dict
     }
 
 
-def _aligned(record: dict, records_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    arrays = read_predictions(record, records_dir)[split]
-    order = np.argsort(arrays["idx"], kind="stable")
-    return arrays["idx"][order], arrays["prediction"][order], arrays["label"][order]
-
-
 def main(run_dir: str, task: str, a: str, b: str, sparsity: str) -> int:
     records_dir = Path(run_dir) / "records"
     records = load_records(Path(run_dir))
@@ -54,13 +48,14 @@ def main(run_dir: str, task: str, a: str, b: str, sparsity: str) -> int:
         return 2
     pairs, label = [], None
     for seed in seeds:
-        ia, pa, la = _aligned(cells_a[seed], records_dir, split)
-        ib, pb, lb = _aligned(cells_b[seed], records_dir, split)
+        ia, pa, la = _aligned(read_predictions(cells_a[seed], records_dir)[split])
+        ib, pb, lb = _aligned(read_predictions(cells_b[seed], records_dir)[split])
         assert np.array_equal(ia, ib) and np.array_equal(la, lb), "the two cells evaluated different rows"
         label = la
         pairs.append((pa, pb))
-        acc_a, acc_b = 100 * (pa == la).mean(), 100 * (pb == lb).mean()
-        print(f"seed {seed}: {a} {acc_a:.2f}  {b} {acc_b:.2f}  {a} − {b} {acc_a - acc_b:+.2f}")
+        ones = np.ones((1, len(la)))
+        score_a, score_b = (100 * weighted_metric(metric, ones, p, la)[0] for p in (pa, pb))
+        print(f"seed {seed}: {a} {score_a:.2f}  {b} {score_b:.2f}  {a} − {b} {score_a - score_b:+.2f}")
     both = paired_bootstrap(metric, pairs, label)
     print(
         f"{task} {split} {metric}, {a} − {b} at {sparsity}, seeds {seeds}, {both['rows']} rows: "
@@ -68,23 +63,11 @@ def main(run_dir: str, task: str, a: str, b: str, sparsity: str) -> int:
         f"(rows and seeds drawn, {both['replicates']} replicates)"
     )
     if len(pairs) > 1:
-        fixed = [paired_bootstrap(metric, [p], label) for p in pairs]
-        rng = np.random.default_rng(0)
-        n = len(label)
-        rows = rng.multinomial(n, np.full(n, 1.0 / n), size=both["replicates"]).astype(float)
-        from capbench.report.cap_effect import weighted_metric
-
-        values = np.mean(
-            [
-                weighted_metric(metric, rows, pa, label) - weighted_metric(metric, rows, pb, label)
-                for pa, pb in pairs
-            ],
-            axis=0,
-        )
-        low, high = np.quantile(values, [0.025, 0.975])
+        fixed = paired_bootstrap(metric, pairs, label, draw_seeds=False)
+        per_seed = [paired_bootstrap(metric, [p], label) for p in pairs]
         print(
-            f"  seeds held fixed (rows drawn only): [{100 * low:+.2f}, {100 * high:+.2f}]; per seed: "
-            + ", ".join(f"[{100 * f['low']:+.2f}, {100 * f['high']:+.2f}]" for f in fixed)
+            f"  seeds held fixed (rows drawn only): [{100 * fixed['low']:+.2f}, {100 * fixed['high']:+.2f}]; "
+            "per seed: " + ", ".join(f"[{100 * f['low']:+.2f}, {100 * f['high']:+.2f}]" for f in per_seed)
         )
     return 0
 
