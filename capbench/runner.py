@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -165,7 +166,12 @@ def _progress(ctx: RunContext, total: int, desc: str):
 
 
 def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torch.nn.Module, dict]:
-    """The dense fine-tuned model of (model, task, data, seed, training), trained once and cached on disk."""
+    """The dense fine-tuned model of (model, task, data, seed, training), trained once and cached on disk.
+
+    Returns (model in eval mode, info): ``cached``, ``path``, ``key``, ``train_seconds`` (this process's
+    training, every resumed part included; 0.0 when the model came from the cache) and ``training``: the
+    stats of the run that produced the weights (``steps``, ``seconds``, ``final_loss_terms``, ``resumed``
+    when it was interrupted), kept in ``TRAINING_FILE`` beside them; absent for a model cached before it."""
     check_model_identity(spec)
     key = teacher_key(spec)
     target = ctx.cache_dir / "dense" / key
@@ -173,18 +179,34 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
     with distributed.group_cache_lock(ctx.cache_dir, f"dense-{key}"):
         if distributed.agree((target / "config.json").is_file()):
             model = load_classifier(str(target), data.task.num_labels).to(ctx.device)
-            return model.eval(), {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
+            info = {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
+            training = _read_training(target)
+            return model.eval(), {**info, **({"training": training} if training is not None else {})}
         model = load_pretrained(spec, data.task, ctx.device)
         cfg, loader = _train_loader(spec, data, ctx.device)
         records.remove_stale_temp_files(ctx.cache_dir)  # a killed teacher's half-written checkpoint
         saver = Checkpointer(checkpoint_path(ctx.cache_dir, f"dense-{key}"), ctx.checkpoint_every, key)
         with _progress(ctx, cfg.run_steps(len(loader)), f"dense {spec.task} seed {spec.seed}") as bar:
             stats = train(model, loader, cfg, progress=bar, checkpoint=saver)
+        training = {k: stats[k] for k in ("steps", "seconds", "final_loss_terms", "resumed") if k in stats}
         if distributed.is_main():
-            save_model(model, data.tokenizer, target)
+            save_model(model, data.tokenizer, target, extra={TRAINING_FILE: training})
             saver.remove()
         distributed.barrier()
-    return model, {"cached": False, "path": str(target), "key": key, "train_seconds": stats["seconds"]}
+    info = {"cached": False, "path": str(target), "key": key, "train_seconds": stats["seconds"]}
+    return model, {**info, "training": training}
+
+
+TRAINING_FILE = "capbench_training.json"  # beside a cached teacher's weights: how they were trained
+
+
+def _read_training(target: Path) -> dict | None:
+    """The training stats saved beside a cached teacher, or None (cached before they were kept, unreadable)."""
+    try:
+        value = json.loads((target / TRAINING_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def check_model_identity(spec: CellSpec) -> None:
@@ -198,12 +220,15 @@ def check_model_identity(spec: CellSpec) -> None:
         )
 
 
-def save_model(model, tokenizer, target: Path) -> None:
-    """save_pretrained into a sibling temp directory, then rename: no half-written model directory."""
+def save_model(model, tokenizer, target: Path, extra: dict | None = None) -> None:
+    """save_pretrained into a sibling temp directory, then rename: no half-written model directory.
+    ``extra``: {file name: JSON value} written beside the weights, in the same rename."""
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    for name, value in (extra or {}).items():
+        (partial / name).write_text(json.dumps(value, indent=1, sort_keys=True))
     shutil.rmtree(target, ignore_errors=True)
     partial.replace(target)
 
@@ -332,7 +357,20 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
     sections: dict = {"teacher": teacher_info}
     pruner = None
     if spec.method == DENSE:
-        model, stats = teacher, {"steps": 0, "seconds": teacher_info["train_seconds"]}
+        # the dense cell's training is its teacher's: its steps, loss and resumes (from the cache's file when
+        # another cell trained it), and this process's training time (0 when cached)
+        training = teacher_info.get("training") or {}
+        stats = {
+            "steps": training.get("steps", 0),
+            "final_loss_terms": training.get("final_loss_terms", {}),
+            **(
+                {"resumed": training["resumed"]}
+                if "resumed" in training and not teacher_info["cached"]
+                else {}
+            ),
+            "seconds": teacher_info["train_seconds"],
+        }
+        model = teacher
     else:
         run = prune_oneshot_and_finetune if uses_oneshot_path(spec) else prune_and_train
         model, stats, pruner, more = run(spec, ctx, data, teacher, teacher_info["path"])
@@ -372,26 +410,49 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
             **({"teacher_logits": stats["teacher_logits"]} if "teacher_logits" in stats else {}),
             **({"resumed": stats["resumed"]} if "resumed" in stats else {}),
         },
-        timings=cell_timings(started, loaded, trained, evaluated, time.perf_counter(), stats),
+        timings=cell_timings(
+            started,
+            loaded,
+            trained,
+            evaluated,
+            time.perf_counter(),
+            stats,
+            teacher=teacher_info.get("training")
+            if spec.method != DENSE and not teacher_info["cached"]
+            else None,
+        ),
         **sections,
     )
 
 
 def cell_timings(
-    started: float, loaded: float, trained: float, evaluated: float, now: float, stats: dict
+    started: float,
+    loaded: float,
+    trained: float,
+    evaluated: float,
+    now: float,
+    stats: dict,
+    teacher: dict | None = None,
 ) -> dict:
     """A record's wall times in seconds from ``time.perf_counter`` marks of this process and the training
     stats: ``train_seconds`` sums every part of a resumed cell (``stats["seconds"]``), so ``total_seconds``
     adds the training seconds of the parts before the last resume (``stats["resumed"][-1]["seconds_before"]``)
-    to this process's own time: a resumed cell's total is the cell's, never less than its training."""
-    resumed = stats.get("resumed") or []
-    before = float(resumed[-1]["seconds_before"]) if resumed else 0.0
+    to this process's own time: a resumed cell's total is the cell's, never less than its training.
+    ``teacher``: the training stats of a dense teacher this process trained for a pruned cell (its resumed
+    parts count in the total too; its time is not in ``train_seconds``, which is the pruned model's)."""
+    before = sum(_seconds_before(part) for part in (stats, teacher) if part)
     return {
         "load_seconds": loaded - started,
         "train_seconds": stats["seconds"],
         "eval_seconds": evaluated - trained,
         "total_seconds": now - started + before,
     }
+
+
+def _seconds_before(stats: dict) -> float:
+    """Training seconds of a run's parts before its last resume (0.0 if it never resumed)."""
+    resumed = stats.get("resumed") or []
+    return float(resumed[-1]["seconds_before"]) if resumed else 0.0
 
 
 def build_loss_locked(spec: CellSpec, model, teacher, data: TaskData, ctx: RunContext, teacher_logits=None):

@@ -119,6 +119,38 @@ def test_interrupted_dense_teacher_resumes_to_the_same_weights(
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert b["metrics"] == a["metrics"]
     assert not list((cache / ".checkpoints").glob("*.pt"))
+    # the dense record states the teacher's training: its steps and its resume, and the time before it
+    assert a["train"]["steps"] == b["train"]["steps"] == STEPS
+    assert "resumed" not in a["train"] and len(b["train"]["resumed"]) == 1
+    assert b["train"]["final_loss_terms"].keys() == a["train"]["final_loss_terms"].keys() == {"ce"}
+    t = b["timings"]
+    assert t["total_seconds"] >= t["train_seconds"] + t["eval_seconds"]
+    assert t["train_seconds"] > b["train"]["resumed"][0]["seconds_before"] > 0
+
+
+def test_a_dense_cell_from_a_cached_teacher_states_how_the_teacher_was_trained(
+    tiny_model_dir, tiny_glue, tmp_path
+):
+    """A second run directory sharing the cache reuses the teacher: its dense record keeps the teacher's
+    steps (from the file saved beside the cached weights) and reports no training time of its own."""
+    cache = tmp_path / "cache"
+    assert main(_args(tiny_model_dir, tiny_glue, tmp_path / "first", cache, "magnitude", "0")) == 0
+    assert main(_args(tiny_model_dir, tiny_glue, tmp_path / "second", cache, "magnitude", "0")) == 0
+    a, b = _cell(tmp_path / "first", "dense"), _cell(tmp_path / "second", "dense")
+    assert not a["teacher"]["cached"] and b["teacher"]["cached"]
+    assert a["train"]["steps"] == b["train"]["steps"] == STEPS
+    assert b["teacher"]["training"] == a["teacher"]["training"]
+    assert a["teacher"]["training"]["seconds"] == a["timings"]["train_seconds"] > 0
+    assert b["timings"]["train_seconds"] == 0.0
+
+
+def test_a_pruned_cell_that_trained_its_teacher_counts_the_teachers_earlier_parts():
+    """A pruned cell whose process trained the dense teacher after an interruption (900 s before it) and
+    then the pruned model (400 s, never interrupted): the total counts the teacher's first part too."""
+    teacher = {"steps": 20, "seconds": 1200.0, "resumed": [{"at_step": 15, "seconds_before": 900.0}]}
+    t = cell_timings(0.0, 310.0, 710.0, 730.0, 731.0, {"seconds": 400.0}, teacher=teacher)
+    assert t["train_seconds"] == 400.0 and t["total_seconds"] == 1631.0
+    assert cell_timings(0.0, 310.0, 710.0, 730.0, 731.0, {"seconds": 400.0})["total_seconds"] == 731.0
 
 
 def test_a_planted_state_omission_is_caught(tiny_model_dir, tiny_glue, tmp_path, monkeypatch):
