@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from capbench import distributed, records
+from capbench import distributed, jsonio, records
 from capbench.cell_protocol import execute_cell, finished_elsewhere, is_finished  # noqa: F401 (re-exported)
 from capbench.checkpoint import DEFAULT_EVERY_SECONDS, Checkpointer, checkpoint_path
 from capbench.device import describe as describe_device
@@ -180,8 +179,8 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
         if distributed.agree((target / "config.json").is_file()):
             model = load_classifier(str(target), data.task.num_labels).to(ctx.device)
             info = {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
-            training = _read_training(target)
-            return model.eval(), {**info, **({"training": training} if training is not None else {})}
+            training = jsonio.read_json(target / TRAINING_FILE)  # None: cached before the file was kept
+            return model.eval(), {**info, **({"training": training} if isinstance(training, dict) else {})}
         model = load_pretrained(spec, data.task, ctx.device)
         cfg, loader = _train_loader(spec, data, ctx.device)
         records.remove_stale_temp_files(ctx.cache_dir)  # a killed teacher's half-written checkpoint
@@ -198,15 +197,6 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
 
 
 TRAINING_FILE = "capbench_training.json"  # beside a cached teacher's weights: how they were trained
-
-
-def _read_training(target: Path) -> dict | None:
-    """The training stats saved beside a cached teacher, or None (cached before they were kept, unreadable)."""
-    try:
-        value = json.loads((target / TRAINING_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def check_model_identity(spec: CellSpec) -> None:
@@ -228,7 +218,7 @@ def save_model(model, tokenizer, target: Path, extra: dict | None = None) -> Non
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     for name, value in (extra or {}).items():
-        (partial / name).write_text(json.dumps(value, indent=1, sort_keys=True))
+        jsonio.write_json(partial / name, value)
     shutil.rmtree(target, ignore_errors=True)
     partial.replace(target)
 
@@ -356,18 +346,16 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
     teacher, teacher_info = dense_teacher(spec, ctx, data)
     sections: dict = {"teacher": teacher_info}
     pruner = None
+    # the teacher's training when this process did it (its resumed parts belong to this cell's time)
+    trained_here = None if teacher_info["cached"] else teacher_info["training"]
     if spec.method == DENSE:
-        # the dense cell's training is its teacher's: its steps, loss and resumes (from the cache's file when
-        # another cell trained it), and this process's training time (0 when cached)
+        # the dense cell's training is its teacher's: its steps and loss (from the cache's file when another
+        # cell trained it), its resumes and this process's training time (0 when cached)
         training = teacher_info.get("training") or {}
         stats = {
             "steps": training.get("steps", 0),
             "final_loss_terms": training.get("final_loss_terms", {}),
-            **(
-                {"resumed": training["resumed"]}
-                if "resumed" in training and not teacher_info["cached"]
-                else {}
-            ),
+            **({"resumed": trained_here["resumed"]} if trained_here and "resumed" in trained_here else {}),
             "seconds": teacher_info["train_seconds"],
         }
         model = teacher
@@ -417,9 +405,7 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
             evaluated,
             time.perf_counter(),
             stats,
-            teacher=teacher_info.get("training")
-            if spec.method != DENSE and not teacher_info["cached"]
-            else None,
+            teacher=trained_here if spec.method != DENSE else None,  # a dense cell's stats already hold it
         ),
         **sections,
     )
