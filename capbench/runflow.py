@@ -66,11 +66,19 @@ def _with_measurements(cell, other):
     )
 
 
+def _quiet_libraries() -> None:
+    """Turn off the progress bars the libraries draw (process-wide): datasets' "Generating train split" while
+    splits are checked, transformers' "Loading weights" for every teacher and student a cell loads."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
 def _product_cells(args):
     if getattr(args, "quiet", False) or getattr(args, "dry_run", False):
-        import datasets
-
-        datasets.disable_progress_bars()  # "Generating train split" bars while splits are checked
+        _quiet_libraries()
     tasks = parse_task_list(args.tasks)
     methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))  # each once
     methods = check_methods(methods)  # canonical names: cap_soft_movement is cap_soft

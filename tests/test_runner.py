@@ -158,3 +158,18 @@ def test_dry_run_lists_finished_and_missing_cells_without_running(
     assert [line.split()[0] for line in lines[:3]] == ["finished", "finished", "to"]
     assert "magnitude-0.9-seed0" in lines[2]
     assert lines[-1] == "capbench: 3 cells: 1 to run, 2 already finished (dry run)"
+
+
+def test_quiet_run_shows_no_progress_bar_of_any_library(tiny_model_dir, tiny_glue, tmp_path, capfd):
+    """--quiet promises no progress bars: capbench's own and those transformers draws while loading weights
+    ("Loading weights: 100%|...") for every teacher and student, which filled the logs of quiet grid runs."""
+    from transformers.utils import logging as hf_logging
+
+    out = tmp_path / "run"
+    args = run_args(tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "magnitude")
+    try:
+        assert main([*args, "--sparsity", "0.5", "--quiet"]) == 0
+        err = capfd.readouterr().err
+        assert "Loading weights" not in err and "it/s]" not in err
+    finally:
+        hf_logging.enable_progress_bar()  # the process-wide switch, for the tests after this one
