@@ -98,5 +98,5 @@ def read_json(path: Path) -> dict | None:
     """The JSON object at `path`, or None when it is missing or does not parse."""
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: bad JSON (JSONDecodeError) or bytes that are not UTF-8
         return None

@@ -277,8 +277,7 @@ PRESETS = {
                 "at 0.9 magnitude 79.0 and random 79.0 (seeds 0-2; paired gap +0.0 [-2.0, +2.0]): NOT told apart "
                 "at this sparsity; "
                 "movement collapses to the majority class (51.0, seed 0; 50.9 at 3x the steps, 2,400, where random "
-                "reaches 81.1): not "
-                "evidence about it at this budget",
+                "reaches 81.1): not evidence about it at this budget",
             ),
             TaskSignal(
                 "mnli",

@@ -32,6 +32,8 @@ def cells_from_args(args):
     """The frozen cell specs of a `capbench run` and its data source: the --tasks x --methods x --sparsity x
     --seeds product, or with --grid the union of the grid file's blocks in their order (a cell several
     blocks name once, with the probes and speed of each), then --shard's slice.  Raises CapbenchError before any work for bad input."""
+    if getattr(args, "quiet", False) or getattr(args, "dry_run", False):
+        _quiet_libraries()  # once per run, before any block checks its splits
     given = {key: getattr(args, key, None) for key in GRID_KEYS}
     grid = getattr(args, "grid", None)
     if grid is None:
@@ -77,8 +79,6 @@ def _quiet_libraries() -> None:
 
 
 def _product_cells(args):
-    if getattr(args, "quiet", False) or getattr(args, "dry_run", False):
-        _quiet_libraries()
     tasks = parse_task_list(args.tasks)
     methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))  # each once
     methods = check_methods(methods)  # canonical names: cap_soft_movement is cap_soft

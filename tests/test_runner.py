@@ -173,3 +173,13 @@ def test_quiet_run_shows_no_progress_bar_of_any_library(tiny_model_dir, tiny_glu
         assert "Loading weights" not in err and "it/s]" not in err
     finally:
         hf_logging.enable_progress_bar()  # the process-wide switch, for the tests after this one
+
+
+def test_read_json_treats_any_unparsable_file_as_missing(tmp_path):
+    """jsonio.read_json (records, a cached teacher's training file) returns None for a missing file, bad JSON
+    and bytes that are not UTF-8 alike, as its docstring says; the last raised UnicodeDecodeError."""
+    from capbench.jsonio import read_json
+
+    (tmp_path / "bad.json").write_text('{"steps": 3')
+    (tmp_path / "binary.json").write_bytes(b'{"steps": \xff\xfe}')
+    assert [read_json(tmp_path / n) for n in ("missing.json", "bad.json", "binary.json")] == [None] * 3
