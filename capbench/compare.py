@@ -337,6 +337,8 @@ def cmd_compare(args) -> int:
         raise CapbenchError(
             f"--baseline {args.baseline}: not JSON ({exc.msg} at line {exc.lineno})"
         ) from None
+    except UnicodeDecodeError:
+        raise CapbenchError(f"--baseline {args.baseline}: not JSON (not UTF-8 text)") from None
     if "tasks" not in baseline:
         raise CapbenchError(f"--baseline {args.baseline}: not a capbench leaderboard JSON (no 'tasks')")
     bad: list[str] = []

@@ -153,6 +153,8 @@ class Record:
             text = Path(path).read_text()
         except OSError as exc:
             raise RecordError(f"unreadable ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise RecordError("not valid JSON (not UTF-8 text; corrupted?)") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

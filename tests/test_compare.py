@@ -124,3 +124,13 @@ def test_a_baseline_from_another_cpu_generation_is_named_in_the_verdict(tmp_path
     same = write_fixture_run(tmp_path / "same", before)
     assert main(["compare", "--baseline", str(baseline), "--runs", str(same)]) == 0
     assert "machine configuration" not in capsys.readouterr().out
+
+
+def test_a_baseline_that_is_not_json_is_one_line_and_exit_2(tmp_path, capsys):
+    """Bad JSON and bytes that are not UTF-8 alike: one line naming the file, no traceback."""
+    run = write_fixture_run(tmp_path / "run", _ok(fixture_records()))
+    for name, data in (("bad.json", b'{"tasks": '), ("binary.json", b'{"tasks": \xff\xfe}')):
+        (tmp_path / name).write_bytes(data)
+        assert main(["compare", "--baseline", str(tmp_path / name), "--runs", str(run)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--baseline {tmp_path / name}: not JSON" in err and "\n" not in err, err

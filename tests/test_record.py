@@ -57,6 +57,7 @@ def test_failure_is_one_line_with_a_traceback():
     "text, problem",
     [
         ('{"schema_version": 3, "cell_id"', "not valid JSON"),
+        (b'{"schema_version": \xff\xfe}', "not valid JSON"),  # bytes that are not UTF-8
         ("[1, 2]", "not a JSON object"),
         ('{"schema_version": 3, "cell_id": "x", "status": "done"}', "missing field spec"),
         (
@@ -68,7 +69,7 @@ def test_failure_is_one_line_with_a_traceback():
 )
 def test_from_disk_names_the_problem(tmp_path, text, problem):
     path = tmp_path / "r.json"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(RecordError, match=problem):
         Record.from_disk(path)
 
