@@ -5,6 +5,11 @@ capbench: the leaderboard pairs CAP with its criterion; this pairs any two rows,
 
     python docs/experiments/method_gap.py runs/default-check mnli magnitude random 0.9
     python docs/experiments/method_gap.py runs/default-check mnli dense magnitude 0.9
+    python docs/experiments/method_gap.py leaderboards/runs/today sst2 wanda magnitude/oneshot 0.9
+
+A method may carry its regime: NAME/oneshot takes only its one-shot cells (method option oneshot true),
+NAME/gradual only the others; a bare NAME takes both and stops when a seed has one of each, as magnitude
+has in a grid with today's baselines (its one-shot control row beside the gradual row).
 
 Seed s of A is paired with seed s of B (the same teacher seed, the same batches); dense cells are matched
 by seed whatever the sparsity asked. Prints per seed A, B and A − B on the main split (×100), then the mean
@@ -23,17 +28,40 @@ from capbench.records import load_records
 from capbench.report.cap_effect import _aligned, paired_bootstrap, weighted_metric
 from capbench.tasks import get_task
 
+REGIMES = {"oneshot": True, "gradual": False}
+
+
+def _refuse(message: str) -> None:
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
 
 def _cells(records: list[dict], task: str, method: str, sparsity: float) -> dict[int, dict]:
-    want = 0.0 if method == "dense" else sparsity
-    return {
-        r["spec"]["seed"]: r
-        for r in records
-        if r.get("status") == "done"
-        and r["spec"]["task"] == task
-        and r["spec"]["method"] == method
-        and abs(float(r["spec"].get("sparsity") or 0.0) - want) < 1e-9
-    }
+    """Seed -> done record of METHOD (optionally NAME/oneshot or NAME/gradual) on TASK at SPARSITY.
+
+    Raises SystemExit(2) for an unknown regime, or for a seed with cells of both regimes under a bare name."""
+    name, _, regime = method.partition("/")
+    if regime and regime not in REGIMES:
+        _refuse(f"{method}: unknown regime {regime!r}; write NAME/oneshot or NAME/gradual")
+    want = 0.0 if name == "dense" else sparsity
+    cells: dict[int, dict] = {}
+    for r in records:
+        spec = r["spec"]
+        oneshot = bool((spec.get("method_options") or {}).get("oneshot"))
+        if (
+            r.get("status") != "done"
+            or spec["task"] != task
+            or spec["method"] != name
+            or abs(float(spec.get("sparsity") or 0.0) - want) >= 1e-9
+            or (regime and oneshot != REGIMES[regime])
+        ):
+            continue
+        if spec["seed"] in cells:
+            _refuse(
+                f"{method}: seed {spec['seed']} has a one-shot and a gradual cell; name NAME/oneshot or NAME/gradual"
+            )
+        cells[spec["seed"]] = r
+    return cells
 
 
 def main(run_dir: str, task: str, a: str, b: str, sparsity: str) -> int:
