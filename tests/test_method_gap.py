@@ -28,8 +28,8 @@ RECORDS = [
     _record("magnitude", 0.9, 0, oneshot=True),
     _record("magnitude", 0.9, 1, oneshot=True),
     _record("magnitude", 0.5, 0, oneshot=True),
-    _record("wanda", 0.9, 0, oneshot=True),
-    _record("wanda", 0.9, 1, oneshot=True, status="failed"),
+    _record("wanda", 0.9, 0),  # one-shot by its defaults: no oneshot option in the spec, as in real records
+    _record("wanda", 0.9, 1, status="failed"),
 ]
 
 
@@ -41,6 +41,8 @@ def test_regime_picks_the_one_shot_or_the_gradual_cells(gap):
     }
     gradual = gap._cells(RECORDS, "sst2", "magnitude/gradual", 0.9)
     assert {s: r["name"] for s, r in gradual.items()} == {0: "magnitude-0.9-0-False"}
+    assert set(gap._cells(RECORDS, "sst2", "wanda/oneshot", 0.9)) == {0}
+    assert gap._cells(RECORDS, "sst2", "wanda/gradual", 0.9) == {}
 
 
 def test_bare_name_takes_every_regime_and_dense_any_sparsity(gap):

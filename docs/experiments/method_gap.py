@@ -7,9 +7,10 @@ capbench: the leaderboard pairs CAP with its criterion; this pairs any two rows,
     python docs/experiments/method_gap.py runs/default-check mnli dense magnitude 0.9
     python docs/experiments/method_gap.py leaderboards/runs/today sst2 wanda magnitude/oneshot 0.9
 
-A method may carry its regime: NAME/oneshot takes only its one-shot cells (method option oneshot true),
-NAME/gradual only the others; a bare NAME takes both and stops when a seed has one of each, as magnitude
-has in a grid with today's baselines (its one-shot control row beside the gradual row).
+A method may carry its regime: NAME/oneshot takes only its one-shot cells (either one-shot regime of
+capbench.pruning.pruners.regime, as the leaderboard labels them: wanda and sparsegpt by default, magnitude
+with oneshot=true), NAME/gradual only the others; a bare NAME takes both and stops when a seed has one of
+each, as magnitude has in a grid with today's baselines (its one-shot control row beside the gradual row).
 
 Seed s of A is paired with seed s of B (the same teacher seed, the same batches); dense cells are matched
 by seed whatever the sparsity asked. Prints per seed A, B and A − B on the main split (×100), then the mean
@@ -23,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from capbench.leaderboard import regime_suffix
 from capbench.predictions import read_predictions
 from capbench.records import load_records
 from capbench.report.cap_effect import _aligned, paired_bootstrap, weighted_metric
 from capbench.tasks import get_task
 
-REGIMES = {"oneshot": True, "gradual": False}
+REGIMES = ("oneshot", "gradual")
 
 
 def _refuse(message: str) -> None:
@@ -47,13 +49,12 @@ def _cells(records: list[dict], task: str, method: str, sparsity: float) -> dict
     cells: dict[int, dict] = {}
     for r in records:
         spec = r["spec"]
-        oneshot = bool((spec.get("method_options") or {}).get("oneshot"))
         if (
             r.get("status") != "done"
             or spec["task"] != task
             or spec["method"] != name
             or abs(float(spec.get("sparsity") or 0.0) - want) >= 1e-9
-            or (regime and oneshot != REGIMES[regime])
+            or (regime and bool(regime_suffix(spec)) != (regime == "oneshot"))
         ):
             continue
         if spec["seed"] in cells:
