@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from capbench import distributed, leases, records
 from capbench.checkpoint import checkpoint_path
 from capbench.errors import CapbenchError
+from capbench.measure import lost_models
 from capbench.record import Record
 
 
@@ -31,8 +32,25 @@ class CellOutcome:
 
 
 def is_finished(spec, out_dir: Path) -> bool:
+    """A "done" record of this spec is there, and no measurement it still needs has lost its saved model
+    (capbench.measure.lost_models): such a cell is trained again, since its model cannot be measured."""
     record = records.read_record(records.record_path(out_dir, spec.cell_id))
-    return bool(record) and record.get("status") == "done" and record.get("spec_hash") == spec.digest
+    if not (bool(record) and record.get("status") == "done" and record.get("spec_hash") == spec.digest):
+        return False
+    return not lost_models(spec, record)
+
+
+def lost_model_note(spec, out_dir: Path) -> str:
+    """Why a "done" record of this spec is run again: its lost saved models; "" when it is not so."""
+    record = records.read_record(records.record_path(out_dir, spec.cell_id))
+    if not (record and record.get("status") == "done" and record.get("spec_hash") == spec.digest):
+        return ""
+    lost = lost_models(spec, record)
+    return (
+        f"finished, but its saved model is gone ({', '.join(lost)}): trained again to measure it"
+        if lost
+        else ""
+    )
 
 
 def finished_elsewhere(spec, path: Path, before: dict | None) -> dict | None:
@@ -96,6 +114,8 @@ def execute_cell(
             if after_cell is not None and main:  # finished before, or by the worker that held the lease
                 after_cell(spec, path, ctx, fresh=False)
             return CellOutcome("skipped", attempt)
+        if main and (note := lost_model_note(spec, ctx.out_dir)):
+            tqdm.write(f"cell {spec.cell_id}: {note}")
         record = _run(spec, ctx, run, fail)
         if adjust is not None and record.is_done:
             adjust(record)

@@ -40,14 +40,18 @@ class Measurement:
     missing: Callable[[object, dict], str] | None = (
         None  # (spec, record) -> the dry run's label; default: name
     )
+    # (record dict) -> the saved model directories `measure` loads; a run trains the cell again when one is gone
+    loads: Callable[[dict], list[str]] | None = None
 
     def label(self, spec, record: dict) -> str:
         return self.missing(spec, record) if self.missing is not None else self.name
 
 
 def _builtins(registry: Registry) -> None:
-    registry.register("probes", Measurement("probes", needs_probes, _probe, missing=_missing_probes))
-    registry.register("speed", Measurement("speed", needs_speed, _speed))
+    registry.register(
+        "probes", Measurement("probes", needs_probes, _probe, missing=_missing_probes, loads=_cell_model)
+    )
+    registry.register("speed", Measurement("speed", needs_speed, _speed, loads=_cell_and_dense_models))
 
 
 MEASUREMENTS: Registry[Measurement] = Registry("measurement", loader=_builtins, first=("probes", "speed"))
@@ -59,10 +63,15 @@ def register_measurement(
     measure: Callable[[dict, object, object], dict],
     missing: Callable[[object, dict], str] | None = None,
     *,
+    loads: Callable[[dict], list[str]] | None = None,
     replace: bool = False,
 ) -> Measurement:
-    """Register a measurement: every finished record it `needs` gains `record[name] = measure(...)`."""
-    return MEASUREMENTS.register(name, Measurement(name, needs, measure, missing), replace=replace)
+    """Register a measurement: every finished record it `needs` gains `record[name] = measure(...)`.
+
+    `loads(record) -> [directory, ...]`: the saved models `measure` reads, so that a record whose model is
+    gone (saved models are not kept with the records; a new machine has none) is trained again rather than
+    crashing the run (see `lost_models`)."""
+    return MEASUREMENTS.register(name, Measurement(name, needs, measure, missing, loads), replace=replace)
 
 
 # ---------------------------------------------------------------------------------------------- built-ins
@@ -98,6 +107,14 @@ def _probe(record: dict, spec, ctx) -> dict:
     return runner_hook.probe_record(record, spec, ctx)
 
 
+def _cell_model(record: dict) -> list[str]:
+    return [record["model_dir"]] if record.get("model_dir") else []
+
+
+def _cell_and_dense_models(record: dict) -> list[str]:
+    return _cell_model(record) + ([record["dense_model_dir"]] if record.get("dense_model_dir") else [])
+
+
 def needs_speed(spec, record: dict) -> bool:
     return bool(spec.speed) and "speed" not in record and spec.method != DENSE
 
@@ -114,6 +131,18 @@ def _speed(record: dict, spec, ctx) -> dict:
 def missing_measurements(spec, record: dict) -> list[str]:
     """What `measure_after_cell` would add to this finished record, e.g. ["probes sentlen", "speed"]."""
     return [m.label(spec, record) for _, m in MEASUREMENTS.items() if m.needs(spec, record)]
+
+
+def lost_models(spec, record: dict) -> list[str]:
+    """The saved model directories that a measurement this finished record still needs would load, and that
+    are gone (models live beside the records but are not versioned with them, so a record committed on one
+    machine arrives on another without its model). Such a cell is not finished (capbench.cell_protocol):
+    a run trains it again, with its model, and then measures it. [] when nothing is lost."""
+    lost = []
+    for _, m in MEASUREMENTS.items():
+        if m.loads is not None and m.needs(spec, record):
+            lost += [d for d in m.loads(record) if d not in lost and not Path(d).is_dir()]
+    return lost
 
 
 def measure_after_cell(spec, path: Path, ctx, fresh: bool) -> None:

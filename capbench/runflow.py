@@ -163,6 +163,7 @@ def print_plan(cells: list, out_dir: Path) -> int:
     """What a run would do, without loading a model: each cell id, and whether it trains ("to run"), is
     finished but lacks a requested --probes/--speed result or another registered measurement, which a run adds
     without retraining ("measure", as measure_after_cell does), or is finished."""
+    from capbench.cell_protocol import lost_model_note
     from capbench.checkpoint import Checkpointer, checkpoint_path
     from capbench.measure import missing_measurements
 
@@ -171,7 +172,9 @@ def print_plan(cells: list, out_dir: Path) -> int:
     for spec in cells:
         if not is_finished(spec, out_dir):
             step = Checkpointer.saved_step(checkpoint_path(out_dir, spec.cell_id))
-            print(f"{'to run':8s}  {spec.cell_id}" + (f"  (resumes at step {step})" if step else ""))
+            why = [f"resumes at step {step}"] if step else []
+            why += [note] if (note := lost_model_note(spec, out_dir)) else []
+            print(f"{'to run':8s}  {spec.cell_id}" + (f"  ({'; '.join(why)})" if why else ""))
             continue
         missing = missing_measurements(spec, records.read_record(records.record_path(out_dir, spec.cell_id)))
         if missing:

@@ -225,3 +225,47 @@ def test_probes_run_with_the_hub_source(tiny_model_dir, tiny_glue, tmp_path, mon
     assert len(records) == 2 and all(set(r["probes"]["tasks"]) == {"bigram_shift", "sst2"} for r in records)
     assert records[0]["probes"]["protocol"]["corpus"]["source"] == "Hugging Face hub"
     assert ("cola", "train") in calls and ("sst2", "validation") in calls  # corpus and transfer probe
+
+
+def test_a_finished_cell_whose_model_is_gone_is_trained_again_to_measure_it(
+    tiny_model_dir, tiny_glue, tmp_path, capsys, monkeypatch
+):
+    """Saved models are not versioned with the records: a record that arrives on a new machine without its
+    model is trained again when a measurement needs the model, instead of crashing the run; otherwise it
+    stays finished."""
+    import shutil
+
+    from capbench import runner
+
+    out = tmp_path / "run"
+    args = run_args(
+        tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "magnitude", "--sparsity", "0.5"
+    )
+    assert main(args) == 0
+    pruned = next(r for r in load_records(out) if r["spec"]["method"] == "magnitude")
+    shutil.rmtree(pruned["model_dir"])
+    capsys.readouterr()
+    assert main([*args, "--dry-run"]) == 0  # nothing asks for the model: still finished
+    assert capsys.readouterr().out.splitlines()[-1].endswith("0 to run, 2 already finished (dry run)")
+
+    probed = [*args, "--probes", "bigram_shift", "--probe-sizes", "30,15,15"]
+    assert main([*probed, "--dry-run"]) == 0
+    plan = {line[10:].split()[0]: line for line in capsys.readouterr().out.splitlines()[:-1]}
+    assert plan[pruned["cell_id"]].startswith("to run")
+    assert f"its saved model is gone ({pruned['model_dir']})" in plan[pruned["cell_id"]]
+    dense_id = next(cell for cell in plan if cell != pruned["cell_id"])
+    assert plan[dense_id].startswith("measure")  # the dense model (the cached teacher) is there
+
+    trained = []
+    real_run_cell = runner.run_cell
+    monkeypatch.setattr(
+        runner, "run_cell", lambda spec, ctx: trained.append(spec.cell_id) or real_run_cell(spec, ctx)
+    )
+    assert main(probed) == 0
+    assert trained == [pruned["cell_id"]]
+    assert f"cell {pruned['cell_id']}: finished, but its saved model is gone" in capsys.readouterr().out
+    records = load_records(out)
+    assert all(r["status"] == "done" and set(r["probes"]["tasks"]) == {"bigram_shift"} for r in records)
+    assert Path(pruned["model_dir"]).is_dir()
+    assert main([*probed, "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("0 to run, 2 already finished (dry run)")
