@@ -20,7 +20,7 @@ from capbench.device import model_device
 from capbench.errors import CapbenchError
 from capbench.methods import build_loss, build_pruner
 from capbench.metrics import compute_metrics, predictions_from_logits, undefined_metrics
-from capbench.model_identity import model_identity
+from capbench.model_identity import model_identity, weights_sha256
 from capbench.models import load_classifier, load_tokenizer, resolve_model_path
 from capbench.predictions import write_predictions
 from capbench.provenance import git_commit, machine, package_versions
@@ -169,7 +169,8 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
 
     Returns (model in eval mode, info): ``cached``, ``path``, ``key``, ``train_seconds`` (this process's
     training, every resumed part included; 0.0 when the model came from the cache) and ``training``: the
-    stats of the run that produced the weights (``steps``, ``seconds``, ``final_loss_terms``, ``resumed``
+    stats of the run that produced the weights, and ``weights_sha256`` of the saved weights (which teacher the
+    cell learned from: the key names the recipe, and a retrained teacher on another machine differs) (``steps``, ``seconds``, ``final_loss_terms``, ``resumed``
     when it was interrupted), kept in ``TRAINING_FILE`` beside them; absent for a model cached before it."""
     check_model_identity(spec)
     key = teacher_key(spec)
@@ -179,6 +180,7 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
         if distributed.agree((target / "config.json").is_file()):
             model = load_classifier(str(target), data.task.num_labels).to(ctx.device)
             info = {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
+            info["weights_sha256"] = weights_sha256(target)
             training = jsonio.read_json(target / TRAINING_FILE)  # None: cached before the file was kept
             return model.eval(), {**info, **({"training": training} if isinstance(training, dict) else {})}
         model = load_pretrained(spec, data.task, ctx.device)
@@ -193,6 +195,8 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
             saver.remove()
         distributed.barrier()
     info = {"cached": False, "path": str(target), "key": key, "train_seconds": stats["seconds"]}
+    # The same key can hold other weights on another machine (caches do not travel; CPU kernels differ).
+    info["weights_sha256"] = distributed.agree(weights_sha256(target) if distributed.is_main() else None)
     return model, {**info, "training": training}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -103,7 +104,13 @@ def _record(task, method, sparsity, seed, value, achieved=None, status="done", o
     }
     record["predictions"] = {**record["predictions"], "file": f"{spec.cell_id}.fixture.predictions.npz"}
     record["model_dir"] = record["dense_model_dir"] = f"/runs/fixture/models/{spec.cell_id}"
-    record["teacher"] = {**record["teacher"], "path": "/cache/dense/fixture"}
+    # one teacher per (task, seed), as a run on one machine has
+    teacher_weights = hashlib.sha256(f"{task} seed {seed}".encode()).hexdigest()[:20]
+    record["teacher"] = {
+        **record["teacher"],
+        "path": "/cache/dense/fixture",
+        "weights_sha256": teacher_weights,
+    }
     return Record.from_dict(record).to_dict()
 
 

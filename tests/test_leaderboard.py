@@ -1,6 +1,7 @@
 import copy
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,40 @@ def test_chance_is_unknown_without_the_predictions_files(tmp_path):
     text = render_markdown(summary)
     assert "Chance: unknown (no per-example predictions of the 256 validation rows" in text
     assert "≈ chance" not in text and "at chance on rte" not in text
+
+
+def test_rows_that_learned_from_different_teachers_are_named():
+    """A grid run across machines retrains the cached teacher; the board says which rows of a seed learned
+    from which teacher (weights hash, or for older records the machine that trained it)."""
+    records = fixture_records()
+    markdown = render_markdown(summarize(records))
+    assert "dense teachers of the same recipe" not in markdown  # one teacher per (task, seed)
+    retrained = next(
+        r
+        for r in records
+        if r["spec"]["task"] == "rte"
+        and r["spec"]["method"] == "magnitude"
+        and r["spec"]["sparsity"] == 0.5
+        and r["spec"]["seed"] == 0
+    )
+    retrained["teacher"]["weights_sha256"] = "ffffeeeeddddccccbbbb"
+    legacy = next(r for r in records if r["spec"]["task"] == "rte" and r["spec"]["method"] == "soft_movement")
+    del legacy["teacher"]["weights_sha256"]
+    markdown = render_markdown(summarize(records))
+    notes = [line for line in markdown.splitlines() if "dense teachers of the same recipe" in line]
+    assert len(notes) == 1 and notes[0].startswith("Seed 0 used 3 dense teachers")  # rte seed 0 only
+    assert "weights ffffeeeedddd: magnitude +KD s=0.5" in notes[0]
+    assert (
+        "trained on Test CPU with torch 2.13.0" in notes[0]
+        and "weights not recorded: soft_movement +KD s=0.9" in notes[0]
+    )
+
+
+def test_the_runner_records_which_teacher_weights_a_cell_learned_from():
+    from fixture_records import runner_templates
+
+    templates = runner_templates()
+    trained, cached = templates["dense"]["teacher"], templates["magnitude"]["teacher"]
+    assert not trained["cached"] and cached["cached"]  # the dense cell trained it; the pruned cell loaded it
+    assert re.fullmatch("[0-9a-f]{20}", trained["weights_sha256"])
+    assert cached["weights_sha256"] == trained["weights_sha256"]

@@ -72,6 +72,10 @@ def main_cell(group: pd.DataFrame) -> dict:
     else:
         cell = {"status": "done", **stats(list(done["value"]))}
     cell.update(failed=len(group) - len(done), config=first["config"])
+    # which dense teacher each seed learned from (main_chance_note warns when one seed's cells differ)
+    cell["teachers"] = {
+        str(seed): teacher for seed, teacher in zip(done["seed"], done["teacher"], strict=True) if teacher
+    }
     measured = done[done["has_achieved"]]
     if not measured.empty:
         cell["achieved_sparsity"] = round(statistics.fmean(measured["achieved"]), 4)
@@ -188,7 +192,29 @@ def main_chance_note(task: str, rows: list[dict], info: dict) -> str:
         lines.append(
             f"**Dense reference is at chance on {task}: results on this task do not measure pruning.**"
         )
+    lines += teacher_notes(rows)
     return "\n\n".join(line for line in lines if line)
+
+
+def teacher_notes(rows: list[dict]) -> list[str]:
+    """A line per seed whose cells learned from (or, the dense row, are) more than one dense teacher: the
+    teacher is cached per machine, so a grid run across machines retrains it, and those rows then differ
+    by the teacher's run-to-run variation as well as by method."""
+    by_seed: dict[str, dict[str, list[str]]] = {}
+    for row in rows:
+        for seed, teacher in (row.get("teachers") or {}).items():
+            by_seed.setdefault(seed, {}).setdefault(teacher, []).append(
+                f"{row['row']} s={row['sparsity_key']}"
+            )
+    lines = []
+    for seed, teachers in sorted(by_seed.items()):
+        if len(teachers) > 1:
+            parts = "; ".join(f"{teacher}: {', '.join(cells)}" for teacher, cells in teachers.items())
+            lines.append(
+                f"Seed {seed} used {len(teachers)} dense teachers of the same recipe ({parts}). A teacher is "
+                "retrained on each machine, so these rows also differ by its run-to-run variation."
+            )
+    return lines
 
 
 def retention_chance_note(task: str, rows: list[dict], info: dict) -> str:

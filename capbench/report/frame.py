@@ -237,6 +237,23 @@ def _provenance(record: Mapping, spec: Mapping) -> dict:
     }
 
 
+def _teacher(record: Mapping) -> str | None:
+    """Which dense teacher the cell learned from (the dense cell: which model it is): its weights' sha256,
+    or, for records from before it was kept, the machine that trained it (a teacher is cached per machine,
+    so the cell's machine trained it). None for a record without a teacher (failed before one)."""
+    teacher = record.get("teacher") or {}
+    if teacher.get("weights_sha256"):
+        return f"weights {teacher['weights_sha256'][:12]}"
+    machine = record.get("machine")
+    if not (teacher and machine):
+        return None
+    from capbench.provenance import cpu_line
+
+    # the CPU and torch, not the thread count: the cell that trained the teacher may have used other threads
+    where = machine.get("cuda_device") or cpu_line(machine)
+    return f"trained on {where} with torch {machine.get('torch', '?')}, weights not recorded"
+
+
 def record_row(record: Mapping) -> dict:
     """One record's frame row: the only place the leaderboard reads a record."""
     from capbench.leaderboard import cell_config, config_digest, row_label, sparsity_key
@@ -263,6 +280,7 @@ def record_row(record: Mapping) -> dict:
         **_probes(record),
         **_speed(record),
         **_provenance(record, spec),
+        "teacher": _teacher(record),
     }
     row.update({name: fn(record) for name, fn in EXTRA_COLUMNS.items()})
     return row
