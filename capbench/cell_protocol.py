@@ -47,7 +47,7 @@ def lost_model_note(spec, out_dir: Path) -> str:
         return ""
     lost = lost_models(spec, record)
     return (
-        f"finished, but its saved model is gone ({', '.join(lost)}): trained again to measure it"
+        f"finished, but its saved model is gone or was replaced ({', '.join(lost)}): trained again to measure it"
         if lost
         else ""
     )

@@ -136,13 +136,31 @@ def missing_measurements(spec, record: dict) -> list[str]:
 def lost_models(spec, record: dict) -> list[str]:
     """The saved model directories that a measurement this finished record still needs would load, and that
     are gone (models live beside the records but are not versioned with them, so a record committed on one
-    machine arrives on another without its model). Such a cell is not finished (capbench.cell_protocol):
-    a run trains it again, with its model, and then measures it. [] when nothing is lost."""
-    lost = []
+    machine arrives on another without its model), or, for a dense cell, whose model is the cached teacher,
+    hold other weights than the record's (a teacher retrained on another machine; a record without the
+    teacher's hash cannot be checked and counts as replaced). Such a cell is not finished
+    (capbench.cell_protocol): a run trains it again (a dense cell: evaluates the cached teacher), with its
+    model, and then measures it. [] when nothing is lost."""
+    lost: list[str] = []
     for _, m in MEASUREMENTS.items():
-        if m.loads is not None and m.needs(spec, record):
-            lost += [d for d in m.loads(record) if d not in lost and not Path(d).is_dir()]
+        if m.loads is None or not m.needs(spec, record):
+            continue
+        for d in m.loads(record):
+            if d in lost:
+                continue
+            if not Path(d).is_dir() or (d == record.get("model_dir") and _is_replaced_teacher(record)):
+                lost.append(d)
     return lost
+
+
+def _is_replaced_teacher(record: dict) -> bool:
+    """Whether the record's own model is the cached teacher and it is not the teacher the record measured."""
+    from capbench.model_identity import weights_sha256
+
+    teacher = record.get("teacher") or {}
+    if record.get("model_dir") != teacher.get("path"):
+        return False
+    return weights_sha256(record["model_dir"]) != teacher.get("weights_sha256")
 
 
 def measure_after_cell(spec, path: Path, ctx, fresh: bool) -> None:

@@ -252,7 +252,7 @@ def test_a_finished_cell_whose_model_is_gone_is_trained_again_to_measure_it(
     assert main([*probed, "--dry-run"]) == 0
     plan = {line[10:].split()[0]: line for line in capsys.readouterr().out.splitlines()[:-1]}
     assert plan[pruned["cell_id"]].startswith("to run")
-    assert f"its saved model is gone ({pruned['model_dir']})" in plan[pruned["cell_id"]]
+    assert f"its saved model is gone or was replaced ({pruned['model_dir']})" in plan[pruned["cell_id"]]
     dense_id = next(cell for cell in plan if cell != pruned["cell_id"])
     assert plan[dense_id].startswith("measure")  # the dense model (the cached teacher) is there
 
@@ -263,9 +263,49 @@ def test_a_finished_cell_whose_model_is_gone_is_trained_again_to_measure_it(
     )
     assert main(probed) == 0
     assert trained == [pruned["cell_id"]]
-    assert f"cell {pruned['cell_id']}: finished, but its saved model is gone" in capsys.readouterr().out
+    assert (
+        f"cell {pruned['cell_id']}: finished, but its saved model is gone or was replaced"
+        in capsys.readouterr().out
+    )
     records = load_records(out)
     assert all(r["status"] == "done" and set(r["probes"]["tasks"]) == {"bigram_shift"} for r in records)
     assert Path(pruned["model_dir"]).is_dir()
+    assert main([*probed, "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("0 to run, 2 already finished (dry run)")
+
+
+def test_a_dense_cell_whose_cached_teacher_was_retrained_is_evaluated_again_before_probing(
+    tiny_model_dir, tiny_glue, tmp_path, capsys
+):
+    """A dense cell's model is the cached teacher; on another machine the cache holds a retrained teacher
+    with other weights. Probing it would attach another model's probes to the record's accuracy, so the
+    cell is evaluated again on the teacher that is there (and a record without the teacher's hash, which
+    cannot be checked, likewise)."""
+    from capbench.records import record_path, write_json
+
+    out = tmp_path / "run"
+    args = run_args(
+        tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "magnitude", "--sparsity", "0.5"
+    )
+    assert main(args) == 0
+    dense = next(r for r in load_records(out) if r["spec"]["method"] == "dense")
+    probed = [*args, "--probes", "bigram_shift", "--probe-sizes", "30,15,15"]
+    capsys.readouterr()
+    assert main([*probed, "--dry-run"]) == 0
+    assert all(line.startswith("measure") for line in capsys.readouterr().out.splitlines()[:-1])
+
+    for teacher_hash in ("0" * 20, None):  # another teacher's weights; an older record without the hash
+        changed = {**dense, "teacher": {**dense["teacher"], "weights_sha256": teacher_hash}}
+        write_json(record_path(out, dense["cell_id"]), changed)
+        assert main([*probed, "--dry-run"]) == 0
+        plan = capsys.readouterr().out
+        assert f"to run    {dense['cell_id']}  (finished, but its saved model is gone or was replaced" in plan
+    assert main(probed) == 0
+    again = next(r for r in load_records(out) if r["spec"]["method"] == "dense")
+    assert (
+        again["teacher"]["cached"]
+        and again["teacher"]["weights_sha256"] == dense["teacher"]["weights_sha256"]
+    )
+    assert set(again["probes"]["tasks"]) == {"bigram_shift"}
     assert main([*probed, "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith("0 to run, 2 already finished (dry run)")
