@@ -3,6 +3,7 @@ capbench Δ only from records that reproduce the paper's setting."""
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -323,6 +324,15 @@ def test_builtin_entries_say_their_setting_and_cite_it():
             # 6 to 10 epochs per task in the paper, per-point values only in an external spreadsheet
             assert entry["epochs"] == entry["learning_rate"] == "unknown"
             assert not entry["kd"] or entry["kd_setting"] == "unknown"
+        elif entry["source"].startswith("Kurtic et al. 2022, oBERT"):
+            if "30 epochs" in entry["source"]:
+                # sparseml research/optimal_BERT_surgeon_oBERT: 30epochs script + recipes, hardness 1.0, T 2.0
+                assert (entry["epochs"], entry["learning_rate"], entry["batch_size"]) == (30, 5e-5, 32)
+                assert entry["kd_setting"] == {"temperature": 2.0, "w_ce": 0.0, "w_kd": 1.0}
+            else:
+                # the 10-epoch column has no recipe: its setting stays unknown, so no delta is claimed
+                assert entry["epochs"] == 10
+                assert entry["learning_rate"] == entry["kd_setting"] == "unknown"
         else:
             assert entry["source"].startswith("Xu et al. 2022 (CAP)")
             assert (entry["epochs"], entry["learning_rate"], entry["batch_size"]) == (10, 3e-5, 32)
@@ -356,7 +366,8 @@ def test_smoke_qqp_run_in_a_folder_named_bert_base_uncased_gets_no_delta(tmp_pat
     reported = out.read_text().split("## Reported in papers")[1]
     assert "Δ -" not in reported and "Δ +" not in reported
     (dense,) = [line for line in reported.splitlines() if line.startswith("| dense (BERT base fine-tuned)")]
-    assert "| 91.4 | 88.4 | [1] |" in dense
+    ref = re.search(r"\| 91\.4 \| 88\.4 \| \[(\d+)\] \|", dense).group(1)
+    assert f"[{ref}] Sanh et al. 2020, Movement Pruning (arXiv 2005.07683), Table 2" in reported
     assert "64 carved train rows (official: 363,846)" in dense
     assert "local weights 53aa51172d142c89d9ab are not a listed bert-base-uncased checkpoint" in dense
     assert "never by folder name" in reported
