@@ -105,8 +105,10 @@ def add_run_parser(subparsers) -> None:
 
 
 def cmd_run(args) -> int:
+    from capbench.provenance import git_commit
     from capbench.runflow import run_from_args
 
+    git_commit()  # the commit of the code this process runs, before the checkout can change under it
     return run_from_args(args, default_cache_dir())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -25,8 +26,13 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The commit of the capbench checkout (with '+dirty' for local changes), or None outside a checkout."""
+    """The commit of the capbench checkout (with '+dirty' for local changes), or None outside a checkout.
+
+    Read once per process (``capbench run`` reads it before any work): the code the process imported. A
+    checkout updated under a running grid (a pull, a merge) must not relabel the records that process
+    still writes with code it never ran."""
     source = Path(capbench.__file__).resolve().parent.parent
     try:
         commit = subprocess.run(

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from capbench import distributed, jsonio, records
+from capbench import distributed, jsonio, quiet, records
 from capbench.cell_protocol import execute_cell, finished_elsewhere, is_finished  # noqa: F401 (re-exported)
 from capbench.checkpoint import DEFAULT_EVERY_SECONDS, Checkpointer, checkpoint_path
 from capbench.device import describe as describe_device
@@ -160,8 +160,17 @@ def _train_loader(spec: CellSpec, data: TaskData, device: torch.device | None = 
     return cfg, loader
 
 
-def _progress(ctx: RunContext, total: int, desc: str):
-    return tqdm(total=total, desc=desc, leave=False, disable=not ctx.show_progress, position=1)
+def _progress(ctx: RunContext, total: int, desc: str) -> quiet.PausingBar:
+    """A training loop's progress bar; each update is also where the loop pauses while another worker on this
+    machine times a model (capbench.quiet)."""
+    bar = tqdm(total=total, desc=desc, leave=False, disable=not ctx.show_progress, position=1)
+    return quiet.PausingBar(bar, ctx.cache_dir)
+
+
+def _with_pauses(stats: dict, bar: quiet.PausingBar) -> dict:
+    if bar.pauses:
+        stats["paused_seconds"] = round(bar.paused_seconds, 1)
+    return stats
 
 
 def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torch.nn.Module, dict]:
@@ -188,8 +197,9 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
         records.remove_stale_temp_files(ctx.cache_dir)  # a killed teacher's half-written checkpoint
         saver = Checkpointer(checkpoint_path(ctx.cache_dir, f"dense-{key}"), ctx.checkpoint_every, key)
         with _progress(ctx, cfg.run_steps(len(loader)), f"dense {spec.task} seed {spec.seed}") as bar:
-            stats = train(model, loader, cfg, progress=bar, checkpoint=saver)
-        training = {k: stats[k] for k in ("steps", "seconds", "final_loss_terms", "resumed") if k in stats}
+            stats = _with_pauses(train(model, loader, cfg, progress=bar, checkpoint=saver), bar)
+        keep = ("steps", "seconds", "final_loss_terms", "resumed", "paused_seconds")
+        training = {k: stats[k] for k in keep if k in stats}
         if distributed.is_main():
             save_model(model, data.tokenizer, target, extra={TRAINING_FILE: training})
             saver.remove()
@@ -245,9 +255,13 @@ def prune_and_train(spec: CellSpec, ctx: RunContext, data: TaskData, teacher, te
 
 def _train_pruned(ctx, model, loader, cfg, loss_fn, pruner, logits, steps, spec, what="") -> dict:
     """``train`` with a progress bar, then the teacher's logits cached for the next cell that needs them."""
-    saver = Checkpointer(checkpoint_path(ctx.out_dir, spec.cell_id), ctx.checkpoint_every, spec.digest)
+    # A checkpoint resumes only with the teacher it learned from: a teacher retrained since (a cleared cache,
+    # another machine) has other weights, and half a cell distilled from each is neither.
+    identity = spec.digest if logits.weights is None else f"{spec.digest} teacher {logits.weights}"
+    saver = Checkpointer(checkpoint_path(ctx.out_dir, spec.cell_id), ctx.checkpoint_every, identity)
     with _progress(ctx, steps, f"{spec.method} {spec.sparsity:g} {spec.task}{what}") as bar:
         stats = train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=bar, checkpoint=saver)
+    _with_pauses(stats, bar)
     if distributed.is_main() and (logits.computed or logits.reused):
         with distributed.cache_lock(ctx.cache_dir, "teacher-logits"):
             logits.save()
@@ -401,6 +415,8 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
             **({"data_parallel": stats["data_parallel"]} if "data_parallel" in stats else {}),
             **({"teacher_logits": stats["teacher_logits"]} if "teacher_logits" in stats else {}),
             **({"resumed": stats["resumed"]} if "resumed" in stats else {}),
+            # wall seconds the training waited while another worker timed a model (capbench.quiet)
+            **({"paused_seconds": stats["paused_seconds"]} if "paused_seconds" in stats else {}),
         },
         timings=cell_timings(
             started,

@@ -12,6 +12,15 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _speed_does_not_wait_for_a_quiet_machine(monkeypatch):
+    """Tests that time models do not wait for other processes on the machine to go idle (capbench.quiet):
+    a machine that runs the tests beside other work would make them wait minutes per measurement."""
+    from capbench import quiet
+
+    monkeypatch.setattr(quiet, "WAIT_SECONDS", 0.0)
+
+
 @pytest.fixture
 def all_threads():
     """For integration tests on the real model: use every core, then go back to one thread."""

@@ -3,6 +3,7 @@ interval finds a planted effect and calls a null one "not distinguishable from 0
 real cells through their per-example predictions."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -123,3 +124,15 @@ def test_the_leaderboard_pairs_cap_with_its_criterion_by_example(tiny_model_dir,
     assert main(["leaderboard", "--runs", str(out), "--out", str(board), "--reported", "none"]) == 0
     (row,) = json.loads(board.with_suffix(".json").read_text())["tables"]["cap_effect"]["rows"]
     assert row["seeds"] == 1 and "sha256 differs" in row["skipped"]["1"]
+    # a criterion cell that learned from another teacher (the grid went on on another machine) is not paired
+    (path,) = (out / "records").glob("rte-magnitude-0.5-seed0-*.json")
+    record = json.loads(path.read_text())
+    assert record["teacher"]["weights_sha256"]
+    record["teacher"]["weights_sha256"] = "0" * 20
+    path.write_text(json.dumps(record))
+    assert main(["leaderboard", "--runs", str(out), "--out", str(board), "--reported", "none"]) == 0
+    (row,) = json.loads(board.with_suffix(".json").read_text())["tables"]["cap_effect"]["rows"]
+    assert row["status"] == "no pair" and "different dense teachers" in row["reason"]
+    assert re.search(
+        r"seed 0: the two cells learned from different dense teachers \(\w{20} vs 0{20};", row["reason"]
+    )

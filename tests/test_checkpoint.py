@@ -263,3 +263,25 @@ def test_a_resumed_cell_counts_the_time_before_its_interruption_in_its_total():
     t = cell_timings(started=0.0, loaded=10.0, trained=410.0, evaluated=430.0, now=431.0, stats=stats)
     assert t == {"load_seconds": 10.0, "train_seconds": 1400.0, "eval_seconds": 20.0, "total_seconds": 1431.0}
     assert cell_timings(0.0, 10.0, 410.0, 430.0, 431.0, {"seconds": 400.0})["total_seconds"] == 431.0
+
+
+def test_a_cell_does_not_resume_with_a_retrained_teacher(tiny_model_dir, tiny_glue, tmp_path, monkeypatch):
+    """Half a cell distilled from one teacher and half from another is neither: when the cached teacher's
+    weights changed since the checkpoint (a cleared cache, another machine), the cell trains from the start."""
+    from safetensors.torch import save_file
+
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    args = _args(tiny_model_dir, tiny_glue, out, cache, "magnitude", "1e-9")
+    _interrupt_after(monkeypatch, 5, out)
+    assert main(args) == 130
+    assert len(list((out / ".checkpoints").glob("*.pt"))) == 1
+    monkeypatch.undo()
+    (weights,) = (cache / "dense").glob("*/model.safetensors")
+    tensors = load_file(weights)
+    name = next(k for k in tensors if k.endswith("classifier.weight"))
+    tensors[name] = tensors[name] + 0.01  # the teacher, retrained: other weights under the same key
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert main(args) == 0
+    record = _cell(out, "magnitude")
+    assert record["status"] == "done" and "resumed" not in record["train"]
+    assert not list((out / ".checkpoints").glob("*.pt"))

@@ -117,3 +117,7 @@ def test_probes_and_speed_run_on_bf16_cells(tiny_model_dir, tiny_glue, tmp_path,
         assert "bigram_shift" in record["probes"]["tasks"]
         assert record["speed"]["summary"]["measured_speedup"] > 0
         assert set(record["speed"]["settings"]["model_token_counts"]) == {"1x64", "32x64"}  # CPU shapes
+        # timed inside a quiet window: the run's other workers were asked to pause (capbench.quiet)
+        assert (
+            record["speed"]["quiet_window"]["requested"] is True and "idle" in record["speed"]["quiet_window"]
+        )

@@ -309,3 +309,24 @@ def test_a_dense_cell_whose_cached_teacher_was_retrained_is_evaluated_again_befo
     assert set(again["probes"]["tasks"]) == {"bigram_shift"}
     assert main([*probed, "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith("0 to run, 2 already finished (dry run)")
+
+
+def test_speed_taken_on_a_busy_machine_without_a_quiet_window_is_taken_again():
+    """Before capbench.quiet a grid's speed measurements ran while the other worker trained (busy); such a
+    reading is taken again. A busy reading from inside a quiet window stands, so a run always ends."""
+    from types import SimpleNamespace
+
+    from capbench.measure import needs_speed
+
+    spec = SimpleNamespace(speed=True, method="magnitude")
+    assert needs_speed(spec, {})
+    assert not needs_speed(spec, {"speed": {"busy": False}})
+    assert needs_speed(spec, {"speed": {"busy": True}})
+    assert MEASUREMENTS.get("speed").label(spec, {"speed": {"busy": True}}) == (
+        "speed (its last timing ran on a busy machine)"
+    )
+    assert not needs_speed(
+        spec, {"speed": {"busy": True, "quiet_window": {"requested": True, "idle": False}}}
+    )
+    assert not needs_speed(SimpleNamespace(speed=False, method="magnitude"), {})
+    assert not needs_speed(SimpleNamespace(speed=True, method="dense"), {})

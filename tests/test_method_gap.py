@@ -60,3 +60,35 @@ def test_ambiguous_or_unknown_regime_is_one_line_and_exit_2(gap, capsys, method,
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+TODAY = Path(__file__).resolve().parents[1] / "leaderboards" / "runs" / "today"
+
+
+def test_a_seed_whose_cells_learned_from_different_teachers_is_named(gap, capsys):
+    """Issue 18's mnli wanda/sparsegpt cells learned from a teacher trained on one machine (records from before
+    the weights hash was kept: told apart by the teacher's training run), obert and the magnitude rows from
+    one retrained on another (weights bb33e701...)."""
+    assert gap.main(str(TODAY), "mnli", "sparsegpt", "magnitude/oneshot", "0.9") == 0
+    out = capsys.readouterr().out
+    assert "seed 0: the two cells learned from different dense teachers (1738.542646s ce=" in out
+    assert "vs bb33e701745600686812" in out and out.rstrip().endswith(
+        "seeds [0] compare models of different teachers"
+    )
+    assert gap.main(str(TODAY), "mnli", "obert", "magnitude/oneshot", "0.9") == 0
+    assert "different" not in capsys.readouterr().out
+
+
+def test_same_teacher_by_weights_then_by_training_run():
+    from capbench.report.frame import same_teacher, teacher_fingerprint
+
+    def record(sha=None, seconds=None, ce=None):
+        training = {"seconds": seconds, "final_loss_terms": {"ce": ce}} if seconds is not None else {}
+        return {"teacher": {"key": "k", **({"weights_sha256": sha} if sha else {}), "training": training}}
+
+    a, b = teacher_fingerprint(record("aa", 10.0, 0.4)), teacher_fingerprint(record("bb", 10.0, 0.4))
+    assert same_teacher(a, b) is False  # the weights decide where both have them
+    assert same_teacher(a, teacher_fingerprint(record(None, 10.0, 0.4))) is True  # else the training run
+    assert same_teacher(a, teacher_fingerprint(record(None, 11.0, 0.4))) is False
+    assert same_teacher(a, teacher_fingerprint(record())) is None  # an older record cannot tell
+    assert teacher_fingerprint({}) is None

@@ -78,3 +78,35 @@ def test_rows_scored_against_another_reference_are_not_paired():
     b, _ = _model(rng, 0.7)  # its own reference and embeddings rows
     d = paired_row_bootstrap({"0": {"p": a}}, {"0": {"p": b}})
     assert d["probes"] == [] and d["low"] is None and not d["called"]
+
+
+def test_seeds_that_learned_from_different_teachers_are_left_out_of_the_pair():
+    from capbench.report.probe_table import paired_lines
+
+    def row(method, retention, teachers):
+        return {
+            "task": "mnli",
+            "sparsity": 0.9,
+            "method": method,
+            "row": method,
+            "n": len(retention),
+            "retention_by_seed": retention,
+            "rows_by_seed": {},
+            "teacher_by_seed": {seed: {"weights": w, "run": None} for seed, w in teachers.items()},
+        }
+
+    base = row("magnitude", {"0": 0.50, "1": 0.52, "2": 0.49}, {"0": "a", "1": "a", "2": "a"})
+    cap = row("cap_magnitude", {"0": 0.60, "1": 0.61, "2": 0.63}, {"0": "a", "1": "a", "2": "a"})
+    (line,) = paired_lines([base, cap])
+    assert "n = 3 seeds" in line and "left out" not in line
+    cap["teacher_by_seed"]["2"]["weights"] = "b"  # seed 2 of CAP ran on another machine
+    (line,) = paired_lines([base, cap])
+    assert "n = 2 seeds; seed 2 left out: another teacher" in line
+    assert "+0.095" in line  # the mean over seeds 0 and 1 only
+    for seed in ("0", "1"):
+        cap["teacher_by_seed"][seed]["weights"] = "b"
+    (line,) = paired_lines([base, cap])
+    assert "not paired: the two cells learned from different dense teachers (b vs a" in line
+    for seed in ("0", "1", "2"):  # records that do not say which teacher are paired as before
+        cap["teacher_by_seed"][seed]["weights"] = None
+    assert "n = 3 seeds" in paired_lines([base, cap])[0]

@@ -183,3 +183,38 @@ def test_read_json_treats_any_unparsable_file_as_missing(tmp_path):
     (tmp_path / "bad.json").write_text('{"steps": 3')
     (tmp_path / "binary.json").write_bytes(b'{"steps": \xff\xfe}')
     assert [read_json(tmp_path / n) for n in ("missing.json", "bad.json", "binary.json")] == [None] * 3
+
+
+def test_records_name_the_commit_the_run_started_with(tiny_model_dir, tiny_glue, tmp_path, monkeypatch):
+    """A checkout that moves under a running grid (a merge while cells train) must not relabel the records
+    that process still writes: the commit is read when `capbench run` starts."""
+    from capbench import provenance
+
+    provenance.git_commit.cache_clear()
+    real_run, moved = subprocess.run, []
+
+    def git(cmd, *args, **kwargs):
+        done = real_run(cmd, *args, **kwargs)
+        if moved and "rev-parse" in cmd:
+            done.stdout = "f" * 40 + "\n"  # HEAD moved on after the run started
+        return done
+
+    monkeypatch.setattr(provenance.subprocess, "run", git)
+    real_train = runner.train
+
+    def train(*args, **kwargs):
+        moved.append(True)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "train", train)
+    started = None
+    try:
+        out = tmp_path / "run"
+        assert (
+            main(run_args(tiny_model_dir, tiny_glue, out, tmp_path / "cache", "--methods", "magnitude")) == 0
+        )
+        started = provenance.git_commit()
+    finally:
+        provenance.git_commit.cache_clear()
+    commits = {r["git_commit"] for r in load_records(out)}
+    assert len(commits) == 1 and commits == {started} and "f" * 40 not in str(commits)

@@ -3,7 +3,10 @@
 Pairs: at each (task, criterion, sparsity, seed), the default CAP cell (row ``cap_<criterion>``: all modules,
 both losses) and its criterion's cell trained with KD from the same teacher on the same budget (row
 ``<criterion> +KD``; CAP's loss is that KD loss plus its contrastive terms), gradual regime, the same preset,
-model, data and training settings.  Both models predicted the same evaluation rows, stored per example beside
+model, data and training settings.  "The same teacher" is checked where the records say which one
+(``report.frame.same_teacher``: the teacher's weights hash, else its training run): the teacher is retrained
+on each machine, so a pair whose cells ran on different machines is left out, with the reason, rather than
+paired across two teachers.  Both models predicted the same evaluation rows, stored per example beside
 each record (``capbench.predictions``), so their difference is taken on the same rows.
 
 Interval (``paired_bootstrap``): B = 2,000 replicates.  In each, the evaluation rows are drawn with replacement
@@ -22,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from capbench.errors import CapbenchError
-from capbench.report.frame import register_column
+from capbench.report.frame import register_column, teacher_mismatch
 from capbench.report.tables import Col, Table
 
 REPLICATES = 2000
@@ -145,6 +148,9 @@ def effect_cell(group: pd.DataFrame) -> dict:
             continue
         if {k: a["configuration"].get(k) for k in SHARED} != {k: b["configuration"].get(k) for k in SHARED}:
             skipped[seed] = "the two cells differ in settings other than the method"
+            continue
+        if reason := teacher_mismatch(a["teacher_run"], b["teacher_run"]):
+            skipped[seed] = f"{reason}, so they are not paired"
             continue
         try:
             idx_a, pred_a, label_a = _aligned(_arrays(a["examples"], a["split"]))

@@ -254,6 +254,41 @@ def _teacher(record: Mapping) -> str | None:
     return f"trained on {where} with torch {machine.get('torch', '?')}, weights not recorded"
 
 
+def teacher_fingerprint(record: Mapping) -> dict | None:
+    """Which dense teacher run the cell learned from, for pairing two cells: ``{"weights": the saved weights'
+    sha256 prefix or None, "run": the teacher training's wall seconds and final loss terms or None}`` (the
+    dense cell: the run that produced it). Two runs of the same recipe differ in both; records from before
+    either was kept give ``{"weights": None, "run": None}``. None for a record without a teacher."""
+    teacher = record.get("teacher") or {}
+    if not teacher:
+        return None
+    training = teacher.get("training") or {}
+    loss = training.get("final_loss_terms") or {}
+    run = None
+    if isinstance(training.get("seconds"), int | float) and loss:
+        run = f"{float(training['seconds']):.6f}s " + " ".join(f"{k}={loss[k]!r}" for k in sorted(loss))
+    return {"weights": teacher.get("weights_sha256"), "run": run}
+
+
+def same_teacher(a: Mapping | None, b: Mapping | None) -> bool | None:
+    """Whether two ``teacher_fingerprint``s name the same teacher: by the weights' hash where both have one,
+    else by the training run where both have one; None when the records cannot tell (older records)."""
+    if not a or not b:
+        return None
+    for key in ("weights", "run"):
+        if a.get(key) and b.get(key):
+            return a[key] == b[key]
+    return None
+
+
+def teacher_mismatch(a: Mapping | None, b: Mapping | None) -> str | None:
+    """The reason two cells cannot be paired because they learned from different teachers, else None."""
+    if same_teacher(a, b) is not False:
+        return None
+    left, right = (x.get("weights") or x.get("run") for x in (a, b))
+    return f"the two cells learned from different dense teachers ({left} vs {right}; the teacher is retrained on each machine)"
+
+
 def record_row(record: Mapping) -> dict:
     """One record's frame row: the only place the leaderboard reads a record."""
     from capbench.leaderboard import cell_config, config_digest, row_label, sparsity_key
@@ -281,6 +316,7 @@ def record_row(record: Mapping) -> dict:
         **_speed(record),
         **_provenance(record, spec),
         "teacher": _teacher(record),
+        "teacher_run": teacher_fingerprint(record),
     }
     row.update({name: fn(record) for name, fn in EXTRA_COLUMNS.items()})
     return row

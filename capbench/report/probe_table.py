@@ -6,7 +6,8 @@ fine-tuning seeds (n), the chance-corrected accuracy and the selectivity at the 
 table, paired differences (each CAP variant against its criterion, every other method against magnitude) with
 a 95% interval: a bootstrap over the probes' test rows paired by row (``paired_row_bootstrap``) where the
 records keep their rows, else a t-interval over fine-tuning seeds; a difference is called only when its
-interval excludes 0.
+interval excludes 0. A seed whose two models learned from different dense teachers (the teacher is retrained
+on each machine; ``report.frame.same_teacher``) is left out of the pair, and the line says so.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from scipy import stats as scipy_stats
 
 from capbench.probing.probe import unpack_correct
 from capbench.report.cap_effect import BOOTSTRAP_SEED, REPLICATES
+from capbench.report.frame import teacher_mismatch
 from capbench.report.tables import Col, Table, varies
 from capbench.spec import DENSE
 
@@ -46,6 +48,12 @@ def probe_cell(group: pd.DataFrame) -> dict:
         for seed, value in zip(group["seed"], group["probe_retention"])
         if value == value
     }
+    # which dense teacher each seed's model learned from, where its record says (report.frame.same_teacher)
+    teachers = {
+        str(seed): teacher
+        for seed, teacher in zip(group["seed"], group.get("teacher_run", [None] * len(group)))
+        if teacher and any(teacher.values())
+    }
     return {
         "method": group.iloc[0]["method"],
         "retention": float(np.mean(values)) if values else None,
@@ -59,6 +67,7 @@ def probe_cell(group: pd.DataFrame) -> dict:
         },
         "chance_corrected": _nanmean(group["probe_chance_corrected"]),
         "selectivity": _nanmean(group["probe_selectivity"]),
+        **({"teacher_by_seed": teachers} if teachers else {}),
     }
 
 
@@ -207,6 +216,21 @@ def paired_row_bootstrap(
     return out
 
 
+def _teachers(row: dict, other: dict, seed: str) -> tuple:
+    return (row.get("teacher_by_seed") or {}).get(seed), (other.get("teacher_by_seed") or {}).get(seed)
+
+
+def _other_teacher_seeds(row: dict, other: dict) -> set[str]:
+    """The shared seeds whose two models learned from different dense teachers (a grid run across machines
+    retrains the teacher): their difference is not paired."""
+    shared = set(row.get("retention_by_seed") or {}) & set(other.get("retention_by_seed") or {})
+    return {seed for seed in shared if teacher_mismatch(*_teachers(row, other, seed))}
+
+
+def _without(by_seed: dict, seeds: set[str]) -> dict:
+    return {seed: value for seed, value in by_seed.items() if seed not in seeds}
+
+
 def paired_lines(rows: list[dict]) -> list[str]:
     """Markdown lines: every (row, its baseline) pair per task and sparsity, with the paired interval."""
     lines = []
@@ -219,17 +243,26 @@ def paired_lines(rows: list[dict]) -> list[str]:
         if other is None or row["row"] != row["method"]:
             continue
         where = f"{row['task']} {100 * float(row['sparsity']):g}%: {row['method']} − {base}"
-        d = paired_row_bootstrap(row.get("rows_by_seed") or {}, other.get("rows_by_seed") or {})
+        apart = _other_teacher_seeds(row, other)
+        if apart and not (set(row["retention_by_seed"]) & set(other["retention_by_seed"])) - apart:
+            lines.append(f"- {where}: not paired: {teacher_mismatch(*_teachers(row, other, min(apart)))}")
+            continue
+        mine_rows, their_rows = (_without(r.get("rows_by_seed") or {}, apart) for r in (row, other))
+        d = paired_row_bootstrap(mine_rows, their_rows)
+        left_out = f"; seed {', '.join(sorted(apart))} left out: another teacher" if apart else ""
         if d["low"] is not None:
-            how = f"95% bootstrap over probe test rows, paired, {d['n']} seed{'s' if d['n'] > 1 else ''}"
+            how = f"95% bootstrap over probe test rows, paired, {d['n']} seed{'s' if d['n'] > 1 else ''}{left_out}"
         else:
-            d, how = paired_difference(row["retention_by_seed"], other["retention_by_seed"]), None
+            mine, theirs = (_without(r["retention_by_seed"], apart) for r in (row, other))
+            d, how = paired_difference(mine, theirs), None
             if d["diff"] is None:
                 continue
             if d["low"] is None:
-                lines.append(f"- {where}: {d['diff']:+.3f} (n = {d['n']} seed, no interval; not called)")
+                lines.append(
+                    f"- {where}: {d['diff']:+.3f} (n = {d['n']} seed, no interval; not called{left_out})"
+                )
                 continue
-            how = f"95% t, n = {d['n']} seeds"
+            how = f"95% t, n = {d['n']} seeds{left_out}"
         verdict = (
             f"{row['method'] if d['diff'] > 0 else base} keeps more"
             if d["called"]

@@ -49,7 +49,12 @@ def speed_record(record: dict, spec, ctx) -> dict:
     if getattr(ctx, "show_progress", False):
         cell = record.get("cell_id", "")
         progress = lambda msg: print(f"  [speed {cell}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    return bench_model(model, dense, options, progress=progress, sentences=sentences)
+    from capbench.quiet import quiet_window
+
+    # the other workers of this machine pause while it times (capbench.quiet); its load reading says if they did
+    with quiet_window(getattr(ctx, "cache_dir", None)) as window:
+        result = bench_model(model, dense, options, progress=progress, sentences=sentences)
+    return {**result, "quiet_window": window}
 
 
 def _batches(options: BenchOptions) -> list[int]:

@@ -13,7 +13,8 @@ with oneshot=true), NAME/gradual only the others; a bare NAME takes both and sto
 each, as magnitude has in a grid with today's baselines (its one-shot control row beside the gradual row).
 
 Seed s of A is paired with seed s of B (the same teacher seed, the same batches); dense cells are matched
-by seed whatever the sparsity asked. Prints per seed A, B and A − B on the main split (×100), then the mean
+by seed whatever the sparsity asked. A seed whose two cells learned from different dense teachers (the teacher
+is retrained on each machine; capbench.report.frame.same_teacher) is still compared, and the output says so. Prints per seed A, B and A − B on the main split (×100), then the mean
 difference with its 95% interval, and the same interval with the seeds held fixed (rows drawn only).
 """
 
@@ -28,6 +29,7 @@ from capbench.leaderboard import regime_suffix
 from capbench.predictions import read_predictions
 from capbench.records import load_records
 from capbench.report.cap_effect import _aligned, paired_bootstrap, weighted_metric
+from capbench.report.frame import teacher_fingerprint, teacher_mismatch
 from capbench.tasks import get_task
 
 REGIMES = ("oneshot", "gradual")
@@ -75,8 +77,12 @@ def main(run_dir: str, task: str, a: str, b: str, sparsity: str) -> int:
     if not seeds:
         print(f"{run_dir}: no seed with both {a} and {b} on {task} at {sparsity}", file=sys.stderr)
         return 2
-    pairs, label = [], None
+    pairs, label, crossed = [], None, []
     for seed in seeds:
+        mismatch = teacher_mismatch(teacher_fingerprint(cells_a[seed]), teacher_fingerprint(cells_b[seed]))
+        if mismatch:
+            crossed.append(seed)
+            print(f"seed {seed}: {mismatch}: the difference also carries the teacher's run-to-run variation")
         ia, pa, la = _aligned(read_predictions(cells_a[seed], records_dir)[split])
         ib, pb, lb = _aligned(read_predictions(cells_b[seed], records_dir)[split])
         assert np.array_equal(ia, ib) and np.array_equal(la, lb), "the two cells evaluated different rows"
@@ -90,6 +96,7 @@ def main(run_dir: str, task: str, a: str, b: str, sparsity: str) -> int:
         f"{task} {split} {metric}, {a} − {b} at {sparsity}, seeds {seeds}, {both['rows']} rows: "
         f"{100 * both['difference']:+.2f} [{100 * both['low']:+.2f}, {100 * both['high']:+.2f}] "
         f"(rows and seeds drawn, {both['replicates']} replicates)"
+        + (f"; seeds {crossed} compare models of different teachers" if crossed else "")
     )
     if len(pairs) > 1:
         fixed = paired_bootstrap(metric, pairs, label, draw_seeds=False)
