@@ -26,9 +26,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+CODE_PATHS = ("capbench", "tasks", "pyproject.toml")  # what a run executes, relative to the checkout
+
+
 @functools.cache
 def git_commit() -> str | None:
-    """The commit of the capbench checkout (with '+dirty' for local changes), or None outside a checkout.
+    """The commit of the capbench checkout, with '+dirty' for local changes to what a run executes (the
+    package, the task files, pyproject.toml; not records or leaderboards, which a grid itself writes into
+    the checkout), or None outside a checkout.
 
     Read once per process (``capbench run`` reads it before any work): the code the process imported. A
     checkout updated under a running grid (a pull, a merge) must not relabel the records that process
@@ -43,7 +48,7 @@ def git_commit() -> str | None:
             timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
             capture_output=True,
             text=True,
             timeout=10,

@@ -218,3 +218,35 @@ def test_records_name_the_commit_the_run_started_with(tiny_model_dir, tiny_glue,
         provenance.git_commit.cache_clear()
     commits = {r["git_commit"] for r in load_records(out)}
     assert len(commits) == 1 and commits == {started} and "f" * 40 not in str(commits)
+
+
+def test_records_written_into_the_checkout_do_not_make_it_dirty(tmp_path):
+    """A grid writes its records into the checkout (leaderboards/runs/...): that is not a change to the code
+    that ran, so the commit carries no '+dirty'; a change to the package does."""
+    import shutil
+
+    from capbench import provenance
+
+    repo = tmp_path / "checkout"
+    (repo / "capbench").mkdir(parents=True)
+    (repo / "capbench" / "__init__.py").write_text("")
+    (repo / "leaderboards").mkdir()
+    (repo / "leaderboards" / "r.json").write_text("{}")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    fake = type("M", (), {"__file__": str(repo / "capbench" / "__init__.py")})
+    real = provenance.capbench
+    try:
+        provenance.capbench = fake
+        provenance.git_commit.cache_clear()
+        (repo / "leaderboards" / "r.json").write_text('{"a": 1}')  # a record rewritten by a measurement
+        assert not provenance.git_commit().endswith("+dirty")
+        provenance.git_commit.cache_clear()
+        (repo / "capbench" / "__init__.py").write_text("X = 1\n")
+        assert provenance.git_commit().endswith("+dirty")
+    finally:
+        provenance.capbench = real
+        provenance.git_commit.cache_clear()
+    shutil.rmtree(repo)
