@@ -159,20 +159,23 @@ def _product_cells(args):
     return cells, source
 
 
-def print_plan(cells: list, out_dir: Path) -> int:
+def print_plan(cells: list, out_dir: Path, cache_dir: Path | None = None) -> int:
     """What a run would do, without loading a model: each cell id, and whether it trains ("to run"), is
     finished but lacks a requested --probes/--speed result or another registered measurement, which a run adds
     without retraining ("measure", as measure_after_cell does), or is finished."""
     from capbench.cell_protocol import lost_model_note
     from capbench.checkpoint import Checkpointer, checkpoint_path
     from capbench.measure import missing_measurements
+    from capbench.runner import checkpoint_teacher_note
 
     records.require_current_schema(out_dir)
     finished = measure = 0
     for spec in cells:
         if not is_finished(spec, out_dir):
-            step = Checkpointer.saved_step(checkpoint_path(out_dir, spec.cell_id))
-            why = [f"resumes at step {step}"] if step else []
+            saved = Checkpointer.saved_info(checkpoint_path(out_dir, spec.cell_id))
+            step = saved["step"] if saved else None
+            other = step and checkpoint_teacher_note(spec, saved["identity"], step, cache_dir)
+            why = [other] if other else [f"resumes at step {step}"] if step else []
             why += [note] if (note := lost_model_note(spec, out_dir)) else []
             print(f"{'to run':8s}  {spec.cell_id}" + (f"  ({'; '.join(why)})" if why else ""))
             continue
@@ -220,7 +223,7 @@ def run_from_args(args, default_cache: Path) -> int:
     cells, source = cells_from_args(args)
     out_dir = Path(args.out)
     if getattr(args, "dry_run", False):
-        code = print_plan(cells, out_dir)
+        code = print_plan(cells, out_dir, Path(args.cache_dir) if args.cache_dir else default_cache)
         if getattr(args, "estimate", False):
             from capbench.estimate import estimate
 

@@ -211,6 +211,25 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
 
 
 TRAINING_FILE = "capbench_training.json"  # beside a cached teacher's weights: how they were trained
+TEACHER_MARK = (
+    " teacher "  # a pruned cell's checkpoint identity: its digest, this, its teacher's weights hash
+)
+
+
+def checkpoint_teacher_note(spec: CellSpec, identity: str, step: int, cache_dir: Path | None) -> str | None:
+    """For the dry run: why a cell's checkpoint (``identity``, at ``step``) will not be resumed, because it
+    learned from a teacher whose weights this machine's cache does not hold (so the cell starts over), or
+    None when it will resume (or cannot tell without a cache)."""
+    if TEACHER_MARK not in identity or cache_dir is None:
+        return None
+    wanted = identity.split(TEACHER_MARK, 1)[1]
+    target = Path(cache_dir) / "dense" / teacher_key(spec)
+    held = weights_sha256(target) if (target / "config.json").is_file() else None
+    if held == wanted:
+        return None
+    now = f"the cache holds {held}" if held else "no cached teacher here yet"
+    return f"its checkpoint at step {step} learned from teacher {wanted}; {now}: starts over"
+    held = weights_sha256(target) if (target / "config.json").is_file() else None
 
 
 def check_model_identity(spec: CellSpec) -> None:
@@ -257,7 +276,7 @@ def _train_pruned(ctx, model, loader, cfg, loss_fn, pruner, logits, steps, spec,
     """``train`` with a progress bar, then the teacher's logits cached for the next cell that needs them."""
     # A checkpoint resumes only with the teacher it learned from: a teacher retrained since (a cleared cache,
     # another machine) has other weights, and half a cell distilled from each is neither.
-    identity = spec.digest if logits.weights is None else f"{spec.digest} teacher {logits.weights}"
+    identity = spec.digest if logits.weights is None else f"{spec.digest}{TEACHER_MARK}{logits.weights}"
     saver = Checkpointer(checkpoint_path(ctx.out_dir, spec.cell_id), ctx.checkpoint_every, identity)
     with _progress(ctx, steps, f"{spec.method} {spec.sparsity:g} {spec.task}{what}") as bar:
         stats = train(model, loader, cfg, loss_fn=loss_fn, pruner=pruner, progress=bar, checkpoint=saver)

@@ -1,5 +1,7 @@
 """Mid-training checkpoints: an interrupted cell resumes to the same weights and predictions, for every method."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -265,7 +267,9 @@ def test_a_resumed_cell_counts_the_time_before_its_interruption_in_its_total():
     assert cell_timings(0.0, 10.0, 410.0, 430.0, 431.0, {"seconds": 400.0})["total_seconds"] == 431.0
 
 
-def test_a_cell_does_not_resume_with_a_retrained_teacher(tiny_model_dir, tiny_glue, tmp_path, monkeypatch):
+def test_a_cell_does_not_resume_with_a_retrained_teacher(
+    tiny_model_dir, tiny_glue, tmp_path, monkeypatch, capsys
+):
     """Half a cell distilled from one teacher and half from another is neither: when the cached teacher's
     weights changed since the checkpoint (a cleared cache, another machine), the cell trains from the start."""
     from safetensors.torch import save_file
@@ -276,11 +280,20 @@ def test_a_cell_does_not_resume_with_a_retrained_teacher(tiny_model_dir, tiny_gl
     assert main(args) == 130
     assert len(list((out / ".checkpoints").glob("*.pt"))) == 1
     monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*args, "--dry-run"]) == 0
+    assert "(resumes at step 5)" in capsys.readouterr().out
     (weights,) = (cache / "dense").glob("*/model.safetensors")
     tensors = load_file(weights)
     name = next(k for k in tensors if k.endswith("classifier.weight"))
     tensors[name] = tensors[name] + 0.01  # the teacher, retrained: other weights under the same key
     save_file(tensors, weights, metadata={"format": "pt"})
+    assert main([*args, "--dry-run"]) == 0  # the plan says so instead of promising a resume
+    plan = capsys.readouterr().out
+    assert "resumes at step" not in plan
+    assert re.search(
+        r"its checkpoint at step 5 learned from teacher \w{20}; the cache holds \w{20}: starts over", plan
+    )
     assert main(args) == 0
     record = _cell(out, "magnitude")
     assert record["status"] == "done" and "resumed" not in record["train"]
