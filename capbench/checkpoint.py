@@ -275,13 +275,6 @@ class Checkpointer:
         return state
 
     @staticmethod
-    def saved_step(path: str | Path) -> int | None:
-        """The step a checkpoint file would resume at, read without loading its tensors (mmap); None when
-        there is no readable checkpoint."""
-        saved = Checkpointer.saved_info(path)
-        return None if saved is None else saved["step"]
-
-    @staticmethod
     def saved_info(path: str | Path) -> dict | None:
         """{"step", "identity"} of a checkpoint file, read without loading its tensors (mmap); None when
         there is no readable checkpoint."""

@@ -211,9 +211,8 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
 
 
 TRAINING_FILE = "capbench_training.json"  # beside a cached teacher's weights: how they were trained
-TEACHER_MARK = (
-    " teacher "  # a pruned cell's checkpoint identity: its digest, this, its teacher's weights hash
-)
+# A pruned cell's checkpoint identity: its digest, this mark, its teacher's weights hash.
+TEACHER_MARK = " teacher "
 
 
 def checkpoint_teacher_note(spec: CellSpec, identity: str, step: int, cache_dir: Path | None) -> str | None:
@@ -229,7 +228,6 @@ def checkpoint_teacher_note(spec: CellSpec, identity: str, step: int, cache_dir:
         return None
     now = f"the cache holds {held}" if held else "no cached teacher here yet"
     return f"its checkpoint at step {step} learned from teacher {wanted}; {now}: starts over"
-    held = weights_sha256(target) if (target / "config.json").is_file() else None
 
 
 def check_model_identity(spec: CellSpec) -> None:

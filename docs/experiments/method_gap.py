@@ -14,8 +14,9 @@ each, as magnitude has in a grid with today's baselines (its one-shot control ro
 
 Seed s of A is paired with seed s of B (the same teacher seed, the same batches); dense cells are matched
 by seed whatever the sparsity asked. A seed whose two cells learned from different dense teachers (the teacher
-is retrained on each machine; capbench.report.frame.same_teacher) is still compared, and the output says so. Prints per seed A, B and A − B on the main split (×100), then the mean
-difference with its 95% interval, and the same interval with the seeds held fixed (rows drawn only).
+is retrained on each machine; capbench.report.frame.same_teacher) is still compared, and the output says so.
+Prints per seed A, B and A − B on the main split (×100), then the mean difference with its 95% interval, and
+the same interval with the seeds held fixed (rows drawn only).
 """
 
 from __future__ import annotations
