@@ -24,7 +24,11 @@ def add_run_parser(subparsers) -> None:
     # The grid flags (tasks ... kd) default to None here: capbench.gridfile.GRID_KEYS holds their defaults, so
     # that a flag given beside --grid can be told from one left out.
     p.add_argument("--tasks", help="comma-separated task names (capbench ls tasks); or give --grid")
-    p.add_argument("--methods", help="comma-separated methods (capbench ls methods; default magnitude)")
+    p.add_argument(
+        "--methods",
+        help="comma-separated methods (capbench ls methods; default magnitude); every (task, seed) also gets "
+        "its dense reference, and `dense` alone runs only those",
+    )
     p.add_argument("--sparsity", help="fractions of prunable weights removed, in [0, 1) (default 0.5,0.9)")
     p.add_argument("--seeds", help="comma-separated seeds (default 0)")
     p.add_argument(
@@ -183,6 +187,9 @@ def cmd_ls(args) -> int:
             where = regime(method.name, method.defaults)  # the regime its defaults run in
             source = f"; source: {method.source}" if method.source and not name.startswith("cap_") else ""
             print(f"{name:16s} [{where}] {description}{source}")
+        print(
+            f"{'dense':16s} [reference] the dense fine-tuned model (the KD teacher) of each (task, seed); always run"
+        )
     else:
         from capbench.presets import PRESETS
 

@@ -17,7 +17,7 @@ from capbench.errors import CapbenchError
 from capbench.grid import check_probe_sizes, expand_grid, parse_seeds, parse_shard, parse_sparsities, shard
 from capbench.gridfile import GRID_KEYS, fill_defaults, load_grid
 from capbench.layout import max_positions
-from capbench.methods import check_methods, grid_method_specs, regime_controls
+from capbench.methods import grid_method_specs, grid_methods, regime_controls
 from capbench.model_identity import model_identity
 from capbench.models import load_config, resolve_model_path
 from capbench.options import parse_key_values
@@ -81,7 +81,7 @@ def _quiet_libraries() -> None:
 def _product_cells(args):
     tasks = parse_task_list(args.tasks)
     methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))  # each once
-    methods = check_methods(methods)  # canonical names: cap_soft_movement is cap_soft
+    methods = grid_methods(methods)  # canonical (cap_soft_movement is cap_soft), without `dense`
     sparsities = parse_sparsities(args.sparsity)
     seeds = parse_seeds(args.seeds)
     shard_slice = parse_shard(args.shard)

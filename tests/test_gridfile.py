@@ -122,7 +122,7 @@ def test_every_committed_grid_file_names_known_tasks_methods_and_options():
 
     from capbench.cap.config import CapConfig
     from capbench.grid import parse_seeds, parse_sparsities
-    from capbench.methods import check_methods
+    from capbench.methods import grid_methods
     from capbench.options import parse_key_values
     from capbench.tasks import parse_task_list
 
@@ -131,7 +131,27 @@ def test_every_committed_grid_file_names_known_tasks_methods_and_options():
     for path in files:
         for block in load_grid(path):
             parse_task_list(block["tasks"])
-            check_methods(block["methods"].split(","))
+            grid_methods(block["methods"].split(","))
             parse_sparsities(block["sparsity"])
             parse_seeds(block["seeds"])
             CapConfig.from_options(parse_key_values(block["cap_option"], "cap_option"))
+
+
+def test_a_dense_block_plans_only_dense_references(tiny_model_dir, tiny_glue, tmp_path, capsys):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(GRID + "  - tasks: rte\n    methods: dense\n    seeds: 1,2\n")
+    args = _grid_args(tiny_model_dir, tiny_glue, tmp_path / "run", tmp_path / "cache", grid)
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "7 cells: 7 to run" in out  # the 5 of GRID and the dense references of seeds 1 and 2
+    assert "rte-dense-0-seed1-" in out and "rte-dense-0-seed2-" in out
+    assert "seed1" not in out.replace("rte-dense-0-seed1-", "")
+
+
+def test_dense_beside_an_unknown_method_still_fails_in_one_line(capsys):
+    from capbench.methods import grid_methods
+
+    assert grid_methods(["dense"]) == []
+    assert grid_methods(["dense", "cap_soft_movement"]) == ["cap_soft"]
+    with pytest.raises(CapbenchError, match="unknown method 'dens'"):
+        grid_methods(["dens"])
