@@ -110,3 +110,45 @@ def test_seeds_that_learned_from_different_teachers_are_left_out_of_the_pair():
     for seed in ("0", "1", "2"):  # records that do not say which teacher are paired as before
         cap["teacher_by_seed"][seed]["weights"] = None
     assert "n = 3 seeds" in paired_lines([base, cap])[0]
+
+
+def test_each_row_pairs_with_its_kd_criterion_or_the_magnitude_row_of_its_regime():
+    """The labels real grids give (KD on by default, one-shot regime rows, CAP variants): a fault here left
+    the published board without any paired probe difference."""
+    from capbench.report.probe_table import baseline_of, paired_lines
+
+    def row(label, method, retention):
+        by_seed = {"0": retention, "1": retention + 0.01}
+        return {"task": "mnli", "sparsity": 0.97, "method": method, "row": label, "n": 2}, by_seed
+
+    labels = {
+        "dense": "dense",
+        "magnitude +KD": "magnitude",
+        "soft_movement +KD": "soft_movement",
+        "cap_soft": "cap_soft",
+        "cap_magnitude": "cap_magnitude",
+        "cap_magnitude [prc+fic/unsup+sup/pooler]": "cap_magnitude",
+        "wanda +KD [one-shot on fine-tuned]": "wanda",
+        "magnitude +KD [one-shot on fine-tuned]": "magnitude",
+    }
+    rows = []
+    for i, (label, method) in enumerate(labels.items()):
+        r, by_seed = row(label, method, 0.1 * i)
+        rows.append({**r, "retention_by_seed": by_seed, "rows_by_seed": {}, "teacher_by_seed": {}})
+    names = set(labels)
+    assert baseline_of("cap_soft", "cap_soft", names) == "soft_movement +KD"
+    assert baseline_of("cap_magnitude", "cap_magnitude", names) == "magnitude +KD"
+    assert baseline_of("cap_magnitude", "cap_magnitude", {"magnitude"}) == "magnitude"  # a grid without KD
+    assert baseline_of("wanda +KD [one-shot on fine-tuned]", "wanda", names) == (
+        "magnitude +KD [one-shot on fine-tuned]"
+    )
+    assert baseline_of("soft_movement +KD", "soft_movement", names) == "magnitude +KD"
+    for label in ("dense", "magnitude +KD", "cap_magnitude [prc+fic/unsup+sup/pooler]"):
+        assert baseline_of(label, labels[label], names) is None
+    pairs = sorted(line.split(": ")[1] for line in paired_lines(rows))
+    assert pairs == [
+        "cap_magnitude − magnitude +KD",
+        "cap_soft − soft_movement +KD",
+        "soft_movement +KD − magnitude +KD",
+        "wanda +KD [one-shot on fine-tuned] − magnitude +KD [one-shot on fine-tuned]",
+    ]

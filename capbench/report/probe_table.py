@@ -3,8 +3,8 @@
 Rows: the pre-trained reference (retention 1 by definition), the two floor models (random weights, zeroed
 encoder; see capbench.probing.floors), then every method; columns per sparsity: retention as mean ± std over
 fine-tuning seeds (n), the chance-corrected accuracy and the selectivity at the reference layer. Under the
-table, paired differences (each CAP variant against its criterion, every other method against magnitude) with
-a 95% interval: a bootstrap over the probes' test rows paired by row (``paired_row_bootstrap``) where the
+table, paired differences (each default CAP row against its criterion trained with KD, every other method
+against magnitude of the same KD setting and regime; ``baseline_of``) with a 95% interval: a bootstrap over the probes' test rows paired by row (``paired_row_bootstrap``) where the
 records keep their rows, else a t-interval over fine-tuning seeds; a difference is called only when its
 interval excludes 0. A seed whose two models learned from different dense teachers (the teacher is retrained
 on each machine; ``report.frame.same_teacher``) is left out of the pair, and the line says so.
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from capbench.methods import criterion_of, is_cap
 from capbench.probing.probe import unpack_correct
 from capbench.report.cap_effect import BOOTSTRAP_SEED, REPLICATES
 from capbench.report.frame import teacher_mismatch
@@ -105,13 +106,28 @@ def show_retention(row: dict) -> str:
     return f"{value:.3f} ± {spread:.3f} ({row['n']})" if spread is not None else f"{value:.3f} (1)"
 
 
-def baseline_of(method: str, methods: set[str]) -> str | None:
-    """The row a method is compared with: a CAP variant's own criterion, else magnitude."""
-    if method.startswith("cap_") and method[4:] in methods:
-        return method[4:]
-    if method not in (BASELINE, DENSE) and BASELINE in methods:
-        return BASELINE
-    return None
+def baseline_of(label: str, method: str, labels: set[str]) -> str | None:
+    """The row label a probe row (``label``, of grid method ``method``) is compared with, among ``labels``.
+
+    A default CAP row (``cap_X``) goes with its criterion trained with KD from the same teacher (``X +KD``,
+    else ``X`` where the grid ran without KD), as in the CAP − criterion table (capbench.report.cap_effect):
+    CAP's loss is that KD loss plus its contrastive terms.  Any other method's row goes with magnitude's row
+    of the same KD setting and regime (``wanda +KD [one-shot on fine-tuned]`` with ``magnitude +KD [one-shot
+    on fine-tuned]``).  None for dense, the reference and floor rows, CAP variants (the ablation table's),
+    and a row whose counterpart is not on the page."""
+    if method == DENSE or not label.startswith(method):
+        return None
+    suffix = label[len(method) :]  # " +KD", " +KD [one-shot on fine-tuned]", a CAP variant's " [...]"
+    if is_cap(method):
+        if suffix:
+            return None
+        criterion = criterion_of(method)  # cap_soft's is soft_movement
+        candidates = [f"{criterion} +KD", criterion]
+    elif method != BASELINE:
+        candidates = [BASELINE + suffix]
+    else:
+        return None
+    return next((c for c in candidates if c in labels), None)
 
 
 def paired_difference(mine: dict[str, float], theirs: dict[str, float], level: float = 0.95) -> dict:
@@ -235,14 +251,14 @@ def paired_lines(rows: list[dict]) -> list[str]:
     """Markdown lines: every (row, its baseline) pair per task and sparsity, with the paired interval."""
     lines = []
     cells = [r for r in rows if r.get("n")]
-    keyed = {(r["task"], r["sparsity"], r["method"]): r for r in cells if r["row"] == r["method"]}
+    keyed = {(r["task"], r["sparsity"], r["row"]): r for r in cells}
     for row in sorted(cells, key=lambda r: (r["task"], r["sparsity"], r["row"])):
-        methods = {m for (t, s, m) in keyed if t == row["task"] and s == row["sparsity"]}
-        base = baseline_of(row["method"], methods)
-        other = keyed.get((row["task"], row["sparsity"], base)) if base else None
-        if other is None or row["row"] != row["method"]:
+        labels = {label for (t, s, label) in keyed if t == row["task"] and s == row["sparsity"]}
+        base = baseline_of(row["row"], row["method"], labels)
+        if base is None:
             continue
-        where = f"{row['task']} {100 * float(row['sparsity']):g}%: {row['method']} − {base}"
+        other = keyed[(row["task"], row["sparsity"], base)]
+        where = f"{row['task']} {100 * float(row['sparsity']):g}%: {row['row']} − {base}"
         apart = _other_teacher_seeds(row, other)
         if apart and not (set(row["retention_by_seed"]) & set(other["retention_by_seed"])) - apart:
             lines.append(f"- {where}: not paired: {teacher_mismatch(*_teachers(row, other, min(apart)))}")
@@ -264,7 +280,7 @@ def paired_lines(rows: list[dict]) -> list[str]:
                 continue
             how = f"95% t, n = {d['n']} seeds{left_out}"
         verdict = (
-            f"{row['method'] if d['diff'] > 0 else base} keeps more"
+            f"{row['row'] if d['diff'] > 0 else base} keeps more"
             if d["called"]
             else "not distinguishable from 0"
         )
