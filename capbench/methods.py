@@ -82,8 +82,6 @@ def grid_methods(names: list[str]) -> list[str]:
     """The pruning methods of a ``--methods`` list, canonical and each once (``check_methods``), with
     ``dense`` dropped: every (task, seed) of a grid gets its dense reference anyway, so ``--methods dense``
     runs only those. An unknown name fails in one line."""
-    from capbench.spec import DENSE
-
     return check_methods([name for name in names if name != DENSE])
 
 

@@ -4,10 +4,11 @@ Rows: the pre-trained reference (retention 1 by definition), the two floor model
 encoder; see capbench.probing.floors), then every method; columns per sparsity: retention as mean ± std over
 fine-tuning seeds (n), the chance-corrected accuracy and the selectivity at the reference layer. Under the
 table, paired differences (each default CAP row against its criterion trained with KD, every other method
-against magnitude of the same KD setting and regime; ``baseline_of``) with a 95% interval: a bootstrap over the probes' test rows paired by row (``paired_row_bootstrap``) where the
-records keep their rows, else a t-interval over fine-tuning seeds; a difference is called only when its
-interval excludes 0. A seed whose two models learned from different dense teachers (the teacher is retrained
-on each machine; ``report.frame.same_teacher``) is left out of the pair, and the line says so.
+against magnitude of the same KD setting and regime; ``baseline_of``) with a 95% interval: a bootstrap over
+the probes' test rows paired by row (``paired_row_bootstrap``) where the records keep their rows, else a
+t-interval over fine-tuning seeds; a difference is called only when its interval excludes 0. A seed whose
+two models learned from different dense teachers (the teacher is retrained on each machine;
+``report.frame.same_teacher``) is left out of the pair, and the line says so.
 """
 
 from __future__ import annotations
