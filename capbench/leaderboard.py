@@ -25,7 +25,13 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+KD_SUFFIX = " +KD"
+"""What a row label adds for a cell trained with knowledge distillation from its dense teacher."""
+
+
 def row_label(spec: dict) -> str:
+    """A cell's leaderboard row: its method, ``KD_SUFFIX`` when trained with KD, and its regime suffix; a CAP
+    cell's label is its method plus the ablation variant, if any (CAP always distils)."""
     if spec["method"] == DENSE:
         return DENSE
     if spec.get("cap"):
@@ -33,7 +39,7 @@ def row_label(spec: dict) -> str:
 
         variant = cap_variant(spec)
         return spec["method"] + (f" [{variant}]" if variant else "")
-    return spec["method"] + (" +KD" if spec.get("kd") else "") + regime_suffix(spec)
+    return spec["method"] + (KD_SUFFIX if spec.get("kd") else "") + regime_suffix(spec)
 
 
 def regime_suffix(spec: dict) -> str:

@@ -195,7 +195,7 @@ def show_effect(row: dict) -> str:
 def _side(record) -> tuple[str | None, str | None]:
     """("cap", criterion) for a default CAP cell over one of CRITERIA, ("criterion", criterion) for that
     criterion's gradual +KD cell, (None, None) otherwise."""
-    from capbench.leaderboard import row_label
+    from capbench.leaderboard import KD_SUFFIX, row_label
     from capbench.methods import cap_name
 
     spec = record.get("spec") or {}
@@ -205,7 +205,7 @@ def _side(record) -> tuple[str | None, str | None]:
     for criterion in CRITERIA:
         if row == cap_name(criterion):
             return "cap", criterion
-        if row == f"{criterion} +KD":
+        if row == criterion + KD_SUFFIX:
             return "criterion", criterion
     return None, None
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from capbench.leaderboard import KD_SUFFIX
 from capbench.methods import criterion_of, is_cap
 from capbench.probing.probe import unpack_correct
 from capbench.report.cap_effect import BOOTSTRAP_SEED, REPLICATES
@@ -123,7 +124,7 @@ def baseline_of(label: str, method: str, labels: set[str]) -> str | None:
         if suffix:
             return None
         criterion = criterion_of(method)  # cap_soft's is soft_movement
-        candidates = [f"{criterion} +KD", criterion]
+        candidates = [criterion + KD_SUFFIX, criterion]
     elif method != BASELINE:
         candidates = [BASELINE + suffix]
     else:
