@@ -254,9 +254,11 @@ def paired_lines(rows: list[dict]) -> list[str]:
     lines = []
     cells = [r for r in rows if r.get("n")]
     keyed = {(r["task"], r["sparsity"], r["row"]): r for r in cells}
+    labels: dict[tuple, set[str]] = {}  # (task, sparsity) -> the row labels on that page
+    for task, sparsity, label in keyed:
+        labels.setdefault((task, sparsity), set()).add(label)
     for row in sorted(cells, key=lambda r: (r["task"], r["sparsity"], r["row"])):
-        labels = {label for (t, s, label) in keyed if t == row["task"] and s == row["sparsity"]}
-        base = baseline_of(row["row"], row["method"], labels)
+        base = baseline_of(row["row"], row["method"], labels[row["task"], row["sparsity"]])
         if base is None:
             continue
         other = keyed[(row["task"], row["sparsity"], base)]
