@@ -80,8 +80,8 @@ def _quiet_libraries() -> None:
 
 def _product_cells(args):
     tasks = parse_task_list(args.tasks)
-    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))  # each once
-    methods = grid_methods(methods)  # canonical (cap_soft_movement is cap_soft), without `dense`
+    named = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = grid_methods(named)  # canonical (cap_soft_movement is cap_soft), each once, without `dense`
     sparsities = parse_sparsities(args.sparsity)
     seeds = parse_seeds(args.seeds)
     shard_slice = parse_shard(args.shard)

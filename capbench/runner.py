@@ -254,11 +254,14 @@ def save_model(model, tokenizer, target: Path, extra: dict | None = None) -> Non
     partial.replace(target)
 
 
-def prune_and_train(spec: CellSpec, ctx: RunContext, data: TaskData, teacher, teacher_dir=None) -> tuple:
+def prune_and_train(
+    spec: CellSpec, ctx: RunContext, data: TaskData, teacher, teacher_dir=None, teacher_weights=None
+) -> tuple:
     """The pruned cell's training: (finalized model, train stats, pruner, record sections).
-    ``teacher_dir``: the teacher's saved directory, where its logits are cached for KD."""
+    ``teacher_dir``: the teacher's saved directory, where its logits are cached for KD; ``teacher_weights``:
+    its weights digest when already known (``dense_teacher``'s ``weights_sha256``), else hashed here."""
     model = load_pretrained(spec, data.task, ctx.device)
-    logits = TeacherLogits(teacher, teacher_dir)
+    logits = TeacherLogits(teacher, teacher_dir, teacher_weights)
     loss_fn = build_loss_locked(spec, model, teacher, data, ctx, logits)
     pruner = build_pruner(spec)
     if hasattr(loss_fn, "on_pruning_step"):
@@ -306,7 +309,7 @@ def uses_oneshot_path(spec: CellSpec) -> bool:
 
 
 def prune_oneshot_and_finetune(
-    spec: CellSpec, ctx: RunContext, data: TaskData, teacher, teacher_dir
+    spec: CellSpec, ctx: RunContext, data: TaskData, teacher, teacher_dir, teacher_weights=None
 ) -> tuple:
     """A one-shot cell: the starting model (the dense fine-tuned teacher with ``start=finetuned``, else the
     pre-trained model) pruned once, from calibration rows where the method needs them (a seeded sample of
@@ -321,7 +324,7 @@ def prune_oneshot_and_finetune(
         model = load_classifier(str(teacher_dir), data.task.num_labels).to(ctx.device)  # the teacher stays
     else:
         model = load_pretrained(spec, data.task, ctx.device)
-    logits = TeacherLogits(teacher, teacher_dir)
+    logits = TeacherLogits(teacher, teacher_dir, teacher_weights)
     loss_fn = build_loss_locked(spec, model, teacher, data, ctx, logits)
     pruner = build_pruner(spec)
     cfg, loader = _train_loader(spec, data, ctx.device)
@@ -396,7 +399,9 @@ def run_cell(spec: CellSpec, ctx: RunContext) -> Record:
         model = teacher
     else:
         run = prune_oneshot_and_finetune if uses_oneshot_path(spec) else prune_and_train
-        model, stats, pruner, more = run(spec, ctx, data, teacher, teacher_info["path"])
+        model, stats, pruner, more = run(
+            spec, ctx, data, teacher, teacher_info["path"], teacher_info.get("weights_sha256")
+        )
         sections.update(more)
     trained = time.perf_counter()
     evaluation = evaluate(model, data, spec)

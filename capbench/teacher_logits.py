@@ -42,15 +42,21 @@ class TeacherLogits:
     """``teacher_logits(batch) -> Tensor [batch, num_labels]`` (float32, no grad), cached per batch.
 
     ``directory``: the teacher's saved directory, where the cache is read at construction and merged into by
-    :meth:`save`; None keeps the cache in memory only.  ``computed`` and ``reused`` count batches.
+    :meth:`save`; None keeps the cache in memory only.  ``weights``: that directory's weights digest when the
+    caller already holds it (``dense_teacher``'s ``weights_sha256``), so the file is not hashed again; None
+    hashes it on first use.  ``computed`` and ``reused`` count batches.
     """
 
     # A training checkpoint keeps the counters only: the logits are a cache, recomputed bit for bit.
     checkpoint_skip = ("_store", "_new", "directory", "weights")
 
-    def __init__(self, teacher: torch.nn.Module, directory: str | Path | None = None):
+    def __init__(
+        self, teacher: torch.nn.Module, directory: str | Path | None = None, weights: str | None = None
+    ):
         self.teacher = teacher.eval()
         self.directory = Path(directory) if directory is not None else None
+        if weights is not None and self.directory is not None:
+            self.weights = weights  # the cached property's value, given
         self._store: dict[str, np.ndarray] | None = None  # read on first use: cells without KD never pay
         self._new: set[str] = set()
         self.computed = self.reused = self.computed_examples = 0

@@ -151,6 +151,23 @@ def test_cached_teacher_logits_are_bit_for_bit_the_forward_pass_and_follow_the_w
     assert not torch.equal(fresh(batches[0]), first[0]) and fresh.computed == 1
 
 
+def test_teacher_logits_take_a_known_weights_digest_instead_of_hashing_the_file_again(tmp_path, monkeypatch):
+    import capbench.teacher_logits as teacher_logits
+
+    teacher = tiny_bert(num_labels=3).eval()
+    teacher.save_pretrained(tmp_path)
+    digest = teacher_logits.weights_sha256(tmp_path)
+    assert TeacherLogits(teacher, tmp_path).weights == digest
+    calls = []
+    monkeypatch.setattr(teacher_logits, "weights_sha256", lambda d: calls.append(d) or "hashed")
+    given = TeacherLogits(teacher, tmp_path, digest)
+    assert given.weights == digest and calls == []
+    given(random_batch(teacher, seed=0))
+    given.save()
+    assert TeacherLogits(teacher, tmp_path).weights == "hashed" and calls  # no digest given: hashed
+    assert TeacherLogits(teacher, None, digest).weights is None  # no directory: no cache to key
+
+
 def test_distillation_reads_the_teacher_through_the_cache():
     teacher = tiny_bert(num_labels=2).eval()
     student = tiny_bert(num_labels=2, seed=3)
