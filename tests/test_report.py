@@ -15,6 +15,7 @@ from capbench.report import (
     records_frame,
     register_column,
     register_table,
+    render_markdown,
     summarize,
 )
 from capbench.report.frame import EXTRA_COLUMNS
@@ -202,3 +203,22 @@ def test_compare_gates_on_any_table_field(tmp_path, capsys):
     ), out
     assert main(["compare", "--baseline", baseline, "--runs", str(slower), "--gate", "nope.x"]) == 2
     assert "tables: main_metric, reported, retention, speed" in capsys.readouterr().err
+
+
+def test_header_states_the_compute_the_finished_records_cost():
+    records = fixture_records()[:6]  # rte: 5 finished, then 1 failed
+    for record, seconds in zip(records, (1800.0, 3600.0, 900.0, None, 7200.0, 7200.0), strict=True):
+        record["timings"] = {} if seconds is None else {"total_seconds": seconds}
+    records[2]["probes"] = {"timings": {"total_seconds": 720.0}}
+    summary = summarize(records)
+    assert summary["provenance"]["compute"] == {
+        "cell_hours": 3.75,  # 1800 + 3600 + 900 + 7200 s: the untimed cell and the failed one are not counted
+        "cells_timed": 4,
+        "probe_hours": 0.2,
+        "cells_probed": 1,
+    }
+    page = render_markdown(summary)
+    assert "- compute: 3.75 cell-hours (the sum of 4 finished records' `timings.total_seconds`" in page
+    assert "plus 0.20 h of probes (1 cell)" in page
+    records[2]["probes"] = {}
+    assert "of probes" not in render_markdown(summarize(records))

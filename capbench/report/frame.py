@@ -234,6 +234,19 @@ def _provenance(record: Mapping, spec: Mapping) -> dict:
         else None,
         "machine": _machine_line(machine) if machine else "unknown",
         "finished_at": record.get("finished_at"),
+        **_compute(record),
+    }
+
+
+def _compute(record: Mapping) -> dict:
+    """The record's wall time in seconds: the cell's (``timings.total_seconds``: loading, training, a teacher
+    this process trained, evaluation) and its probes' (``probes.timings.total_seconds``); NaN when absent."""
+    timings = record.get("timings") or {}
+    probes = record.get("probes") or {}
+    probe_timings = probes.get("timings") if isinstance(probes, Mapping) else None
+    return {
+        "cell_seconds": _number(timings.get("total_seconds")),
+        "probe_seconds": _number((probe_timings or {}).get("total_seconds")),
     }
 
 

@@ -40,7 +40,35 @@ def provenance(frame: pd.DataFrame) -> dict:
         "date_range": [stamps[0], stamps[-1]] if stamps else [],
         "records": len(frame),
         "failed": int((frame["status"] != "done").sum()),
+        "compute": compute(done),
     }
+
+
+def compute(done: pd.DataFrame) -> dict:
+    """What the finished records cost in wall time, in hours (2 decimals): ``cell_hours``, the sum of their
+    ``timings.total_seconds`` (loading, training, a dense teacher the cell's process trained, evaluation) over
+    the ``cells_timed`` records that have one, and ``probe_hours``, the sum of their probes' time over the
+    ``cells_probed`` that were probed. Speed measurements are not timed in a record, so not counted."""
+    cells = done["cell_seconds"].dropna() if "cell_seconds" in done else pd.Series(dtype=float)
+    probes = done["probe_seconds"].dropna() if "probe_seconds" in done else pd.Series(dtype=float)
+    return {
+        "cell_hours": round(float(cells.sum()) / 3600, 2),
+        "cells_timed": int(cells.size),
+        "probe_hours": round(float(probes.sum()) / 3600, 2),
+        "cells_probed": int(probes.size),
+    }
+
+
+def compute_line(compute: dict) -> str:
+    """The header's compute line (see ``compute``)."""
+    line = (
+        f"- compute: {compute['cell_hours']:.2f} cell-hours (the sum of {compute['cells_timed']} finished "
+        "records' `timings.total_seconds`: loading, training, evaluation)"
+    )
+    if compute["cells_probed"]:
+        n = compute["cells_probed"]
+        line += f", plus {compute['probe_hours']:.2f} h of probes ({n} cell{'s' if n != 1 else ''})"
+    return line
 
 
 def _task_main_metric(task: str, done: pd.DataFrame) -> dict:
@@ -127,6 +155,7 @@ def header_lines(prov: dict, command: str | None) -> list[str]:
         f"- capbench {', '.join(prov['capbench_versions'])}, git {', '.join(prov['git_commits'])}",
         f"- runs: {' to '.join(prov['date_range']) if prov['date_range'] else 'unknown'}",
         f"- machine: {'; '.join(prov['machines'])}",
+        *([compute_line(prov["compute"])] if prov.get("compute") else []),
     ]
     return lines + ([f"- regenerate: `{command}`"] if command else [])
 
