@@ -134,11 +134,24 @@ def _aligned(arrays: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def effect_cell(group: pd.DataFrame) -> dict:
     """One (task, criterion, sparsity): the paired bootstrap over the seeds that have both cells with
     per-example predictions; {"status": "no pair"|"done"|..., ...} with the reason when not done."""
-    cap = group[group["effect_side"] == "cap"].set_index("seed")
-    base = group[group["effect_side"] == "criterion"].set_index("seed")
+    return paired_effect(
+        group[group["effect_side"] == "cap"].set_index("seed"),
+        group[group["effect_side"] == "criterion"].set_index("seed"),
+        ("CAP better", "CAP worse"),
+        "no seed has both the CAP cell and the criterion's +KD cell",
+    )
+
+
+def paired_effect(cap: pd.DataFrame, base: pd.DataFrame, verdicts: tuple[str, str], none: str) -> dict:
+    """``cap`` − ``base`` (frame rows of finished cells, indexed by seed): ``paired_bootstrap`` over the seeds
+    both have, each pair checked for the same settings (``SHARED``), teacher and evaluation rows; a pair that
+    fails a check is left out with its reason (``skipped``).  ``verdicts``: the words for an interval above 0
+    and below 0; ``none``: the reason when no seed has both.  Returns {"status": "done", "metric",
+    "difference", "low", "high", "seeds", "rows", "replicates", "seed_list", "verdict"} or {"status": "no
+    pair"|"no interval", "reason"}."""
     seeds = sorted(set(cap.index) & set(base.index), key=str)
     if not seeds:
-        return {"status": "no pair", "reason": "no seed has both the CAP cell and the criterion's +KD cell"}
+        return {"status": "no pair", "reason": none}
     metric = str(cap.loc[seeds[0], "metric"])
     label, pairs, used, skipped = None, [], [], {}
     for seed in seeds:
@@ -179,7 +192,7 @@ def effect_cell(group: pd.DataFrame) -> dict:
         "metric": metric,
         **result,
         "seed_list": [int(s) if isinstance(s, int | float) else s for s in used],
-        "verdict": NOT_DISTINGUISHABLE if covers else ("CAP better" if result["low"] > 0 else "CAP worse"),
+        "verdict": NOT_DISTINGUISHABLE if covers else (verdicts[0] if result["low"] > 0 else verdicts[1]),
         **({"skipped": {str(k): v for k, v in skipped.items()}} if skipped else {}),
     }
 
