@@ -163,6 +163,7 @@ def test_builtin_tables_in_page_order():
         "speed",
         "cap_effect",
         "cap_ablation",
+        "cap_ablation_effect",
         "reported",
     ]
 
