@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+from test_cap_effect import tiny_rte_run
 
 from capbench.cli import main
 from capbench.methods import cap_variant
@@ -11,19 +12,7 @@ from capbench.report.cap_effect import NOT_DISTINGUISHABLE
 
 
 def _run(out, tmp_path, tiny_model_dir, tiny_glue, *extra):
-    args = ["run", "--tasks", "rte", "--preset", "smoke", "--model", str(tiny_model_dir), "--quiet"]
-    args += ["--data-dir", str(tiny_glue), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
-    args += [
-        "--max-train-examples",
-        "32",
-        "--max-eval-examples",
-        "16",
-        "--batch-size",
-        "8",
-        "--no-save-models",
-    ]
-    args += ["--methods", "cap_magnitude", "--sparsity", "0.5", "--seeds", "0,1", *extra]
-    assert main(args) == 0
+    assert main(tiny_rte_run(out, tmp_path, tiny_model_dir, tiny_glue, "cap_magnitude", *extra)) == 0
 
 
 def _board(out, tmp_path):

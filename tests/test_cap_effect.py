@@ -89,8 +89,8 @@ def test_seeds_combine_and_their_spread_widens_the_interval():
     assert (same["low"], same["high"]) == pytest.approx((one["low"], one["high"]))  # the same row draws
 
 
-def test_the_leaderboard_pairs_cap_with_its_criterion_by_example(tiny_model_dir, tiny_glue, tmp_path, capsys):
-    out = tmp_path / "run"
+def tiny_rte_run(out, tmp_path, tiny_model_dir, tiny_glue, methods, *extra) -> list[str]:
+    """`capbench run` arguments of a tiny rte grid (16 evaluation rows) of `methods` at 0.5, seeds 0 and 1."""
     args = ["run", "--tasks", "rte", "--preset", "smoke", "--model", str(tiny_model_dir), "--quiet"]
     args += ["--data-dir", str(tiny_glue), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
     args += [
@@ -102,8 +102,12 @@ def test_the_leaderboard_pairs_cap_with_its_criterion_by_example(tiny_model_dir,
         "8",
         "--no-save-models",
     ]
-    args += ["--methods", "magnitude,cap_magnitude", "--sparsity", "0.5", "--seeds", "0,1"]
-    assert main(args) == 0
+    return [*args, "--methods", methods, "--sparsity", "0.5", "--seeds", "0,1", *extra]
+
+
+def test_the_leaderboard_pairs_cap_with_its_criterion_by_example(tiny_model_dir, tiny_glue, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny_rte_run(out, tmp_path, tiny_model_dir, tiny_glue, "magnitude,cap_magnitude")) == 0
     board = tmp_path / "board.md"
     capsys.readouterr()
     assert main(["leaderboard", "--runs", str(out), "--out", str(board), "--reported", "none"]) == 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from capbench.report.cap_effect import NOT_DISTINGUISHABLE, REPLICATES, paired_effect, show_effect
+from capbench.report.cap_effect import paired_effect, paired_method, show_effect
 from capbench.report.frame import register_column
 from capbench.report.tables import Col, Table
 
@@ -74,11 +74,9 @@ def _pairs(kept: pd.DataFrame, rows: list[dict]) -> list[dict]:
 
 def _intro(frame: pd.DataFrame, kept: pd.DataFrame) -> str:
     return (
-        "Each CAP variant minus the default CAP cell over the same criterion (×100), paired by evaluation "
-        f"example within a seed; 95% interval from {REPLICATES:,} bootstrap replicates over evaluation rows "
-        "and, with several seeds, over seeds (capbench/report/ablation_effect.py). "
-        f'"{NOT_DISTINGUISHABLE}": the interval covers 0; "variant lower": removing or changing what the '
-        "label names cost accuracy."
+        "Each CAP variant minus the default CAP cell over the same criterion (×100), "
+        f'{paired_method("capbench/report/ablation_effect.py")}; "variant lower": removing or changing what '
+        "the label names cost accuracy."
     )
 
 

@@ -231,12 +231,19 @@ def _where(frame: pd.DataFrame) -> pd.Series:
     return frame["status"].eq("done") & frame["effect_side"].notna() & frame["sparsity"].gt(0)
 
 
+def paired_method(source: str) -> str:
+    """How a paired table's intervals are made (``paired_effect``), naming the module ``source`` that pairs."""
+    return (
+        f"paired by evaluation example within a seed; 95% interval from {REPLICATES:,} bootstrap replicates over "
+        f'evaluation rows and, with several seeds, over seeds ({source}). "{NOT_DISTINGUISHABLE}": the interval '
+        "covers 0"
+    )
+
+
 def _intro(frame: pd.DataFrame, kept: pd.DataFrame) -> str:
     return (
-        "CAP's default cell minus its criterion's cell trained with KD from the same teacher (×100), paired by "
-        f"evaluation example within a seed; 95% interval from {REPLICATES:,} bootstrap replicates over "
-        "evaluation rows and, with several seeds, over seeds (capbench/report/cap_effect.py). "
-        f'"{NOT_DISTINGUISHABLE}": the interval covers 0.'
+        "CAP's default cell minus its criterion's cell trained with KD from the same teacher (×100), "
+        f"{paired_method('capbench/report/cap_effect.py')}."
     )
 
 
