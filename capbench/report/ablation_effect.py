@@ -91,7 +91,7 @@ CAP_ABLATION_EFFECT = Table(
     spread_label=lambda key: f"s={key}",
     spread_order=float,
     where=_where,
-    present=lambda f: _pairable(f),
+    present=_pairable,
     extra_rows=_pairs,
     intro=_intro,
     empty="No CAP variant has the default CAP cell to pair with.",

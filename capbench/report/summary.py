@@ -49,8 +49,7 @@ def compute(done: pd.DataFrame) -> dict:
     ``timings.total_seconds`` (loading, training, a dense teacher the cell's process trained, evaluation) over
     the ``cells_timed`` records that have one, and ``probe_hours``, the sum of their probes' time over the
     ``cells_probed`` that were probed. Speed measurements are not timed in a record, so not counted."""
-    cells = done["cell_seconds"].dropna() if "cell_seconds" in done else pd.Series(dtype=float)
-    probes = done["probe_seconds"].dropna() if "probe_seconds" in done else pd.Series(dtype=float)
+    cells, probes = done["cell_seconds"].dropna(), done["probe_seconds"].dropna()
     return {
         "cell_hours": round(float(cells.sum()) / 3600, 2),
         "cells_timed": int(cells.size),
