@@ -6,6 +6,7 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from capbench.cli import main
@@ -140,3 +141,23 @@ def test_the_leaderboard_pairs_cap_with_its_criterion_by_example(tiny_model_dir,
     assert re.search(
         r"seed 0: the two cells learned from different dense teachers \(\w{20} vs 0{20};", row["reason"]
     )
+
+
+def test_a_criterion_never_run_with_cap_on_a_task_gets_no_row():
+    from capbench.report.cap_effect import CAP_EFFECT
+
+    frame = pd.DataFrame(
+        {
+            "status": ["done"] * 5,
+            "effect_side": ["cap", "criterion", "criterion", "criterion", None],
+            "effect_criterion": ["magnitude", "magnitude", "magnitude", "movement", None],
+            "task": ["mnli", "mnli", "sst2", "mnli", "mnli"],
+            "sparsity": [0.9, 0.5, 0.9, 0.9, 0.0],
+        }
+    )
+    # mnli magnitude has a CAP cell (its 0.5 criterion cell still shows, as "no pair");
+    # sst2 magnitude and mnli movement have none, and the dense cell is neither side
+    assert CAP_EFFECT.where(frame).tolist() == [True, True, False, False, False]
+    assert CAP_EFFECT.present(frame)
+    assert not CAP_EFFECT.present(frame[frame["effect_side"].ne("cap")])
+    assert not CAP_EFFECT.where(frame.iloc[:0]).any()

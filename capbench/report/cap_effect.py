@@ -228,7 +228,13 @@ register_column("effect_criterion", lambda record: _side(record)[1])
 
 
 def _where(frame: pd.DataFrame) -> pd.Series:
-    return frame["status"].eq("done") & frame["effect_side"].notna() & frame["sparsity"].gt(0)
+    """The finished pruned cells of either side, of a (task, criterion) that has at least one CAP cell: a
+    criterion the grid never ran CAP over on that task gets no row of "no pair"."""
+    cells = frame["status"].eq("done") & frame["effect_side"].notna() & frame["sparsity"].gt(0)
+    with_cap = frame[cells & frame["effect_side"].eq("cap")]
+    pairs = set(zip(with_cap["task"], with_cap["effect_criterion"], strict=True))
+    keys = zip(frame["task"], frame["effect_criterion"], strict=True)
+    return cells & pd.Series([key in pairs for key in keys], index=frame.index, dtype=bool)
 
 
 def paired_method(source: str) -> str:
@@ -258,7 +264,7 @@ CAP_EFFECT = Table(
     spread_label=lambda key: f"s={key}",
     spread_order=float,
     where=_where,
-    present=lambda f: bool((_where(f) & f["effect_side"].eq("cap")).any()),
+    present=lambda f: bool(_where(f).any()),
     intro=_intro,
     empty="No CAP cell has its criterion's +KD cell to pair with.",
 )
