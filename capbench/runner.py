@@ -322,6 +322,9 @@ def prune_oneshot_and_finetune(
     start = start_of(spec.method_options)
     if start == FINETUNED:
         model = load_classifier(str(teacher_dir), data.task.num_labels).to(ctx.device)  # the teacher stays
+        # as load_pretrained does: the fine-tuning's dropout draws from the cell's seed, not from whatever
+        # the cells this process ran before left in the global generator
+        set_seed(spec.seed)
     else:
         model = load_pretrained(spec, data.task, ctx.device)
     logits = TeacherLogits(teacher, teacher_dir, teacher_weights)

@@ -133,3 +133,16 @@ def test_snapshot_banks_are_bounded(tmp_path):
     assert not torch.equal(rows[:, 0], rows[:, 1])
     snaps.clear()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_building_a_bank_on_a_miss_leaves_the_global_rng_as_a_hit_does(tmp_path):
+    """Training's dropout draws from the global generator after the banks are ready: a miss (which iterates a
+    DataLoader, and a DataLoader draws its base seed from that generator) must leave it as a hit does."""
+    model = tiny_bert()
+    loader = loader_for(model, n=12)
+    for _ in range(2):  # a miss, then a hit
+        torch.manual_seed(5)
+        load_or_build_bank(model, loader, "pooler", tmp_path / "prc", meta={"model": "tiny"})
+        assert torch.equal(torch.get_rng_state(), torch.manual_seed(5).get_state())
+    list(loader)  # the planted fault: what a build does without the guard
+    assert not torch.equal(torch.get_rng_state(), torch.manual_seed(5).get_state())

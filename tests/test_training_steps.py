@@ -185,19 +185,28 @@ def _record(out: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _with_dropout(model_dir: Path) -> Path:
+    """The tiny model with dropout on, as every real checkpoint has: training then draws from the global
+    RNG, so a cache that consumed a draw on a miss would change the result (the tiny default has none)."""
+    path = model_dir / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "hidden_dropout_prob": 0.1}))
+    return model_dir
+
+
 def test_a_kd_cell_is_identical_with_a_cold_and_a_warm_teacher_logit_cache(
     tiny_model_dir, tiny_glue, tmp_path
 ):
-    cache = tmp_path / "cache"
+    model, cache = _with_dropout(tiny_model_dir), tmp_path / "cache"
     extra = ("--methods", "magnitude", "--sparsity", "0.5", "--steps", "6")
-    assert main(run_args(tiny_model_dir, tiny_glue, tmp_path / "a", cache, *extra)) == 0
-    assert main(run_args(tiny_model_dir, tiny_glue, tmp_path / "b", cache, *extra)) == 0
+    assert main(run_args(model, tiny_glue, tmp_path / "a", cache, *extra)) == 0
+    assert main(run_args(model, tiny_glue, tmp_path / "b", cache, *extra)) == 0
     cold, warm = _record(tmp_path / "a"), _record(tmp_path / "b")
     assert cold["train"]["teacher_logits"] == {"computed_batches": 6, "reused_batches": 0}
     assert warm["train"]["teacher_logits"] == {"computed_batches": 0, "reused_batches": 6}
     assert cold["train"]["steps"] == 6 and cold["spec"]["train"]["max_steps"] == 6
     assert cold["metrics"] == warm["metrics"]
     assert cold["train"]["final_loss_terms"] == warm["train"]["final_loss_terms"]
+    assert cold["predictions"]["sha256"] == warm["predictions"]["sha256"]
 
 
 def test_steps_and_epochs_together_are_refused_before_any_work(tiny_model_dir, tiny_glue, tmp_path, capsys):
@@ -269,3 +278,46 @@ def test_a_weight_made_non_finite_is_caught_within_the_weight_check_interval(tmp
             pruner=PoisonAtStep3(),
         )
     assert caught.value.step == WEIGHT_CHECK_EVERY and "is not finite" in str(caught.value)
+
+
+def test_a_cap_cell_is_identical_with_cold_and_warm_caches(tiny_model_dir, tiny_glue, tmp_path):
+    """The first CAP cell of a (task, seed) builds the PrC and FiC banks and computes the teacher's logits;
+    later cells load them. Neither may change the cell's result: a grid's cells run in any order."""
+    model, cache = _with_dropout(tiny_model_dir), tmp_path / "cache"
+    teacher = ("--methods", "dense", "--steps", "6")
+    assert main(run_args(model, tiny_glue, tmp_path / "t", cache, *teacher)) == 0  # the teacher exists
+    extra = ("--methods", "cap_magnitude", "--sparsity", "0.5", "--steps", "6")
+    assert main(run_args(model, tiny_glue, tmp_path / "a", cache, *extra)) == 0
+    assert main(run_args(model, tiny_glue, tmp_path / "b", cache, *extra)) == 0
+    cold, warm = _record(tmp_path / "a"), _record(tmp_path / "b")
+    assert cold["cap"]["extra_forward_examples"]["prc"] > 0 == warm["cap"]["extra_forward_examples"]["prc"]
+    assert cold["train"]["teacher_logits"]["computed_batches"] == 6
+    assert warm["train"]["teacher_logits"]["computed_batches"] == 0
+    assert cold["train"]["final_loss_terms"] == warm["train"]["final_loss_terms"]
+    assert cold["predictions"]["sha256"] == warm["predictions"]["sha256"]
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        ("magnitude",),
+        ("cap_magnitude",),
+        ("wanda",),  # one-shot on the fine-tuned teacher, then fine-tuned
+        ("magnitude", "--method-option", "oneshot=true", "--method-option", "start=finetuned"),
+    ],
+    ids=["gradual", "cap", "wanda", "oneshot-magnitude"],
+)
+def test_a_cell_does_not_depend_on_what_its_process_ran_before(method, tiny_model_dir, tiny_glue, tmp_path):
+    """A grid worker runs many cells in one process: a cell's training must draw from an RNG seeded by the
+    cell's seed, whatever state the cells before it left the global generator in."""
+    model, cache = _with_dropout(tiny_model_dir), tmp_path / "cache"
+    extra = ("--methods", *method, "--sparsity", "0.5", "--steps", "6")
+    results = []
+    for history in (1, 2):
+        torch.manual_seed(history)  # what the cells before it left behind
+        torch.rand(history)
+        out = tmp_path / f"run{history}"
+        assert main(run_args(model, tiny_glue, out, cache, *extra)) == 0
+        (path,) = (out / RECORDS_DIR).glob(f"*{method[0]}-0.5-*.json")
+        results.append(json.loads(path.read_text())["predictions"]["sha256"])
+    assert results[0] == results[1]
