@@ -16,7 +16,7 @@ import pandas as pd
 
 from capbench.report.cap_effect import paired_effect, paired_method, show_effect
 from capbench.report.frame import register_column
-from capbench.report.tables import Col, Table
+from capbench.report.tables import BY_SPARSITY_KEY, Col, Table
 
 VERDICTS = ("variant higher", "variant lower")
 
@@ -87,9 +87,7 @@ CAP_ABLATION_EFFECT = Table(
     aggregate=lambda group: {},  # the rows come from _pairs, which needs the default cells beside each variant
     lead=(Col("task", lambda r: r["task"]), Col("variant", lambda r: r["row"])),
     cells=(Col("{label}", show_effect),),
-    spread="sparsity_key",
-    spread_label=lambda key: f"s={key}",
-    spread_order=float,
+    **BY_SPARSITY_KEY,
     where=_where,
     present=_pairable,
     extra_rows=_pairs,

@@ -15,7 +15,7 @@ from capbench.report.ablation_effect import CAP_ABLATION_EFFECT
 from capbench.report.cap_effect import CAP_EFFECT
 from capbench.report.oneshot_table import ONESHOT
 from capbench.report.probe_table import PROBES
-from capbench.report.tables import Col, Table, register_table, varies
+from capbench.report.tables import BY_SPARSITY_KEY, Col, Table, register_table, varies
 from capbench.spec import DENSE
 
 # ------------------------------------------------------------------------------------ main metric, retention
@@ -454,9 +454,7 @@ CAP = Table(
             when=lambda rows: any(r.get("loss_terms") for r in rows),
         ),
     ),
-    spread="sparsity_key",
-    spread_label=lambda key: f"s={key}",
-    spread_order=float,
+    **BY_SPARSITY_KEY,
     row_aggregate=cap_costs,
     where=lambda f: f["status"].eq("done") & f["cap_modules"].notna(),
     present=lambda f: bool(f["has_cap"].any()),

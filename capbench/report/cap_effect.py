@@ -26,7 +26,7 @@ import pandas as pd
 
 from capbench.errors import CapbenchError
 from capbench.report.frame import register_column, teacher_mismatch
-from capbench.report.tables import Col, Table
+from capbench.report.tables import BY_SPARSITY_KEY, Col, Table
 
 REPLICATES = 2000
 LEVEL = 0.95
@@ -260,9 +260,7 @@ CAP_EFFECT = Table(
     aggregate=effect_cell,
     lead=(Col("task", lambda r: r["task"]), Col("criterion", lambda r: r["effect_criterion"])),
     cells=(Col("{label}", show_effect),),
-    spread="sparsity_key",
-    spread_label=lambda key: f"s={key}",
-    spread_order=float,
+    **BY_SPARSITY_KEY,
     where=_where,
     present=lambda f: bool(_where(f).any()),
     intro=_intro,

@@ -11,7 +11,7 @@ import pandas as pd
 
 from capbench.leaderboard import DIGITS
 from capbench.report.frame import register_column
-from capbench.report.tables import Col, Table
+from capbench.report.tables import BY_SPARSITY_KEY, Col, Table
 
 
 def _after_pruning(record: Mapping):
@@ -69,9 +69,7 @@ ONESHOT = Table(
     aggregate=oneshot_cell,
     lead=(Col("method", lambda row: row["row"]),),
     cells=(Col("{label}", _show),),
-    spread="sparsity_key",
-    spread_label=lambda key: f"s={key}",
-    spread_order=float,
+    **BY_SPARSITY_KEY,
     per_task=True,
     omit_empty_tasks=True,
     where=lambda f: f["status"].eq("done") & f["after_pruning"].notna(),

@@ -68,6 +68,9 @@ class Table:
 
 TABLES: list[Table] = []
 
+# A table with one column per sparsity, headed "s=0.9" (the Table fields spread, spread_label, spread_order).
+BY_SPARSITY_KEY = dict(spread="sparsity_key", spread_label=lambda key: f"s={key}", spread_order=float)
+
 
 def register_table(table: Table, before: str | None = None) -> Table:
     """Add (or replace, by name) a table; it is rendered before the table named `before`, else last."""
