@@ -12,12 +12,13 @@ Under data parallelism (WORLD_SIZE > 1) every rank runs the cell and rank 0 clai
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from capbench import distributed, leases, records
+from capbench import distributed, leases, predictions, records
 from capbench.checkpoint import checkpoint_path
 from capbench.errors import CapbenchError
 from capbench.measure import lost_models
@@ -116,6 +117,7 @@ def execute_cell(
             return CellOutcome("skipped", attempt)
         if main and (note := lost_model_note(spec, ctx.out_dir)):
             tqdm.write(f"cell {spec.cell_id}: {note}")
+        started = time.time()
         record = _run(spec, ctx, run, fail)
         if adjust is not None and record.is_done:
             adjust(record)
@@ -128,12 +130,15 @@ def execute_cell(
         kept = finished_elsewhere(spec, path, before)
         if kept is not None:
             tqdm.write(f"cell {spec.cell_id}: another worker finished it meanwhile; its record is kept")
+            predictions.remove_own_if_unused(path.parent, record.predictions, kept)
             return CellOutcome("skipped", attempt, kept)
         written = record.to_disk(path)
         checkpoint_path(ctx.out_dir, spec.cell_id).unlink(missing_ok=True)  # its training is over either way
         if not written:
             tqdm.write(f"cell {spec.cell_id}: its finished record is kept, not replaced by this failure")
             return CellOutcome(record.status, attempt, records.read_record(path))
+        if record.predictions:  # the predictions of the record this one replaced go with it
+            predictions.remove_superseded(path.parent, spec.cell_id, record.predictions["file"], started)
         if after_cell is not None and record.is_done:
             after_cell(spec, path, ctx, fresh=True)
         return CellOutcome(record.status, attempt, records.read_record(path) or record.to_dict())

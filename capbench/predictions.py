@@ -71,3 +71,36 @@ def read_predictions(record: dict, records_dir: Path) -> dict[str, dict[str, np.
             split, name = key.rsplit(".", 1)
             out.setdefault(split, {})[name] = archive[key]
     return out
+
+
+def remove_superseded(records_dir: Path, cell_id: str, keep: str | None, written_before: float) -> list[str]:
+    """Delete the predictions files of `cell_id` in `records_dir` other than `keep` (a file name) whose
+    mtime is before `written_before` (epoch seconds); returns the names removed.
+
+    Called once a cell's new record is on disk, with the time its run started: the files removed are those
+    of records it replaced (`--overwrite`, a retrained cell). A file written since then is left alone: it
+    may be that of a worker still running the cell after a lease takeover, about to find this record and
+    remove its own (`remove_own_if_unused`).
+    """
+    removed = []
+    for path in Path(records_dir).glob(f"{cell_id}.*{SUFFIX}"):
+        digest = path.name[len(cell_id) + 1 : -len(SUFFIX)]
+        if path.name == keep or len(digest) != 12 or not all(c in "0123456789abcdef" for c in digest):
+            continue
+        try:
+            if path.stat().st_mtime < written_before:
+                path.unlink()
+                removed.append(path.name)
+        except FileNotFoundError:
+            continue
+    return sorted(removed)
+
+
+def remove_own_if_unused(records_dir: Path, own: dict | None, kept: dict) -> bool:
+    """Delete this run's predictions file (`own`, the reference `write_predictions` returned) when the
+    record kept instead (`kept`, another worker's) names another file; True when removed."""
+    name = (own or {}).get("file")
+    if not name or name == (kept.get("predictions") or {}).get("file"):
+        return False
+    (Path(records_dir) / name).unlink(missing_ok=True)
+    return True

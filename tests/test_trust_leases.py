@@ -20,6 +20,7 @@ from test_runner import run_args
 from capbench import leases, records, runner
 from capbench.cli import build_parser, main
 from capbench.executors.ray_executor import run_cell_claimed
+from capbench.predictions import read_predictions, write_predictions
 from capbench.records import load_records
 from capbench.runflow import cells_from_args
 from capbench.runner import RunContext
@@ -406,3 +407,58 @@ def test_ray_worker_cells_use_the_same_leases(grid, monkeypatch):
     result = run_cell_claimed(cells[2], ctx, False, None)
     assert result["outcome"] == "skipped" and result["record"]["by"] == "other"
     assert records.read_record(records.record_path(out, cells[2].cell_id))["by"] == "other"
+
+
+def _with_predictions(spec, out, value: float, **extra) -> dict:
+    """A fake done record whose per-example predictions (written as the runner does) hold `value`."""
+    rows = {
+        "validation": {"idx": [0, 1], "label": [0, 1], "prediction": [0, 1], "logits": [[value, 0.0]] * 2}
+    }
+    ref = write_predictions(out / "records", spec.cell_id, rows)
+    return fake_record(spec, predictions=ref, **extra)
+
+
+def _predictions_files(out, cell_id) -> list[str]:
+    return sorted(p.name for p in (out / "records").glob(f"{cell_id}.*.predictions.npz"))
+
+
+def test_a_replaced_record_takes_its_predictions_file_with_it(grid, monkeypatch):
+    args, cells, out, _ = grid
+    monkeypatch.setattr(runner, "run_cell", lambda spec, ctx: _with_predictions(spec, out, 1.0))
+    assert main(args) == 0
+    first = {c.cell_id: _predictions_files(out, c.cell_id) for c in cells}
+    assert all(len(names) == 1 for names in first.values())
+    os.utime(out / "records" / first[cells[2].cell_id][0], (T0, T0))  # written long before the rerun
+
+    def rerun(spec, ctx):
+        if spec == cells[2]:  # a worker that took the cell over writes its own file while this one runs
+            _with_predictions(spec, out, 3.0)
+        return _with_predictions(spec, out, 2.0)
+
+    monkeypatch.setattr(runner, "run_cell", rerun)
+    assert main([*args, "--overwrite"]) == 0
+    for cell in cells:
+        record = records.read_record(records.record_path(out, cell.cell_id))
+        names = _predictions_files(out, cell.cell_id)
+        assert record["predictions"]["file"] in names and first[cell.cell_id][0] not in names
+        assert len(names) == (
+            2 if cell == cells[2] else 1
+        )  # the other worker's file is not this one's to remove
+        read_predictions(record, out / "records")
+
+
+def test_a_run_whose_record_is_not_kept_removes_its_predictions_file(grid, monkeypatch, capsys):
+    args, cells, out, _ = grid
+
+    def run_cell(spec, ctx):
+        if spec == cells[1]:  # a worker that took the cell over from us finishes it first
+            other = _with_predictions(spec, out, 3.0, by="other")
+            records.write_record(records.record_path(out, spec.cell_id), other)
+        return _with_predictions(spec, out, 1.0, by="me")
+
+    monkeypatch.setattr(runner, "run_cell", run_cell)
+    assert main(args) == 0
+    kept = records.read_record(records.record_path(out, cells[1].cell_id))
+    assert kept["by"] == "other"
+    assert _predictions_files(out, cells[1].cell_id) == [kept["predictions"]["file"]]
+    read_predictions(kept, out / "records")
