@@ -59,6 +59,21 @@ def file_lock(path: Path):
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def lock_busy(path: Path) -> bool:
+    """Whether another process holds the ``file_lock`` on ``path`` right now (a non-blocking probe; a lock
+    this process holds is not busy). Only a hint: the holder may release it a moment later."""
+    path = Path(path)
+    if os.path.abspath(path) in _held or not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return False
+
+
 def read_note(handle) -> str:
     handle.seek(0)
     return handle.read()
@@ -81,6 +96,11 @@ def cache_lock(cache_dir: Path | None, name: str):
     if cache_dir is None:
         return contextlib.nullcontext()
     return file_lock(Path(cache_dir) / LOCKS_DIR / f"{name}.lock")
+
+
+def cache_lock_busy(cache_dir: Path | None, name: str) -> bool:
+    """Whether another process holds ``cache_lock(cache_dir, name)`` now (``lock_busy``); False without a cache."""
+    return cache_dir is not None and lock_busy(Path(cache_dir) / LOCKS_DIR / f"{name}.lock")
 
 
 @contextlib.contextmanager

@@ -173,6 +173,21 @@ def _with_pauses(stats: dict, bar: quiet.PausingBar) -> dict:
     return stats
 
 
+def teacher_lock_name(key: str) -> str:
+    return f"dense-{key}"
+
+
+def teacher_in_training_elsewhere(spec: CellSpec, ctx: RunContext) -> bool:
+    """Whether another process is training this cell's dense teacher now (its cache lock is held and the
+    teacher is not cached yet): the cell would only wait for it."""
+    if ctx.cache_dir is None:
+        return False
+    key = teacher_key(spec)
+    if (ctx.cache_dir / "dense" / key / "config.json").is_file():
+        return False
+    return distributed.cache_lock_busy(ctx.cache_dir, teacher_lock_name(key))
+
+
 def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torch.nn.Module, dict]:
     """The dense fine-tuned model of (model, task, data, seed, training), trained once and cached on disk.
 
@@ -185,7 +200,7 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
     key = teacher_key(spec)
     target = ctx.cache_dir / "dense" / key
     # Trained once even when several processes (Ray workers, shards) reach it at the same time.
-    with distributed.group_cache_lock(ctx.cache_dir, f"dense-{key}"):
+    with distributed.group_cache_lock(ctx.cache_dir, teacher_lock_name(key)):
         if distributed.agree((target / "config.json").is_file()):
             model = load_classifier(str(target), data.task.num_labels).to(ctx.device)
             info = {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
@@ -526,23 +541,37 @@ def run_grid(cells: list[CellSpec], ctx: RunContext, overwrite: bool = False, af
 
     A finished cell is skipped unless `overwrite`; a cell another worker holds is left to it and counted
     as "held". `after_cell(spec, path, ctx, fresh)` runs under the cell's lease.
+
+    A cell whose dense teacher another worker is training (`teacher_in_training_elsewhere`) is put off until
+    the cells after it have had their turn, rather than leaving this worker idle while it waits; it then
+    runs (waiting for the teacher if it must).
     """
     if distributed.is_main():  # with WORLD_SIZE > 1 every rank runs each cell; rank 0 writes
         records.prepare_run_dir(ctx.out_dir)
     counts = {"done": 0, "skipped": 0, "held": 0, "failed": 0}
     provenance = provenance_fields()
     with tqdm(total=len(cells), desc="cells", disable=not ctx.show_progress, position=0) as bar:
+        put_off: list[CellSpec] = []
         for spec in cells:
-            bar.set_postfix_str(spec.cell_id)
-            result = execute_cell(
-                spec,
-                ctx,
-                run=_run_cell,
-                fail=failed_cell,
-                provenance=provenance,
-                overwrite=overwrite,
-                after_cell=after_cell,
-            )
-            counts[result.outcome] += 1
-            bar.update(1)
+            if distributed.agree(teacher_in_training_elsewhere(spec, ctx)):
+                put_off.append(spec)
+                continue
+            counts[_run_one(spec, ctx, bar, provenance, overwrite, after_cell)] += 1
+        for spec in put_off:
+            counts[_run_one(spec, ctx, bar, provenance, overwrite, after_cell)] += 1
     return counts
+
+
+def _run_one(spec: CellSpec, ctx: RunContext, bar, provenance: dict, overwrite: bool, after_cell) -> str:
+    bar.set_postfix_str(spec.cell_id)
+    result = execute_cell(
+        spec,
+        ctx,
+        run=_run_cell,
+        fail=failed_cell,
+        provenance=provenance,
+        overwrite=overwrite,
+        after_cell=after_cell,
+    )
+    bar.update(1)
+    return result.outcome

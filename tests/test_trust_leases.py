@@ -5,6 +5,7 @@ The bad interleavings are driven step by step (an injectable clock, the takeover
 not by racing timers.
 """
 
+import fcntl
 import json
 import multiprocessing
 import os
@@ -17,13 +18,14 @@ from pathlib import Path
 import pytest
 from test_runner import run_args
 
-from capbench import leases, records, runner
+from capbench import distributed, leases, records, runner
 from capbench.cli import build_parser, main
 from capbench.executors.ray_executor import run_cell_claimed
 from capbench.predictions import read_predictions, write_predictions
 from capbench.records import load_records
 from capbench.runflow import cells_from_args
 from capbench.runner import RunContext
+from capbench.spec import teacher_key
 
 FORK = multiprocessing.get_context("fork")
 T0 = 1_700_000_000.0  # a fixed "now" for leases written with an injected clock
@@ -462,3 +464,48 @@ def test_a_run_whose_record_is_not_kept_removes_its_predictions_file(grid, monke
     assert kept["by"] == "other"
     assert _predictions_files(out, cells[1].cell_id) == [kept["predictions"]["file"]]
     read_predictions(kept, out / "records")
+
+
+def test_a_cell_whose_teacher_another_worker_trains_is_put_off(
+    tiny_model_dir, tiny_glue, tmp_path, monkeypatch
+):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    args = run_args(tiny_model_dir, tiny_glue, out, cache, "--methods", "magnitude", "--sparsity", "0.5")
+    args += ["--seeds", "0,1", "--no-save-models"]
+    cells, _ = cells_from_args(build_parser().parse_args(args))
+    assert [c.seed for c in cells] == [0, 0, 1, 1]
+    lock = cache / ".locks" / f"{runner.teacher_lock_name(teacher_key(cells[0]))}.lock"
+    lock.parent.mkdir(parents=True)
+    ran = []
+
+    def run_cell(spec, ctx):
+        ran.append(spec.seed)
+        return fake_record(spec)
+
+    monkeypatch.setattr(runner, "run_cell", run_cell)
+    with open(lock, "a+") as other_worker:  # another process's open file: it trains seed 0's teacher
+        fcntl.flock(other_worker.fileno(), fcntl.LOCK_EX)
+        assert main(args) == 0
+    assert ran == [1, 1, 0, 0]  # seed 1's cells first, rather than idling behind seed 0's teacher
+
+    ran.clear()
+    (cache / "dense" / teacher_key(cells[0])).mkdir(parents=True)
+    (cache / "dense" / teacher_key(cells[0]) / "config.json").write_text("{}")
+    with open(lock, "a+") as other_worker:  # a lock held, but the teacher is cached: nothing to wait for
+        fcntl.flock(other_worker.fileno(), fcntl.LOCK_EX)
+        assert main([*args, "--overwrite"]) == 0
+    assert ran == [0, 0, 1, 1]
+    assert main([*args, "--overwrite"]) == 0 and ran[4:] == [0, 0, 1, 1]  # no lock held: grid order
+
+
+def test_a_cache_lock_is_busy_only_while_another_holder_has_it(tmp_path):
+    assert not distributed.cache_lock_busy(tmp_path, "work") and not distributed.cache_lock_busy(None, "work")
+    with distributed.cache_lock(tmp_path, "work"):
+        assert not distributed.cache_lock_busy(tmp_path, "work")  # this process's own lock
+        with open(tmp_path / ".locks" / "work.lock", "a+") as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(tmp_path / ".locks" / "work.lock", "a+") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        assert distributed.cache_lock_busy(tmp_path, "work")
+    assert not distributed.cache_lock_busy(tmp_path, "work")
