@@ -95,12 +95,16 @@ def cache_lock(cache_dir: Path | None, name: str):
     """
     if cache_dir is None:
         return contextlib.nullcontext()
-    return file_lock(Path(cache_dir) / LOCKS_DIR / f"{name}.lock")
+    return file_lock(_cache_lock_path(cache_dir, name))
+
+
+def _cache_lock_path(cache_dir: Path, name: str) -> Path:
+    return Path(cache_dir) / LOCKS_DIR / f"{name}.lock"
 
 
 def cache_lock_busy(cache_dir: Path | None, name: str) -> bool:
     """Whether another process holds ``cache_lock(cache_dir, name)`` now (``lock_busy``); False without a cache."""
-    return cache_dir is not None and lock_busy(Path(cache_dir) / LOCKS_DIR / f"{name}.lock")
+    return cache_dir is not None and lock_busy(_cache_lock_path(cache_dir, name))
 
 
 @contextlib.contextmanager

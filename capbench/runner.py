@@ -177,13 +177,22 @@ def teacher_lock_name(key: str) -> str:
     return f"dense-{key}"
 
 
+def teacher_dir(cache_dir: Path, key: str) -> Path:
+    """Where the dense teacher of ``teacher_key`` ``key`` is cached; it is there once ``teacher_cached``."""
+    return Path(cache_dir) / "dense" / key
+
+
+def teacher_cached(target: Path) -> bool:
+    return (target / "config.json").is_file()
+
+
 def teacher_in_training_elsewhere(spec: CellSpec, ctx: RunContext) -> bool:
     """Whether another process is training this cell's dense teacher now (its cache lock is held and the
     teacher is not cached yet): the cell would only wait for it."""
     if ctx.cache_dir is None:
         return False
     key = teacher_key(spec)
-    if (ctx.cache_dir / "dense" / key / "config.json").is_file():
+    if teacher_cached(teacher_dir(ctx.cache_dir, key)):
         return False
     return distributed.cache_lock_busy(ctx.cache_dir, teacher_lock_name(key))
 
@@ -198,10 +207,10 @@ def dense_teacher(spec: CellSpec, ctx: RunContext, data: TaskData) -> tuple[torc
     when it was interrupted), kept in ``TRAINING_FILE`` beside them; absent for a model cached before it."""
     check_model_identity(spec)
     key = teacher_key(spec)
-    target = ctx.cache_dir / "dense" / key
+    target = teacher_dir(ctx.cache_dir, key)
     # Trained once even when several processes (Ray workers, shards) reach it at the same time.
     with distributed.group_cache_lock(ctx.cache_dir, teacher_lock_name(key)):
-        if distributed.agree((target / "config.json").is_file()):
+        if distributed.agree(teacher_cached(target)):
             model = load_classifier(str(target), data.task.num_labels).to(ctx.device)
             info = {"cached": True, "path": str(target), "key": key, "train_seconds": 0.0}
             info["weights_sha256"] = weights_sha256(target)
@@ -237,8 +246,8 @@ def checkpoint_teacher_note(spec: CellSpec, identity: str, step: int, cache_dir:
     if TEACHER_MARK not in identity or cache_dir is None:
         return None
     wanted = identity.split(TEACHER_MARK, 1)[1]
-    target = Path(cache_dir) / "dense" / teacher_key(spec)
-    held = weights_sha256(target) if (target / "config.json").is_file() else None
+    target = teacher_dir(cache_dir, teacher_key(spec))
+    held = weights_sha256(target) if teacher_cached(target) else None
     if held == wanted:
         return None
     now = f"the cache holds {held}" if held else "no cached teacher here yet"
