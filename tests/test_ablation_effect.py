@@ -47,10 +47,17 @@ def test_each_variant_is_paired_with_the_default_cap_cell(tiny_model_dir, tiny_g
     default = next(p for p in paths if not cap_variant(json.loads(p.read_text())["spec"]))
     record = json.loads(default.read_text())
     record["teacher"]["weights_sha256"] = "0" * 20
+    record["teacher"]["training"]["final_loss_terms"]["ce"] *= 1.01
     default.write_text(json.dumps(record))
     _, tables = _board(out, tmp_path)
     (row,) = tables["cap_ablation_effect"]["rows"]
     assert row["seeds"] == 1 and "different dense teachers" in row["skipped"]["0"]
+    # the same recipe retrained (other weights, the final loss equal to rounding) is paired and named
+    record["teacher"]["training"]["final_loss_terms"]["ce"] /= 1.01
+    default.write_text(json.dumps(record))
+    _, tables = _board(out, tmp_path)
+    (row,) = tables["cap_ablation_effect"]["rows"]
+    assert row["seeds"] == 2 and row["retrained_teacher"] == [0] and "skipped" not in row
 
 
 def test_pairable_needs_a_variant_and_a_default_of_the_same_criterion_and_sparsity():

@@ -129,11 +129,21 @@ def test_the_leaderboard_pairs_cap_with_its_criterion_by_example(tiny_model_dir,
     assert main(["leaderboard", "--runs", str(out), "--out", str(board), "--reported", "none"]) == 0
     (row,) = json.loads(board.with_suffix(".json").read_text())["tables"]["cap_effect"]["rows"]
     assert row["seeds"] == 1 and "sha256 differs" in row["skipped"]["1"]
-    # a criterion cell that learned from another teacher (the grid went on on another machine) is not paired
+    # a criterion cell whose teacher is the same recipe retrained on another machine (other weights, the
+    # same final loss to rounding) is paired, and the cell says so
     (path,) = (out / "records").glob("rte-magnitude-0.5-seed0-*.json")
     record = json.loads(path.read_text())
     assert record["teacher"]["weights_sha256"]
     record["teacher"]["weights_sha256"] = "0" * 20
+    loss = record["teacher"]["training"]["final_loss_terms"]
+    loss["ce"] *= 1 + 1e-6
+    path.write_text(json.dumps(record))
+    assert main(["leaderboard", "--runs", str(out), "--out", str(board), "--reported", "none"]) == 0
+    (row,) = json.loads(board.with_suffix(".json").read_text())["tables"]["cap_effect"]["rows"]
+    assert row["status"] == "done" and row["seeds"] == 1 and row["retrained_teacher"] == [0]
+    assert "seed 0: teacher retrained)" in board.read_text()
+    # one that learned from another teacher (its training ended elsewhere) is not paired
+    loss["ce"] *= 1.01
     path.write_text(json.dumps(record))
     assert main(["leaderboard", "--runs", str(out), "--out", str(board), "--reported", "none"]) == 0
     (row,) = json.loads(board.with_suffix(".json").read_text())["tables"]["cap_effect"]["rows"]

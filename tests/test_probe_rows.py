@@ -110,6 +110,15 @@ def test_seeds_that_learned_from_different_teachers_are_left_out_of_the_pair():
     for seed in ("0", "1", "2"):  # records that do not say which teacher are paired as before
         cap["teacher_by_seed"][seed]["weights"] = None
     assert "n = 3 seeds" in paired_lines([base, cap])[0]
+    # one recipe retrained on another machine (other weights, the final loss equal to rounding) is paired
+    recipe = {"run": None, "key": "k", "steps": 800}
+    for seed in ("0", "1", "2"):
+        base["teacher_by_seed"][seed] = {"weights": "a", **recipe, "loss": {"ce": 0.4}}
+        cap["teacher_by_seed"][seed] = {"weights": "b" if seed == "2" else "a", **recipe, "loss": {"ce": 0.4}}
+    (line,) = paired_lines([base, cap])
+    assert "n = 3 seeds; seed 2: teacher retrained" in line and "left out" not in line
+    cap["teacher_by_seed"]["2"]["loss"] = {"ce": 0.41}
+    assert "n = 2 seeds; seed 2 left out: another teacher" in paired_lines([base, cap])[0]
 
 
 def test_each_row_pairs_with_its_kd_criterion_or_the_magnitude_row_of_its_regime():

@@ -213,7 +213,10 @@ def teacher_notes(rows: list[dict]) -> list[str]:
             parts = "; ".join(f"{teacher}: {', '.join(cells)}" for teacher, cells in teachers.items())
             lines.append(
                 f"Seed {seed} used {len(teachers)} dense teachers of the same recipe ({parts}). A teacher is "
-                "retrained on each machine, so these rows also differ by its run-to-run variation."
+                "retrained on each machine: where two trainings' final losses agree to rounding "
+                '(report.frame.teacher_relation), the paired tables pair across them and say "teacher '
+                "retrained\"; otherwise they leave the pair out, as these rows also differ by the teacher's "
+                "run-to-run variation."
             )
     return lines
 

@@ -4,9 +4,10 @@ Pairs: at each (task, criterion, sparsity, seed), the default CAP cell (row ``ca
 both losses) and its criterion's cell trained with KD from the same teacher on the same budget (row
 ``<criterion> +KD``; CAP's loss is that KD loss plus its contrastive terms), gradual regime, the same preset,
 model, data and training settings.  "The same teacher" is checked where the records say which one
-(``report.frame.same_teacher``: the teacher's weights hash, else its training run): the teacher is retrained
-on each machine, so a pair whose cells ran on different machines is left out, with the reason, rather than
-paired across two teachers.  Both models predicted the same evaluation rows, stored per example beside
+(``report.frame.teacher_relation``: the teacher's weights hash, else its training run): the teacher is
+retrained on each machine, and a pair across two trainings of one recipe whose final losses agree to rounding
+is kept and marked "teacher retrained"; a pair across teachers that differ otherwise is left out, with the
+reason.  Both models predicted the same evaluation rows, stored per example beside
 each record (``capbench.predictions``), so their difference is taken on the same rows.
 
 Interval (``paired_bootstrap``): B = 2,000 replicates.  In each, the evaluation rows are drawn with replacement
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from capbench.errors import CapbenchError
-from capbench.report.frame import register_column, teacher_mismatch
+from capbench.report.frame import register_column, teacher_mismatch, teacher_relation
 from capbench.report.tables import BY_SPARSITY_KEY, Col, Table
 
 REPLICATES = 2000
@@ -148,12 +149,13 @@ def paired_effect(cap: pd.DataFrame, base: pd.DataFrame, verdicts: tuple[str, st
     fails a check is left out with its reason (``skipped``).  ``verdicts``: the words for an interval above 0
     and below 0; ``none``: the reason when no seed has both.  Returns {"status": "done", "metric",
     "difference", "low", "high", "seeds", "rows", "replicates", "seed_list", "verdict"} or {"status": "no
-    pair"|"no interval", "reason"}."""
+    pair"|"no interval", "reason"}, with "retrained_teacher": the seeds paired across one teacher recipe trained
+    twice (``report.frame.teacher_relation``), where any."""
     seeds = sorted(set(cap.index) & set(base.index), key=str)
     if not seeds:
         return {"status": "no pair", "reason": none}
     metric = str(cap.loc[seeds[0], "metric"])
-    label, pairs, used, skipped = None, [], [], {}
+    label, pairs, used, skipped, retrained = None, [], [], {}, []
     for seed in seeds:
         a, b = cap.loc[seed], base.loc[seed]
         if not a["examples"] or not b["examples"]:
@@ -180,6 +182,8 @@ def paired_effect(cap: pd.DataFrame, base: pd.DataFrame, verdicts: tuple[str, st
         label = label_a
         pairs.append((pred_a, pred_b))
         used.append(seed)
+        if teacher_relation(a["teacher_run"], b["teacher_run"]) == "retrained":
+            retrained.append(seed)
     if not pairs:
         return {"status": "no pair", "reason": "; ".join(f"seed {k}: {v}" for k, v in skipped.items())}
     try:
@@ -191,18 +195,27 @@ def paired_effect(cap: pd.DataFrame, base: pd.DataFrame, verdicts: tuple[str, st
         "status": "done",
         "metric": metric,
         **result,
-        "seed_list": [int(s) if isinstance(s, int | float) else s for s in used],
+        "seed_list": [_seed(s) for s in used],
         "verdict": NOT_DISTINGUISHABLE if covers else (verdicts[0] if result["low"] > 0 else verdicts[1]),
         **({"skipped": {str(k): v for k, v in skipped.items()}} if skipped else {}),
+        **({"retrained_teacher": [_seed(s) for s in retrained]} if retrained else {}),
     }
 
 
+def _seed(seed):
+    return int(seed) if isinstance(seed, int | float) else seed
+
+
 def show_effect(row: dict) -> str:
+    """A paired cell as "+d [low, high] (n seeds; verdict)", naming the seeds paired across a retrained
+    teacher (``report.frame.teacher_relation``)."""
     if row.get("status") != "done":
         return row.get("status", "–")
     text = f"{100 * row['difference']:+.1f} [{100 * row['low']:+.1f}, {100 * row['high']:+.1f}]"
     seeds = row["seeds"]
-    return f"{text} ({seeds} seed{'s' if seeds > 1 else ''}; {row['verdict']})"
+    retrained = row.get("retrained_teacher")
+    across = f"; seed {', '.join(map(str, retrained))}: teacher retrained" if retrained else ""
+    return f"{text} ({seeds} seed{'s' if seeds > 1 else ''}; {row['verdict']}{across})"
 
 
 def _side(record) -> tuple[str | None, str | None]:

@@ -24,7 +24,7 @@ from capbench.leaderboard import KD_SUFFIX
 from capbench.methods import criterion_of, is_cap
 from capbench.probing.probe import unpack_correct
 from capbench.report.cap_effect import BOOTSTRAP_SEED, REPLICATES
-from capbench.report.frame import teacher_mismatch
+from capbench.report.frame import teacher_mismatch, teacher_relation
 from capbench.report.tables import Col, Table, varies
 from capbench.spec import DENSE
 
@@ -245,6 +245,13 @@ def _other_teacher_seeds(row: dict, other: dict) -> set[str]:
     return {seed for seed in shared if teacher_mismatch(*_teachers(row, other, seed))}
 
 
+def _retrained_teacher_seeds(row: dict, other: dict) -> set[str]:
+    """The shared seeds whose two models learned from one teacher recipe trained twice (on machines whose
+    rounding differs; ``report.frame.teacher_relation``): paired, and the line says so."""
+    shared = set(row.get("retention_by_seed") or {}) & set(other.get("retention_by_seed") or {})
+    return {s for s in shared if teacher_relation(*_teachers(row, other, s)) == "retrained"}
+
+
 def _without(by_seed: dict, seeds: set[str]) -> dict:
     return {seed: value for seed, value in by_seed.items() if seed not in seeds}
 
@@ -270,6 +277,8 @@ def paired_lines(rows: list[dict]) -> list[str]:
         mine_rows, their_rows = (_without(r.get("rows_by_seed") or {}, apart) for r in (row, other))
         d = paired_row_bootstrap(mine_rows, their_rows)
         left_out = f"; seed {', '.join(sorted(apart))} left out: another teacher" if apart else ""
+        if retrained := _retrained_teacher_seeds(row, other) - apart:
+            left_out += f"; seed {', '.join(sorted(retrained))}: teacher retrained"
         if d["low"] is not None:
             how = f"95% bootstrap over probe test rows, paired, {d['n']} seed{'s' if d['n'] > 1 else ''}{left_out}"
         else:

@@ -30,7 +30,7 @@ from capbench.leaderboard import regime_suffix
 from capbench.predictions import read_predictions
 from capbench.records import load_records
 from capbench.report.cap_effect import _aligned, paired_bootstrap, weighted_metric
-from capbench.report.frame import teacher_fingerprint, teacher_mismatch
+from capbench.report.frame import teacher_fingerprint, teacher_mismatch, teacher_relation
 from capbench.tasks import get_task
 
 REGIMES = ("oneshot", "gradual")
@@ -80,7 +80,12 @@ def main(run_dir: str, task: str, a: str, b: str, sparsity: str) -> int:
         return 2
     pairs, label, crossed = [], None, []
     for seed in seeds:
-        mismatch = teacher_mismatch(teacher_fingerprint(cells_a[seed]), teacher_fingerprint(cells_b[seed]))
+        fingerprints = teacher_fingerprint(cells_a[seed]), teacher_fingerprint(cells_b[seed])
+        if teacher_relation(*fingerprints) == "retrained":
+            print(
+                f"seed {seed}: teacher retrained (one recipe trained on two machines, final losses equal to rounding)"
+            )
+        mismatch = teacher_mismatch(*fingerprints)
         if mismatch:
             crossed.append(seed)
             print(f"seed {seed}: {mismatch}: the difference also carries the teacher's run-to-run variation")
