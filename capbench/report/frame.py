@@ -268,12 +268,14 @@ def _teacher(record: Mapping) -> str | None:
 
 
 # Two trainings of one teacher recipe (its cache key: model, task, seed, data, training settings) on different
-# CPUs differ by floating-point rounding only.  Measured: the sst2 seed-0 teacher of the default preset retrained
-# on an Intel Xeon against the one trained on a Zen 5 EPYC gave the same class on all 872 validation rows,
-# logits within 2.7e-5, final loss 0.40274298 vs 0.40274292; the mnli one on two EPYCs, final loss within
-# 9.3e-6 (relative).  Two teachers of the same recipe whose final loss terms agree this closely are that teacher
-# retrained; a real difference (other data, order, code or settings) moves the last batch's loss by far more.
-RETRAINED_LOSS_RTOL = 1e-4
+# CPUs differ by floating-point rounding only, which 800 steps amplify a little.  Measured on the default
+# preset: the sst2 seed-0 teacher retrained on an Intel Xeon against the one from a Zen 5 EPYC gave the same
+# class on all 872 validation rows, logits within 2.7e-5, final loss 0.40274298 vs 0.40274292; the mnli seed-0
+# one gave the same class on all 2,000 validation_matched rows and 99.8% of validation_mismatched, mean
+# |logit difference| 5e-4, final loss 0.43814078 vs 0.43806755 (1.7e-4 relative).  Two teachers of one recipe
+# whose final loss terms agree within RETRAINED_LOSS_RTOL are that teacher retrained; another seed moves the last
+# batch's loss by 20% (0.438 vs 0.536 on mnli), and any other change to training by far more than this.
+RETRAINED_LOSS_RTOL = 1e-3
 
 
 def teacher_fingerprint(record: Mapping) -> dict | None:
