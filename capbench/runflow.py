@@ -159,10 +159,11 @@ def _product_cells(args):
     return cells, source
 
 
-def print_plan(cells: list, out_dir: Path, cache_dir: Path | None = None) -> int:
-    """What a run would do, without loading a model: each cell id, and whether it trains ("to run"), is
-    finished but lacks a requested --probes/--speed result or another registered measurement, which a run adds
-    without retraining ("measure", as measure_after_cell does), or is finished."""
+def print_plan(cells: list, out_dir: Path, cache_dir: Path | None = None, overwrite: bool = False) -> int:
+    """What a run would do, without loading a model: each cell id, and whether it trains ("to run"; with
+    ``overwrite`` every finished cell too, as run_grid does), is finished but lacks a requested --probes/--speed
+    result or another registered measurement, which a run adds without retraining ("measure", as
+    measure_after_cell does), or is finished."""
     from capbench.cell_protocol import lost_model_note
     from capbench.checkpoint import Checkpointer, checkpoint_path
     from capbench.measure import missing_measurements
@@ -178,6 +179,9 @@ def print_plan(cells: list, out_dir: Path, cache_dir: Path | None = None) -> int
             why = [other] if other else [f"resumes at step {step}"] if step else []
             why += [note] if (note := lost_model_note(spec, out_dir)) else []
             print(f"{'to run':8s}  {spec.cell_id}" + (f"  ({'; '.join(why)})" if why else ""))
+            continue
+        if overwrite:
+            print(f"{'to run':8s}  {spec.cell_id}  (finished; --overwrite trains it again)")
             continue
         missing = missing_measurements(spec, records.read_record(records.record_path(out_dir, spec.cell_id)))
         if missing:
@@ -223,11 +227,12 @@ def run_from_args(args, default_cache: Path) -> int:
     cells, source = cells_from_args(args)
     out_dir = Path(args.out)
     if getattr(args, "dry_run", False):
-        code = print_plan(cells, out_dir, Path(args.cache_dir) if args.cache_dir else default_cache)
+        cache = Path(args.cache_dir) if args.cache_dir else default_cache
+        code = print_plan(cells, out_dir, cache, overwrite=args.overwrite)
         if getattr(args, "estimate", False):
             from capbench.estimate import estimate
 
-            pending = [spec for spec in cells if not is_finished(spec, out_dir)]
+            pending = [spec for spec in cells if args.overwrite or not is_finished(spec, out_dir)]
             ctx = RunContext(
                 out_dir=out_dir,
                 cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache,

@@ -158,6 +158,12 @@ def test_dry_run_lists_finished_and_missing_cells_without_running(
     assert [line.split()[0] for line in lines[:3]] == ["finished", "finished", "to"]
     assert "magnitude-0.9-seed0" in lines[2]
     assert lines[-1] == "capbench: 3 cells: 1 to run, 2 already finished (dry run)"
+    # --overwrite retrains finished cells, and its dry run says so
+    assert main([*base, "--sparsity", "0.5,0.9", "--dry-run", "--overwrite"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[:3]] == ["to", "to", "to"]
+    assert "--overwrite trains it again" in lines[0]
+    assert lines[-1] == "capbench: 3 cells: 3 to run, 0 already finished (dry run)"
 
 
 def test_quiet_run_shows_no_progress_bar_of_any_library(tiny_model_dir, tiny_glue, tmp_path, capfd):
