@@ -119,6 +119,20 @@ def test_a_published_schema_1_record_renders_its_per_shape_rows():
     assert record["speed"]["schema"] == 1
     table = render_speed_table([record])
     assert (
-        "| sst2 | random | 0.90 | 1.71x | 0.98x | 0.65 / 0.05 | 5 / 5 | — / — | — / — | — / — | csr 4/36 |"
-        in table
+        "| sst2 | random | 0.90 | 1.71x | 0.98x | 0.65 / 0.05 | 5 / 5 | — / — | — / — | — / — "
+        "| csr 30/36 / csr 4/36 | sparse, not faster at b=32 |" in table
     )
+
+
+def test_each_batch_names_its_own_formats_and_where_sparse_is_not_faster():
+    """Each whole-model shape runs in the formats calibrated at its own token count: CSR can win at batch 1
+    and lose to dense at batch 32. The row then shows both, and "not faster" only where it holds (the
+    record's headline format and flag are the batch-32 shape's)."""
+    record = _schema2("magnitude", 1.01)
+    record["speed"]["model"]["32x128"]["formats"] = {"dense": 36}
+    record["speed"]["summary"].update(format="dense", sparse_not_faster=True)
+    line = render_speed_table([record]).splitlines()[-1]
+    assert line.endswith("| csr / dense | sparse, not faster at b=32 |")
+    record["speed"]["model"]["1x128"]["formats"] = {"dense": 36}  # one format: shown once
+    record["speed"]["model"]["1x128"]["models"]["pruned"]["speedup"] = 0.99
+    assert render_speed_table([record]).splitlines()[-1].endswith("| dense | sparse, not faster |")

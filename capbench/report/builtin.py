@@ -356,9 +356,28 @@ def _per_batch(field: str, spec: str, suffix: str = "", scale: float = 1.0):
     return show
 
 
+def _speed_format(row: dict) -> str:
+    """The kernel formats the pruned model ran in: one label, or "b=1 / b=32" where the two shapes' own
+    calibrations chose differently (the record's headline format is the largest shape's)."""
+    labels = [(row.get(f"batch_{b}") or {}).get("format") for b in SPEED_BATCHES]
+    if None in labels or len(set(labels)) == 1:
+        return row["format"]
+    return " / ".join(labels)
+
+
 def _speed_note(row: dict) -> str:
+    """BUSY, and "sparse, not faster" (a sparse model under ``capbench.speed.bench.NOT_FASTER`` speedup) at
+    the batch sizes where it holds."""
+    from capbench.speed.bench import NOT_FASTER
+
     notes = ["BUSY"] if row.get("busy") else []
-    if row["sparse_not_faster"]:
+    speedups = {b: (row.get(f"batch_{b}") or {}).get("speedup") for b in SPEED_BATCHES}
+    if row["sparse_not_faster"] and None not in speedups.values():
+        slow = [b for b, x in speedups.items() if x < NOT_FASTER]
+        if slow:
+            where = "" if len(slow) == len(speedups) else f" at b={', b='.join(slow)}"
+            notes.append(f"sparse, not faster{where}")
+    elif row["sparse_not_faster"]:
         notes.append("sparse, not faster")
     return ", ".join(notes)
 
@@ -379,7 +398,7 @@ SPEED = Table(
         Col("ceiling", _per_batch("ceiling", ".2f", "x")),
         Col("attainable", _per_batch("attainable", ".2f", "x")),
         Col("% of attainable", _per_batch("of_attainable", ".0f", "%", 100.0)),
-        Col("format", lambda r: r["format"]),
+        Col("format", _speed_format),
         Col("note", _speed_note),
         Col("machine", lambda r: r["machine"], when=varies("machine")),
     ),

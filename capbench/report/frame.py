@@ -161,10 +161,14 @@ def _shape_numbers(speedup, ci, iqr, rounds, ceiling, attainable, of_attainable)
     }
 
 
-def _speed_shape(row: Mapping) -> dict:
-    """One whole-model shape's numbers from its `speed["model"]` row (schema 1 rows lack the new ones)."""
+def _speed_shape(row: Mapping, compacted: bool) -> dict:
+    """One whole-model shape's numbers from its `speed["model"]` row (schema 1 rows lack the new ones), with
+    the kernel formats the pruned model ran in at that shape (each shape's formats are calibrated at its own
+    token count, so batch 1 and batch 32 may differ; None where the row does not say)."""
+    from capbench.speed.report import format_label
+
     pruned = (row.get("models") or {}).get("pruned") or {}
-    return _shape_numbers(
+    numbers = _shape_numbers(
         pruned.get("speedup"),
         pruned.get("speedup_ci"),
         pruned.get("speedup_iqr"),
@@ -173,6 +177,9 @@ def _speed_shape(row: Mapping) -> dict:
         row.get("attainable_speedup"),
         row.get("fraction_of_attainable"),
     )
+    formats = row.get("formats")
+    numbers["format"] = format_label(formats, compacted) if isinstance(formats, Mapping) and formats else None
+    return numbers
 
 
 def _speed_shapes(speed: Mapping, summary: Mapping) -> dict[str, dict]:
@@ -181,7 +188,7 @@ def _speed_shapes(speed: Mapping, summary: Mapping) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for row in (speed.get("model") or {}).values():
         if isinstance(row, Mapping) and row.get("batch") is not None:
-            out.setdefault(str(row["batch"]), _speed_shape(row))
+            out.setdefault(str(row["batch"]), _speed_shape(row, bool(summary.get("compacted"))))
     label = str(summary.get("token_count", ""))
     batch = label.split("x", 1)[0] if "x" in label else None
     if batch and batch not in out and summary.get("measured_speedup") is not None:
