@@ -165,7 +165,7 @@ def _speed_shape(row: Mapping, compacted: bool) -> dict:
     """One whole-model shape's numbers from its `speed["model"]` row (schema 1 rows lack the new ones), with
     the kernel formats the pruned model ran in at that shape (each shape's formats are calibrated at its own
     token count, so batch 1 and batch 32 may differ; None where the row does not say)."""
-    from capbench.speed.report import format_label
+    from capbench.speed.formats import format_label
 
     pruned = (row.get("models") or {}).get("pruned") or {}
     numbers = _shape_numbers(

@@ -13,12 +13,12 @@ from torch import nn
 from capbench.provenance import machine
 from capbench.pruning.compact import compact_zeroed
 from capbench.speed.ceiling import attainable, free_linears
+from capbench.speed.formats import format_label
 from capbench.speed.inputs import Sentences, model_inputs
 from capbench.speed.kernels import bench_linears, iter_encoder_linears, summarize_layers
 from capbench.speed.load import LoadMonitor, LoadProbe, available_cores, busy_verdict
 from capbench.speed.model import encoder_flops_per_token, format_counts, realise, time_breakdown, time_models
 from capbench.speed.options import DEFAULT_OPTIONS, BenchOptions, parse_token_count
-from capbench.speed.report import format_label
 from capbench.speed.timing import Clock
 
 # 2: calibration apart from measurement, stopping rule, intervals, free-linears ceiling, machine load, inputs.

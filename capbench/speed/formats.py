@@ -29,6 +29,16 @@ DEFAULT_BLOCK_SIZES = (4, 16, 32)
 FORMAT_ORDER = ("dense", "csr", "bsr", "compact", "semi_structured_2to4")
 
 
+def format_label(counts: dict[str, int], compacted: bool) -> str:
+    """How the model ran: "compacted", then each format with its share of the encoder linears."""
+    parts = ["compacted"] if compacted else []
+    total = sum(counts.values())
+    for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if name != "dense":
+            parts.append(name if n == total else f"{name} {n}/{total}")
+    return " + ".join(parts) if parts else "dense"
+
+
 class KernelFormat:
     """One way of computing a linear layer. Subclasses set `name` and implement `_forward2d`."""
 

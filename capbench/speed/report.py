@@ -6,18 +6,8 @@ import math
 from collections.abc import Iterable
 
 from capbench.provenance import machine_line
+from capbench.speed.formats import format_label
 from capbench.speed.inputs import describe_inputs
-
-
-def format_label(counts: dict[str, int], compacted: bool) -> str:
-    """How the model ran: "compacted", then each format with its share of the encoder linears."""
-    parts = ["compacted"] if compacted else []
-    total = sum(counts.values())
-    for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        if name != "dense":
-            parts.append(name if n == total else f"{name} {n}/{total}")
-    return " + ".join(parts) if parts else "dense"
-
 
 # ---------------------------------------------------------------------------------------------- tables
 
