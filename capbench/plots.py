@@ -28,9 +28,27 @@ def _save(fig, base: Path) -> list[Path]:
     return paths
 
 
+_MARKERS = ("o", "s", "^", "D", "v")
+_LINES = ("-", "--", ":", "-.", (0, (5, 1)))
+
+
+def series_style(i: int) -> dict:
+    """The i-th series' colour, marker and line: tab10's 10 colours, then the same colours with the next
+    marker and dash, so a board with 20 rows (the CAP ablations beside every method) never repeats a style."""
+    colours = plt.get_cmap("tab10").colors
+    turn = (i // len(colours)) % len(_MARKERS)
+    return {"color": colours[i % len(colours)], "marker": _MARKERS[turn], "linestyle": _LINES[turn]}
+
+
+def _outside_legend(ax) -> None:
+    """The legend to the right of the axes, so it never hides a point however many rows there are."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
 def metric_vs_sparsity(summary: dict, task: str, base: Path) -> list[Path]:
     info = summary["tasks"][task]
     fig, ax = plt.subplots(figsize=(6, 4))
+    series = 0
     for label, cells in info["rows"].items():
         # undefined cells (constant predictions) have no point to plot
         done = [(float(k), c) for k, c in cells.items() if c["status"] == "done" and c["mean"] is not None]
@@ -46,14 +64,15 @@ def metric_vs_sparsity(summary: dict, task: str, base: Path) -> list[Path]:
             xs,
             [100 * c["mean"] for _, c in done],
             yerr=[100 * c["std"] for _, c in done],
-            marker="o",
             capsize=3,
             label=label,
+            **series_style(series),
         )
+        series += 1
     ax.set_xlabel("sparsity (fraction of prunable weights removed)")
     ax.set_ylabel(f"{info['metric']} ×100 ({info['split']})")
     ax.set_title(f"{task}: {info['metric']} vs sparsity (mean ± std over seeds)")
-    ax.legend(fontsize=7)
+    _outside_legend(ax)
     ax.grid(alpha=0.3)
     return _save(fig, base)
 
@@ -78,14 +97,15 @@ def metric_vs_speedup(frame, task: str, base: Path) -> list[Path] | None:
     if len(groups) < 2:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in sorted(groups.items()):
-        ax.scatter(*zip(*points), label=label, s=18)
+    for i, (label, points) in enumerate(sorted(groups.items())):
+        style = series_style(i)
+        ax.scatter(*zip(*points), label=label, s=18, color=style["color"], marker=style["marker"])
     front = pareto_front([p for points in groups.values() for p in points])
     ax.plot(*zip(*front), color="gray", linestyle=":", label="Pareto front")
     ax.set_xlabel("measured end-to-end speedup vs dense (this machine)")
     ax.set_ylabel("main metric ×100")
     ax.set_title(f"{task}: accuracy vs measured speedup")
-    ax.legend(fontsize=7)
+    _outside_legend(ax)
     ax.grid(alpha=0.3)
     return _save(fig, base)
 

@@ -121,6 +121,28 @@ def test_pareto_front_keeps_only_undominated_points():
     assert pareto_front(points) == [(1.0, 80.0), (2.0, 78.0), (3.0, 60.0)]
 
 
+def test_plot_series_styles_do_not_repeat_and_the_legend_hides_no_point():
+    """20 rows (methods plus CAP ablations): every series gets its own colour-marker-line, and the legend
+    sits right of the axes, so no point lies under it."""
+    import matplotlib.pyplot as plt
+
+    from capbench.plots import _outside_legend, series_style
+
+    styles = {
+        (series_style(i)["color"], series_style(i)["marker"], str(series_style(i)["linestyle"]))
+        for i in range(40)
+    }
+    assert len(styles) == 40
+    fig, ax = plt.subplots()
+    for i in range(20):
+        ax.plot([0.5, 0.9], [i, i + 1], label=f"row {i}", **series_style(i))
+    _outside_legend(ax)
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 > ax.get_window_extent().x1
+    plt.close(fig)
+
+
 def test_a_cell_never_averages_two_configurations():
     records = fixture_records()
     other_lr = json.loads(json.dumps(records[3]))  # rte magnitude 0.5 seed 1

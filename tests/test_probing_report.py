@@ -227,3 +227,28 @@ def test_plot_layer_curves_png_and_svg(results, tmp_path):
 def test_unknown_probe_lists_the_known_ones():
     with pytest.raises(CapbenchError, match="known probes: sentlen, word_content, bigram_shift"):
         probe_model(tiny_bert(), None, probes=["depth"])
+
+
+def test_layer_curves_plot_one_line_per_row_and_sparsity_averaged_over_seeds():
+    """Three seeds of one cell are one line (their mean, labelled n=3), named as the tables name the row;
+    another sparsity of the same row is its own line."""
+    from capbench.probing.plots import _series
+
+    def record(seed, sparsity, accs):
+        layers = [{"acc": a} for a in accs]
+        return {
+            "status": "done",
+            "spec": {"task": "mnli", "method": "magnitude", "kd": True, "sparsity": sparsity, "seed": seed},
+            "probes": {"tasks": {"qnli": {"pooling": {"mean": {"layers": layers, "chance": 0.5}}}}},
+        }
+
+    recs = [
+        record(0, 0.97, [0.5, 0.6]),
+        record(1, 0.97, [0.5, 0.7]),
+        record(2, 0.97, [0.5, 0.8]),
+        record(0, 0.9, [0.6, 0.9]),
+    ]
+    series, _ = _series(recs)
+    assert [label for label, _, _ in series] == ["magnitude +KD 90%", "magnitude +KD 97% (n=3)"]
+    mean = series[1][1]["tasks"]["qnli"]["pooling"]["mean"]["layers"]
+    assert [layer["acc"] for layer in mean] == pytest.approx([0.5, 0.7])

@@ -15,6 +15,66 @@ def _sparsity_label(value: float) -> str:
     return f"{100 * float(value):g}%"
 
 
+def _mean_result(results: list[Mapping]) -> dict:
+    """One probe result whose per-layer accuracies (and controls) are the means over `results` (the seeds
+    of one cell); chance and layer names from the first."""
+    first = results[0]
+    tasks: dict = {}
+    for task, info in first["tasks"].items():
+        pooled = {}
+        for pooling, entry in info.get("pooling", {}).items():
+            entries = [r["tasks"].get(task, {}).get("pooling", {}).get(pooling) for r in results]
+            entries = [e for e in entries if e is not None and len(e["layers"]) == len(entry["layers"])]
+            layers = []
+            for i in range(len(entry["layers"])):
+                layer = {"acc": sum(e["layers"][i]["acc"] for e in entries) / len(entries)}
+                if all("control_acc" in e["layers"][i] for e in entries):
+                    layer["control_acc"] = sum(e["layers"][i]["control_acc"] for e in entries) / len(entries)
+                layers.append(layer)
+            pooled[pooling] = {"layers": layers, "chance": entry["chance"]}
+        tasks[task] = {"pooling": pooled}
+    out = {"tasks": tasks}
+    if first.get("layer_names"):
+        out["layer_names"] = first["layer_names"]
+    return out
+
+
+def _record_series(records: list[Mapping]) -> tuple[list[tuple[str, Mapping, dict]], dict | None]:
+    """One line per leaderboard row and sparsity (and task, when several): the mean over its seeds, labelled
+    with the row's name as the tables give it (capbench.leaderboard.row_label) and n."""
+    from capbench.leaderboard import row_label
+
+    groups: dict[tuple, list[Mapping]] = {}
+    for r in records:
+        spec = r["spec"]
+        key = (row_label(spec), float(spec.get("sparsity", 0.0)), spec.get("task"))
+        groups.setdefault(key, []).append(r)
+    tasks = {key[2] for key in groups}
+    rows = sorted({key[0] for key in groups}, key=lambda m: (m != "dense", m))
+    sparsities = sorted({key[1] for key in groups})
+    series: list[tuple[str, Mapping, dict]] = []
+    reference = None
+    for key in sorted(groups, key=lambda k: (rows.index(k[0]), k[1], str(k[2]))):
+        row, sparsity, task = key
+        members = groups[key]
+        label = f"{row} {_sparsity_label(sparsity)}" + (f" ({task})" if len(tasks) > 1 else "")
+        label += f" (n={len(members)})" if len(members) > 1 else ""
+        turn = sparsities.index(sparsity)
+        style = {
+            "color": f"C{rows.index(row) % 10}",
+            "marker": ["o", "s", "^", "D"][rows.index(row) // 10 % 4],
+            "alpha": 0.45 + 0.55 * (turn + 1) / len(sparsities),
+            "linestyle": ["-", "--", "-.", ":"][turn % 4],
+        }
+        series.append((label, _mean_result([m["probes"] for m in members]), style))
+        if reference is None:
+            reference = next(
+                (dict(m["probes"]["retention"]["reference"]) for m in members if "retention" in m["probes"]),
+                None,
+            )
+    return series, reference
+
+
 def _series(records_or_results) -> tuple[list[tuple[str, Mapping, dict]], dict | None]:
     """[(label, result, style)], and the reference per-layer accuracies (from a retention) if any."""
     if isinstance(records_or_results, Mapping):
@@ -33,26 +93,7 @@ def _series(records_or_results) -> tuple[list[tuple[str, Mapping, dict]], dict |
             for r in items
             if r.get("status") == "done" and isinstance(r.get("probes"), Mapping) and "tasks" in r["probes"]
         ]
-        tasks = {r["spec"].get("task") for r in items}
-        methods = sorted({str(r["spec"].get("method")) for r in items}, key=lambda m: (m != "dense", m))
-        sparsities = sorted({float(r["spec"].get("sparsity", 0.0)) for r in items})
-        for r in sorted(
-            items,
-            key=lambda r: (methods.index(str(r["spec"].get("method"))), float(r["spec"].get("sparsity", 0))),
-        ):
-            spec = r["spec"]
-            label = f"{spec.get('method')} {_sparsity_label(spec.get('sparsity', 0.0))}"
-            if len(tasks) > 1:
-                label += f" ({spec.get('task')})"
-            style = {
-                "color": f"C{methods.index(str(spec.get('method'))) % 10}",
-                "alpha": 0.45
-                + 0.55 * (sparsities.index(float(spec.get("sparsity", 0.0))) + 1) / len(sparsities),
-                "linestyle": ["-", "--", "-.", ":"][sparsities.index(float(spec.get("sparsity", 0.0))) % 4],
-            }
-            series.append((label, r["probes"], style))
-            if reference is None and "retention" in r["probes"]:
-                reference = dict(r["probes"]["retention"]["reference"])
+        series, reference = _record_series(items)
     else:
         for i, item in enumerate(items):
             label = str(item.get("label") or item.get("model", f"model {i}"))
@@ -71,7 +112,11 @@ def _draw_panel(ax, task: str, series, reference: dict | None, pooling: str, con
             continue
         xs = list(range(len(entry["layers"])))
         ax.plot(
-            xs, [layer["acc"] for layer in entry["layers"]], marker="o", markersize=3, label=label, **style
+            xs,
+            [layer["acc"] for layer in entry["layers"]],
+            markersize=3,
+            label=label,
+            **{"marker": "o", **style},
         )
         if controls and "control_acc" in entry["layers"][0]:
             ax.plot(
@@ -130,7 +175,8 @@ def plot_layer_curves(
     controls = len(series) <= 2 if controls is None else controls
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained")
+    legend_rows = math.ceil((len(series) + 2) / min(4, len(series) + 2))
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + 0.2 * legend_rows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
