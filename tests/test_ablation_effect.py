@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 from test_cap_effect import tiny_rte_run
 
 from capbench.cli import main
@@ -80,3 +81,51 @@ def test_pairable_needs_a_variant_and_a_default_of_the_same_criterion_and_sparsi
     assert not _pairable(frame(("variant", "first_order", 0.97), ("default", "magnitude", 0.97)))
     assert not _pairable(frame(("variant", "first_order", 0.97), ("default", "first_order", 0.9)))
     assert not _pairable(frame(("default", "first_order", 0.97)))
+
+
+def test_each_variant_is_paired_with_its_criterion_alone(tiny_model_dir, tiny_glue, tmp_path, capsys):
+    """The second paired table: variant − the criterion's +KD cell (does any CAP variant beat KD alone?)."""
+    from capbench.records import load_records
+    from capbench.report.frame import records_frame
+
+    out = tmp_path / "run"
+    _run(out, tmp_path, tiny_model_dir, tiny_glue, "--cap-option", "modules=prc+snc")
+    capsys.readouterr()
+    text, tables = _board(out, tmp_path)
+    assert "cap_ablation_vs_criterion" not in tables and "## CAP ablations − criterion" not in text
+    assert main(tiny_rte_run(out, tmp_path, tiny_model_dir, tiny_glue, "magnitude")) == 0
+    capsys.readouterr()
+    text, tables = _board(out, tmp_path)
+    assert "## CAP ablations − criterion, paired by evaluation example" in text
+    assert "cap_ablation_effect" not in tables  # still no default CAP cell
+    (row,) = tables["cap_ablation_vs_criterion"]["rows"]
+    assert "modules=" in row["row"] and row["status"] == "done" and row["seeds"] == 2 and row["rows"] == 16
+    frame = records_frame(load_records(out), [out])
+    means = frame[frame["status"].eq("done")].groupby("row")["value"].mean()
+    variant = next(label for label in means.index if "modules=" in label)
+    assert row["difference"] == pytest.approx(100 * (means[variant] - means["magnitude +KD"]), abs=1e-6)
+    assert row["low"] <= row["difference"] <= row["high"]
+
+
+def test_pairable_vs_criterion_needs_both_cells_with_stored_predictions():
+    from capbench.report.ablation_effect import _pairable_vs_criterion
+
+    def cell(ablation_side, effect_side, s=0.97, examples="x.npz"):
+        return {
+            "status": "done",
+            "sparsity": s,
+            "sparsity_key": str(s),
+            "task": "mnli",
+            "ablation_side": ablation_side,
+            "ablation_criterion": "first_order" if ablation_side else None,
+            "effect_side": effect_side,
+            "effect_criterion": "first_order" if effect_side else None,
+            "examples": examples,
+        }
+
+    assert _pairable_vs_criterion(pd.DataFrame([cell("variant", None), cell(None, "criterion")]))
+    assert not _pairable_vs_criterion(pd.DataFrame([cell("variant", None), cell(None, "criterion", s=0.9)]))
+    assert not _pairable_vs_criterion(
+        pd.DataFrame([cell("variant", None, examples=None), cell(None, "criterion")])
+    )
+    assert not _pairable_vs_criterion(pd.DataFrame([cell("variant", None)]))

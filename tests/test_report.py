@@ -164,6 +164,7 @@ def test_builtin_tables_in_page_order():
         "cap_effect",
         "cap_ablation",
         "cap_ablation_effect",
+        "cap_ablation_vs_criterion",
         "reported",
     ]
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from capbench.leaderboard import DIGITS
 from capbench.metrics import chance_margin, versus_chance
-from capbench.report.ablation_effect import CAP_ABLATION_EFFECT
+from capbench.report.ablation_effect import CAP_ABLATION_EFFECT, CAP_ABLATION_VS_CRITERION
 from capbench.report.cap_effect import CAP_EFFECT
 from capbench.report.oneshot_table import ONESHOT
 from capbench.report.probe_table import PROBES
@@ -483,5 +483,15 @@ CAP = Table(
     empty="No finished CAP cells.",
 )
 
-for _table in (MAIN, RETENTION, ONESHOT, PROBES, SPEED, CAP_EFFECT, CAP, CAP_ABLATION_EFFECT):
+for _table in (
+    MAIN,
+    RETENTION,
+    ONESHOT,
+    PROBES,
+    SPEED,
+    CAP_EFFECT,
+    CAP,
+    CAP_ABLATION_EFFECT,
+    CAP_ABLATION_VS_CRITERION,
+):
     register_table(_table)
