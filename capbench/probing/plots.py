@@ -97,7 +97,7 @@ def _series(records_or_results) -> tuple[list[tuple[str, Mapping, dict]], dict |
     else:
         for i, item in enumerate(items):
             label = str(item.get("label") or item.get("model", f"model {i}"))
-            series.append((label, item, {"color": f"C{i % 10}"}))
+            series.append((label, item, {"color": f"C{i % 10}", "marker": "o"}))
             if reference is None and "retention" in item:
                 reference = dict(item["retention"]["reference"])
     return series, reference
@@ -116,7 +116,7 @@ def _draw_panel(ax, task: str, series, reference: dict | None, pooling: str, con
             [layer["acc"] for layer in entry["layers"]],
             markersize=3,
             label=label,
-            **{"marker": "o", **style},
+            **style,
         )
         if controls and "control_acc" in entry["layers"][0]:
             ax.plot(

@@ -40,114 +40,118 @@ register_column("ablation_side", lambda record: _side(record)[0])
 register_column("ablation_criterion", lambda record: _side(record)[1])
 
 
-def _where(frame: pd.DataFrame) -> pd.Series:
-    return frame["status"].eq("done") & frame["ablation_side"].notna() & frame["sparsity"].gt(0)
+# The cells a variant is paired with: (side column, side, criterion column) of the frame, per table.
+BASES = {
+    "default": ("ablation_side", "default", "ablation_criterion"),  # the default CAP cell
+    "criterion": ("effect_side", "criterion", "effect_criterion"),  # the criterion's +KD cell (cap_effect)
+}
 
 
-def _pairable(frame: pd.DataFrame) -> bool:
-    """Whether some variant cell has a default CAP cell of the same task, criterion and sparsity (a page
-    whose CAP cells are all variants, e.g. records from before a default changed, shows no such table)."""
-    kept = frame[_where(frame)]
-    sides = kept.groupby(["task", "ablation_criterion", "sparsity_key"])["ablation_side"].agg(set)
-    return any({"variant", "default"} <= found for found in sides)
+def _cells(frame: pd.DataFrame, column: str, side: str) -> pd.Series:
+    """The finished pruned cells whose ``column`` is ``side``."""
+    return frame["status"].eq("done") & frame[column].eq(side) & frame["sparsity"].gt(0)
 
 
-def _criterion_cells(frame: pd.DataFrame) -> pd.Series:
-    """Each criterion's gradual +KD cell (cap_effect's "criterion" side), its criterion in
-    ``ablation_criterion`` terms."""
-    return frame["status"].eq("done") & frame["effect_side"].eq("criterion") & frame["sparsity"].gt(0)
+def _variant_cells(frame: pd.DataFrame) -> pd.Series:
+    return _cells(frame, "ablation_side", "variant")
 
 
-def _pairs_against(base_side: str, none: str) -> Callable[[pd.DataFrame, list[dict]], list[dict]]:
-    """The rows of a table pairing each variant with the ``base_side`` cells ("default": the default CAP
-    cell; "criterion": the criterion's +KD cell) of the same task, criterion and sparsity: one row per
-    (task, variant, sparsity); the base cells are kept by the table's ``where`` for this, not shown."""
+def _base_cells(frame: pd.DataFrame, base: str) -> pd.Series:
+    column, side, _ = BASES[base]
+    return _cells(frame, column, side)
+
+
+def _keys(cells: pd.DataFrame, criterion_column: str) -> set[tuple]:
+    """The (task, criterion, sparsity) of each of ``cells``."""
+    return set(zip(cells["task"], cells[criterion_column], cells["sparsity_key"], strict=True))
+
+
+def _pairable_with(base: str, stored_only: bool) -> Callable[[pd.DataFrame], bool]:
+    """Whether some variant cell has a ``base`` cell of the same task, criterion and sparsity; with
+    ``stored_only``, both with per-example predictions (the frame's ``examples``)."""
+
+    def pairable(frame: pd.DataFrame) -> bool:
+        variants, bases = _variant_cells(frame), _base_cells(frame, base)
+        if stored_only:
+            stored = frame["examples"].notna()
+            variants, bases = variants & stored, bases & stored
+        found = _keys(frame[bases], BASES[base][2])
+        return bool(_keys(frame[variants], "ablation_criterion") & found)
+
+    return pairable
+
+
+def _pairs_against(base: str, none: str) -> Callable[[pd.DataFrame, list[dict]], list[dict]]:
+    """The rows of a table pairing each variant with the ``base`` cells (``BASES``) of the same task,
+    criterion and sparsity: one row per (task, variant, sparsity); the base cells are kept by the table's
+    ``where`` for this, not shown.  ``none``: the reason when no seed has both."""
+    column, side, criterion_column = BASES[base]
 
     def pairs(kept: pd.DataFrame, rows: list[dict]) -> list[dict]:
-        if base_side == "default":
-            bases = kept[kept["ablation_side"] == "default"]
-            criteria = bases["ablation_criterion"]
-        else:
-            bases = kept[kept["effect_side"] == "criterion"]
-            criteria = bases["effect_criterion"]
+        bases = kept[kept[column] == side]
         variants = kept[kept["ablation_side"] == "variant"]
         out = []
         keys = ["task", "ablation_criterion", "row", "sparsity_key"]
         for (task, criterion, row, key), group in variants.groupby(keys, sort=False):
-            base = bases[bases["task"].eq(task) & criteria.eq(criterion) & bases["sparsity_key"].eq(key)]
-            result = paired_effect(group.set_index("seed"), base.set_index("seed"), VERDICTS, none)
+            base_cells = bases[
+                bases["task"].eq(task) & bases[criterion_column].eq(criterion) & bases["sparsity_key"].eq(key)
+            ]
+            result = paired_effect(group.set_index("seed"), base_cells.set_index("seed"), VERDICTS, none)
             out.append({"task": task, "row": row, "sparsity_key": key, **result})
         return out
 
     return pairs
 
 
-_pairs = _pairs_against("default", "no seed has both the variant and the default CAP cell")
-
-
-def _intro(frame: pd.DataFrame, kept: pd.DataFrame) -> str:
-    return (
-        "Each CAP variant minus the default CAP cell over the same criterion (×100), "
-        f'{paired_method("capbench/report/ablation_effect.py")}; "variant lower": removing or changing what '
-        "the label names cost accuracy."
+def _variant_table(
+    base: str, name: str, title: str, intro: str, stored_only: bool, none: str, empty: str
+) -> Table:
+    """A table of each CAP variant − its ``base`` cell (``BASES``), paired by evaluation example; ``intro``
+    names the pairing method as ``{method}``; ``none``: a row's reason when no seed has both cells."""
+    return Table(
+        name=name,
+        title=title,
+        keys=("task", "row"),
+        aggregate=lambda group: {},  # the rows come from the pairing, which needs the base cells beside them
+        lead=(Col("task", lambda r: r["task"]), Col("variant", lambda r: r["row"])),
+        cells=(Col("{label}", show_effect),),
+        **BY_SPARSITY_KEY,
+        where=lambda frame: _variant_cells(frame) | _base_cells(frame, base),
+        present=_pairable_with(base, stored_only),
+        extra_rows=_pairs_against(base, none),
+        intro=lambda frame, kept: intro.format(method=paired_method("capbench/report/ablation_effect.py")),
+        empty=empty,
     )
 
 
-CAP_ABLATION_EFFECT = Table(
+# A page whose CAP cells are all variants (e.g. records from before a default changed) shows no table;
+# older boards whose variants have no stored predictions show no table of "no pair" against the criterion.
+_pairable = _pairable_with("default", stored_only=False)
+_pairable_vs_criterion = _pairable_with("criterion", stored_only=True)
+
+CAP_ABLATION_EFFECT = _variant_table(
+    "default",
     name="cap_ablation_effect",
     title="## CAP ablations − default CAP, paired by evaluation example",
-    keys=("task", "row"),
-    aggregate=lambda group: {},  # the rows come from _pairs, which needs the default cells beside each variant
-    lead=(Col("task", lambda r: r["task"]), Col("variant", lambda r: r["row"])),
-    cells=(Col("{label}", show_effect),),
-    **BY_SPARSITY_KEY,
-    where=_where,
-    present=_pairable,
-    extra_rows=_pairs,
-    intro=_intro,
+    intro=(
+        'Each CAP variant minus the default CAP cell over the same criterion (×100), {method}; "variant lower": '
+        "removing or changing what the label names cost accuracy."
+    ),
+    stored_only=False,
+    none="no seed has both the variant and the default CAP cell",
     empty="No CAP variant has the default CAP cell to pair with.",
 )
 
-
-def _where_vs_criterion(frame: pd.DataFrame) -> pd.Series:
-    return (frame["status"].eq("done") & frame["ablation_side"].eq("variant") & frame["sparsity"].gt(0)) | (
-        _criterion_cells(frame)
-    )
-
-
-def _pairable_vs_criterion(frame: pd.DataFrame) -> bool:
-    """Whether some variant cell has its criterion's +KD cell at the same task and sparsity, both with
-    per-example predictions (older boards whose CAP rows are variants of a since-changed default, with no
-    predictions stored, show no table of "no pair")."""
-    stored = frame["examples"].notna()
-    variants = frame[
-        frame["status"].eq("done") & frame["ablation_side"].eq("variant") & frame["sparsity"].gt(0) & stored
-    ]
-    bases = frame[_criterion_cells(frame) & stored]
-    found = set(zip(bases["task"], bases["effect_criterion"], bases["sparsity_key"], strict=True))
-    keys = zip(variants["task"], variants["ablation_criterion"], variants["sparsity_key"], strict=True)
-    return any(key in found for key in keys)
-
-
-def _intro_vs_criterion(frame: pd.DataFrame, kept: pd.DataFrame) -> str:
-    return (
-        "Each CAP variant minus its criterion's cell trained with KD from the same teacher (×100), as in the "
-        f'CAP − criterion table: {paired_method("capbench/report/ablation_effect.py")}; "variant higher": '
-        "this variant of CAP beats pruning with the criterion and KD alone."
-    )
-
-
-CAP_ABLATION_VS_CRITERION = Table(
+CAP_ABLATION_VS_CRITERION = _variant_table(
+    "criterion",
     name="cap_ablation_vs_criterion",
     title="## CAP ablations − criterion, paired by evaluation example",
-    keys=("task", "row"),
-    aggregate=lambda group: {},  # the rows come from the pairing, which needs the criterion cells
-    lead=(Col("task", lambda r: r["task"]), Col("variant", lambda r: r["row"])),
-    cells=(Col("{label}", show_effect),),
-    **BY_SPARSITY_KEY,
-    where=_where_vs_criterion,
-    present=_pairable_vs_criterion,
-    extra_rows=_pairs_against("criterion", "no seed has both the variant and the criterion's +KD cell"),
-    intro=_intro_vs_criterion,
+    intro=(
+        "Each CAP variant minus its criterion's cell trained with KD from the same teacher (×100), as in the "
+        'CAP − criterion table: {method}; "variant higher": this variant of CAP beats pruning with the '
+        "criterion and KD alone."
+    ),
+    stored_only=True,
+    none="no seed has both the variant and the criterion's +KD cell",
     empty="No CAP variant has its criterion's +KD cell to pair with.",
 )
